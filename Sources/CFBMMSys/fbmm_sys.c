@@ -1,0 +1,84 @@
+#define _GNU_SOURCE
+#include "fbmm_sys.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <linux/falloc.h>
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+int fbmm_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+int fbmm_memfd_flag_cloexec(void) { return MFD_CLOEXEC; }
+
+int fbmm_punch_hole(int fd, off_t offset, off_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+int fbmm_fallocate(int fd, int mode, off_t offset, off_t length) {
+    return fallocate(fd, mode, offset, length);
+}
+int fbmm_falloc_keep_size(void) { return FALLOC_FL_KEEP_SIZE; }
+off_t fbmm_seek_data(int fd, off_t offset) { return lseek(fd, offset, SEEK_DATA); }
+off_t fbmm_seek_hole(int fd, off_t offset) { return lseek(fd, offset, SEEK_HOLE); }
+int fbmm_madv_populate_read(void) { return MADV_POPULATE_READ; }
+int fbmm_madv_populate_write(void) { return MADV_POPULATE_WRITE; }
+int fbmm_madv_remove(void) { return MADV_REMOVE; }
+
+ssize_t fbmm_send_with_fd(int sock, const void *buf, size_t len, int fd_to_send) {
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (fd_to_send >= 0) {
+        memset(&ctl, 0, sizeof ctl);
+        msg.msg_control = ctl.buf;
+        msg.msg_controllen = sizeof ctl.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd_to_send, sizeof(int));
+    }
+    return sendmsg(sock, &msg, MSG_NOSIGNAL);
+}
+
+ssize_t fbmm_recv_with_fd(int sock, void *buf, size_t len, int *fd_out) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    /* Room for several fds: a hostile peer may attach more than one; all
+     * received fds beyond the first are closed so none leak. */
+    union { char buf[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } ctl;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+                          .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+    *fd_out = -1;
+    ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (*fd_out < 0) *fd_out = fd; else close(fd);
+        }
+    }
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+        if (*fd_out >= 0) { close(*fd_out); *fd_out = -1; }
+        errno = EMSGSIZE;
+        return -1;
+    }
+    return n;
+}
+
+int fbmm_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -1;
+    *pid = cred.pid; *uid = cred.uid; *gid = cred.gid;
+    return 0;
+}

@@ -1,0 +1,34 @@
+/*
+ * Thin C helpers for what Swift cannot express directly: macros (CMSG_*),
+ * Linux-only constants that glibc headers hide behind _GNU_SOURCE, and
+ * variadic or struct-heavy calls. Each returns -1 with errno set on failure,
+ * exactly like the syscall it wraps, so the Swift side turns errno into a
+ * typed error in one place.
+ */
+#ifndef FBMM_SYS_H
+#define FBMM_SYS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "fbmm_broker.h"
+
+int fbmm_memfd_create(const char *name, unsigned int flags);
+int fbmm_memfd_flag_cloexec(void);
+int fbmm_punch_hole(int fd, off_t offset, off_t length);
+int fbmm_fallocate(int fd, int mode, off_t offset, off_t length);
+int fbmm_falloc_keep_size(void);
+off_t fbmm_seek_data(int fd, off_t offset);
+off_t fbmm_seek_hole(int fd, off_t offset);
+int fbmm_madv_populate_read(void);
+int fbmm_madv_populate_write(void);
+int fbmm_madv_remove(void);
+
+/* Send `len` bytes and, if fd_to_send >= 0, that fd (SCM_RIGHTS). */
+ssize_t fbmm_send_with_fd(int sock, const void *buf, size_t len, int fd_to_send);
+/* Receive up to `len` bytes; *fd_out gets a received fd or -1. MSG_CMSG_CLOEXEC. */
+ssize_t fbmm_recv_with_fd(int sock, void *buf, size_t len, int *fd_out);
+/* SO_PEERCRED of a connected unix socket. */
+int fbmm_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
+
+#endif

@@ -1,0 +1,3 @@
+/* libnuma: mbind, move_pages, get_mempolicy and the MPOL_* constants. */
+#include <numa.h>
+#include <numaif.h>

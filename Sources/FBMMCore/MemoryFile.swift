@@ -1,0 +1,126 @@
+import CFBMMSys
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An anonymous shared-memory file (memfd): the backing store of one fbmm file.
+///
+/// Why a memfd and not the FUSE file's page cache: shmem honours a per-file
+/// shared memory policy (set with mbind on any mapping of it), so pages faulted
+/// by *any* process that maps the file land where the policy says. The page
+/// cache of a FUSE file cannot be placed by the filesystem.
+public final class MemoryFile: Sendable {
+    public let descriptor: FileDescriptor
+    public let name: String
+
+    /// Creates a new, empty, close-on-exec memfd.
+    public init(name: String) throws(SystemError) {
+        let fd = try retryingSyscall("memfd_create", name) {
+            fbmm_memfd_create(name, UInt32(fbmm_memfd_flag_cloexec()))
+        }
+        self.descriptor = FileDescriptor(rawValue: fd)
+        self.name = name
+    }
+
+    deinit { try? descriptor.close() }
+
+    private var context: String { "memfd '\(name)'" }
+
+    /// The current size in bytes (the memfd is the source of truth: a process
+    /// holding the fd may have changed it).
+    public func size() throws(SystemError) -> UInt64 {
+        var st = stat()
+        _ = try retryingSyscall("fstat", context) { fstat(descriptor.rawValue, &st) }
+        return UInt64(st.st_size)
+    }
+
+    /// Bytes of memory actually allocated to the file (st_blocks * 512).
+    public func allocatedBytes() throws(SystemError) -> UInt64 {
+        var st = stat()
+        _ = try retryingSyscall("fstat", context) { fstat(descriptor.rawValue, &st) }
+        return UInt64(st.st_blocks) * 512
+    }
+
+    /// Sets the size; shrinking frees the memory past the new end.
+    public func resize(to size: UInt64) throws(SystemError) {
+        guard size <= UInt64(Int64.max) else { throw SystemError("ftruncate", context, errno: .fileTooLarge) }
+        _ = try retryingSyscall("ftruncate(\(size))", context) { ftruncate(descriptor.rawValue, off_t(size)) }
+    }
+
+    /// Frees the memory of a range; it reads back as zeros afterwards.
+    public func punchHole(offset: UInt64, length: UInt64) throws(SystemError) {
+        guard length > 0 else { return }
+        _ = try retryingSyscall("fallocate(PUNCH_HOLE, \(offset), \(length))", context) {
+            fbmm_punch_hole(descriptor.rawValue, off_t(offset), off_t(length))
+        }
+    }
+
+    /// `fallocate(2)` with the caller's mode bits (0 allocates and may grow the file).
+    public func allocate(mode: Int32, offset: UInt64, length: UInt64) throws(SystemError) {
+        _ = try retryingSyscall("fallocate(mode \(mode), \(offset), \(length))", context) {
+            fbmm_fallocate(descriptor.rawValue, mode, off_t(offset), off_t(length))
+        }
+    }
+
+    /// The ranges that hold data (allocated pages), found with SEEK_DATA/SEEK_HOLE,
+    /// clipped to `range`. Stats and migration must only touch these: faulting a
+    /// hole in through a shared mapping would allocate it.
+    public func dataRanges(in range: Range<UInt64>? = nil) throws(SystemError) -> [Range<UInt64>] {
+        let end: UInt64
+        if let range { end = range.upperBound } else { end = try size() }
+        var offset = range?.lowerBound ?? 0
+        var result: [Range<UInt64>] = []
+        while offset < end {
+            let data = fbmm_seek_data(descriptor.rawValue, off_t(offset))
+            if data < 0 {
+                if Glibc.errno == ENXIO { break }
+                throw SystemError.current("lseek(SEEK_DATA, \(offset))", context)
+            }
+            if UInt64(data) >= end { break }
+            let hole = fbmm_seek_hole(descriptor.rawValue, data)
+            if hole < 0 { throw SystemError.current("lseek(SEEK_HOLE, \(data))", context) }
+            let upper = min(UInt64(hole), end)
+            result.append(UInt64(data)..<upper)
+            offset = upper
+        }
+        return result
+    }
+
+    /// Reads up to `count` bytes at `offset` (short at end of file).
+    public func read(at offset: UInt64, count: Int) throws(SystemError) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: count)
+        var done = 0
+        let fd = descriptor.rawValue
+        while done < count {
+            let n = buffer.withUnsafeMutableBytes { raw in
+                pread(fd, raw.baseAddress! + done, count - done, off_t(offset) + off_t(done))
+            }
+            if n < 0 {
+                if Glibc.errno == EINTR { continue }
+                throw SystemError.current("pread(\(offset + UInt64(done)))", context)
+            }
+            if n == 0 { break }
+            done += n
+        }
+        buffer.removeLast(count - done)
+        return buffer
+    }
+
+    /// Writes all of `bytes` at `offset`, growing the file as needed.
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws(SystemError) {
+        var done = 0
+        while done < bytes.count {
+            let n = try retryingSyscall("pwrite(\(offset + UInt64(done)))", context) {
+                pwrite(descriptor.rawValue, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+            }
+            done += n
+        }
+    }
+
+    /// Maps `range` of the file shared into this process.
+    public func map(_ range: Range<UInt64>) throws(SystemError) -> FileMapping {
+        try FileMapping(file: self, range: range)
+    }
+}

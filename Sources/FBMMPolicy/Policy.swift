@@ -1,0 +1,66 @@
+import FBMMCore
+
+/// What a policy knows about the file it places.
+public struct FileContext: Sendable, Hashable {
+    public var inode: UInt64
+    public var name: String
+    /// The file's size after the change being placed.
+    public var size: UInt64
+
+    public init(inode: UInt64, name: String, size: UInt64) {
+        self.inode = inode
+        self.name = name
+        self.size = size
+    }
+}
+
+/// One option a policy accepts, for validation and for `fbmm policies`.
+public struct PolicyKey: Sendable, Hashable {
+    public var name: String
+    /// The default as the user would write it, or nil when the key is required.
+    public var defaultValue: String?
+    public var help: String
+
+    public init(_ name: String, default defaultValue: String? = nil, _ help: String) {
+        self.name = name
+        self.defaultValue = defaultValue
+        self.help = help
+    }
+}
+
+/// A memory-management policy: the "MFS" of the kernel prototype, as a Swift type.
+///
+/// The daemon creates one instance per mount (and one per file that overrides
+/// the mount's policy with the `user.fbmm.policy` xattr). It calls `place` when
+/// a range of a file comes into being — at create, and whenever the file grows,
+/// whether by write, truncate, fallocate or the shim growing its arena — and
+/// applies the answer as the file's shared memory policy, so pages faulted by
+/// any process mapping the file follow it.
+///
+/// Thread-safety: `place` is called from FUSE worker threads, concurrently for
+/// different files; it must be a pure function of its inputs and the policy's
+/// immutable configuration. It must not block (no I/O, no locks held long):
+/// it runs on the path of a `write` or `ftruncate` of a user's program.
+public protocol MemoryManagementPolicy: Sendable, CustomStringConvertible {
+    /// The name users choose it by (`--policy NAME`).
+    static var name: String { get }
+    /// One line for `fbmm policies`.
+    static var summary: String { get }
+    /// Every option it accepts; the registry refuses any other key before `init`.
+    static var keys: [PolicyKey] { get }
+
+    /// Validates `options` against `topology` and builds the policy; throws one
+    /// user-facing error naming the problem.
+    init(options: PolicyOptions, topology: Topology) throws(PolicyError)
+
+    /// The kernel policies for `range` of `file`, covering the range (the daemon
+    /// leaves uncovered parts with the process-default policy).
+    func place(_ range: Range<UInt64>, of file: FileContext) -> [Placement]
+
+    /// The nodes this policy may put memory on (for reporting and checks).
+    var allowedNodes: [Int] { get }
+}
+
+extension MemoryManagementPolicy {
+    public var description: String { Self.name }
+}
