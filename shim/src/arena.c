@@ -1,0 +1,228 @@
+/*
+ * The per-process arena: one file in the mount, "<comm>.<pid>.<seq>", whose
+ * backing (the daemon's memfd, or the file itself on tmpfs) holds all of the
+ * process's redirected memory. Locked, except where noted.
+ *
+ * Lifetime: the FUSE fd stays open for the life of the process; the daemon
+ * deletes the file and drops its memory when the last fd is released, i.e.
+ * when the process dies. On tmpfs nobody would, so the file is unlinked at
+ * once (the open fd and the mappings keep the memory alive until exit).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "../../Sources/CFBMMSys/include/fbmm_broker.h"
+#include "shim.h"
+#include "sys.h"
+
+#define MIN_ARENA   (64ull << 20)   /* first size: few FUSE setattr round trips */
+#define ARENA_ALIGN (2ull << 20)    /* sizes in huge-page units */
+/* Our fds are moved up here, away from the low numbers that programs dup2
+ * onto or close in loops. */
+#define FD_FLOOR    700
+
+struct fbmm_arena fbmm_arena;
+
+static void why_set(struct fbmm_arena *a, const char *s1, const char *s2, int err)
+{
+    const char *parts[] = { s1, s2, err ? ": " : NULL, err ? strerrorname_np(err) : NULL };
+    size_t k = 0;
+    for (size_t i = 0; i < 4; i++)
+        for (const char *p = parts[i]; p && *p && k + 1 < sizeof a->reason; p++)
+            a->reason[k++] = *p;
+    a->reason[k] = 0;
+}
+
+static int fd_high(int fd)
+{
+    int h = fcntl(fd, F_DUPFD_CLOEXEC, FD_FLOOR);
+    if (h < 0) return fd;
+    close(fd);
+    return h;
+}
+
+/* "<comm>.<pid>.<seq>": comm limited to [A-Za-z0-9_-], at most 15 chars. */
+static void arena_name(char *buf, size_t n, unsigned seq)
+{
+    char comm[17] = { 0 }, num[21];
+    if (prctl(PR_GET_NAME, comm) != 0 || !comm[0]) memcpy(comm, "proc", 5);
+    size_t k = 0, m = strlen(fbmm_cfg.mount);
+    memcpy(buf, fbmm_cfg.mount, m);
+    k = m;
+    buf[k++] = '/';
+    for (int i = 0; comm[i] && i < 15; i++) {
+        char c = comm[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                 (c >= '0' && c <= '9') || c == '_' || c == '-';
+        buf[k++] = ok ? c : '_';
+    }
+    buf[k++] = '.';
+    for (const char *p = fbmm_utoa(num, (uint64_t)getpid()); *p; p++) buf[k++] = *p;
+    buf[k++] = '.';
+    for (const char *p = fbmm_utoa(num, seq); *p; p++) buf[k++] = *p;
+    buf[k] = 0;
+    (void)n;
+}
+
+int fbmm_arena_open(struct fbmm_arena *a)
+{
+    static unsigned seq;
+    char path[PATH_MAX + 64];
+    int fd = -1;
+
+    memset(a, 0, sizeof *a);
+    a->name_fd = a->mem_fd = -1;
+    a->state = ARENA_FAILED;
+
+    for (int tries = 0; tries < 64; tries++) {
+        arena_name(path, sizeof path, seq++);
+        fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+        if (fd >= 0 || errno != EEXIST) break;
+    }
+    if (fd < 0) {
+        why_set(a, "cannot create a file in ", fbmm_cfg.mount, errno);
+        return -1;
+    }
+    fd = fd_high(fd);
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        why_set(a, "fstat of the arena file", NULL, errno);
+        goto fail;
+    }
+
+    char sock[PATH_MAX];
+    ssize_t sl = getxattr(fbmm_cfg.mount, FBMM_XATTR_BROKER, sock, sizeof sock - 1);
+    if (sl > 0) {
+        sock[sl] = 0;
+        int memfd;
+        if (fbmm_broker_get_backing(sock, fd, (uint64_t)st.st_ino, &memfd,
+                                    a->reason, sizeof a->reason) < 0)
+            goto fail;
+        a->mem_fd = fd_high(memfd);
+    } else if (sl < 0 && errno != ENODATA && errno != ENOTSUP && errno != EOPNOTSUPP) {
+        why_set(a, "cannot read the broker xattr of ", fbmm_cfg.mount, errno);
+        goto fail;
+    } else {
+        /* No broker: only tmpfs can back memory directly (mmap MAP_SHARED,
+         * hole punching, page-granular like anonymous memory). A disk file
+         * system or a FUSE mount without the daemon must not. */
+        struct statfs sf;
+        if (statfs(fbmm_cfg.mount, &sf) < 0 || sf.f_type != TMPFS_MAGIC) {
+            why_set(a, fbmm_cfg.mount, " is neither an fbmm mount nor a tmpfs", 0);
+            goto fail;
+        }
+        unlink(path);
+        a->tmpfs = 1;
+        a->mem_fd = fd;
+    }
+    a->name_fd = fd;
+    if (fstat(a->mem_fd, &st) < 0) {
+        why_set(a, "fstat of the backing", NULL, errno);
+        goto fail;
+    }
+    a->mem_dev = st.st_dev;
+    a->mem_ino = st.st_ino;
+    a->size = (uint64_t)st.st_size;
+    a->state = ARENA_READY;
+    fbmm_say(a->tmpfs ? "using tmpfs file backing in " : "using fbmm mount ",
+             fbmm_cfg.mount, NULL);
+    return 0;
+
+fail:
+    if (a->mem_fd >= 0 && a->mem_fd != fd) close(a->mem_fd);
+    a->mem_fd = -1;
+    if (a->tmpfs) unlink(path);
+    close(fd);  /* on a FUSE mount, the release makes the daemon delete it */
+    a->name_fd = -1;
+    a->state = ARENA_FAILED;
+    return -1;
+}
+
+void fbmm_arena_close(struct fbmm_arena *a)
+{
+    if (a->mem_fd >= 0 && a->mem_fd != a->name_fd) close(a->mem_fd);
+    if (a->name_fd >= 0) close(a->name_fd);
+    a->mem_fd = a->name_fd = -1;
+}
+
+void fbmm_note_fallback(const char *why, const char *detail)
+{
+    static int once;
+    fbmm_say_once(&once, "falling back to anonymous memory: ", why, detail);
+}
+
+int fbmm_arena_ready(void)
+{
+    if (fbmm_arena.state == ARENA_NONE && fbmm_arena_open(&fbmm_arena) < 0)
+        fbmm_note_fallback(fbmm_arena.reason, NULL);
+    if (fbmm_arena.state != ARENA_READY) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return 0;
+}
+
+/* Guards against a program having closed our fd and the number being reused
+ * for one of its own files, which we must never truncate or punch. */
+static int mem_fd_ok(void)
+{
+    struct stat st;
+    return fbmm_arena.mem_fd >= 0 && fstat(fbmm_arena.mem_fd, &st) == 0 &&
+           st.st_dev == fbmm_arena.mem_dev && st.st_ino == fbmm_arena.mem_ino;
+}
+
+int fbmm_arena_grow(uint64_t need)
+{
+    struct fbmm_arena *a = &fbmm_arena;
+    if (need <= a->size) return 0;
+    if (a->grow_dead || !mem_fd_ok()) {
+        errno = ENOMEM;
+        return -1;
+    }
+    /* Geometric growth: O(log) FUSE setattr round trips in all. */
+    uint64_t n = a->size * 2;
+    if (n < MIN_ARENA) n = MIN_ARENA;
+    if (n < need) n = need;
+    n = ROUND_UP(n, ARENA_ALIGN);
+    if (ftruncate(a->name_fd, (off_t)n) < 0) {
+        int e = errno;
+        static int once;
+        fbmm_say_once(&once, "falling back to anonymous memory: cannot grow the arena file: ",
+                      strerrorname_np(e) ? strerrorname_np(e) : "error", NULL);
+        /* The daemon is gone or the descriptor is: don't ask again. */
+        if (e == ENOTCONN || e == ENODEV || e == EIO || e == EBADF) a->grow_dead = 1;
+        errno = ENOMEM;
+        return -1;
+    }
+    /* The daemon must have grown the memfd before answering the setattr;
+     * mapping past its end would SIGBUS the application later. */
+    struct stat st;
+    if (fstat(a->mem_fd, &st) < 0 || (uint64_t)st.st_size < n) {
+        static int once;
+        fbmm_say_once(&once, "falling back to anonymous memory: ",
+                      "the daemon did not grow the backing", NULL);
+        a->grow_dead = 1;
+        errno = ENOMEM;
+        return -1;
+    }
+    a->size = n;
+    return 0;
+}
+
+int fbmm_arena_punch(uint64_t off, uint64_t len)
+{
+    if (!mem_fd_ok()) {
+        errno = EBADF;
+        return -1;
+    }
+    return fallocate(fbmm_arena.mem_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                     (off_t)off, (off_t)len);
+}

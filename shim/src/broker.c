@@ -1,0 +1,108 @@
+/*
+ * Client side of the broker protocol (fbmm_broker.h): one SEQPACKET request,
+ * one reply carrying the backing memfd via SCM_RIGHTS. Only system calls:
+ * this runs under the shim's lock, possibly in a fork child.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "../../Sources/CFBMMSys/include/fbmm_broker.h"
+#include "shim.h"
+
+/* A daemon that accepted the connection but never answers must not hang the
+ * application forever; after this long we fall back instead. */
+#define BROKER_TIMEOUT_S 10
+
+static void set_why(char *why, size_t n, const char *a, int err)
+{
+    const char *e = err ? strerrorname_np(err) : NULL;
+    size_t k = 0;
+    for (const char *p = a; p && *p && k + 1 < n; p++) why[k++] = *p;
+    if (e) {
+        for (const char *p = ": "; *p && k + 1 < n; p++) why[k++] = *p;
+        for (const char *p = e; *p && k + 1 < n; p++) why[k++] = *p;
+    }
+    if (n) why[k] = 0;
+}
+
+int fbmm_broker_get_backing(const char *sock, int fd, uint64_t ino,
+                            int *memfd, char *why, size_t whylen)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    size_t sl = strlen(sock);
+    if (sl >= sizeof sa.sun_path) {
+        set_why(why, whylen, "broker socket path too long", 0);
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(sa.sun_path, sock, sl + 1);
+
+    int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (s < 0) {
+        set_why(why, whylen, "broker socket", errno);
+        return -1;
+    }
+    struct timeval tv = { .tv_sec = BROKER_TIMEOUT_S };
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+
+    int err = 0;
+    if (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        err = errno;
+        set_why(why, whylen, "cannot connect to the broker", err);
+        goto out;
+    }
+    struct fbmm_request req = {
+        .magic = FBMM_BROKER_MAGIC, .version = FBMM_BROKER_VERSION,
+        .op = FBMM_OP_GET_BACKING, .fd = fd, .ino = ino,
+    };
+    if (send(s, &req, sizeof req, MSG_NOSIGNAL) != (ssize_t)sizeof req) {
+        err = errno ? errno : EPROTO;
+        set_why(why, whylen, "broker send", err);
+        goto out;
+    }
+
+    struct fbmm_reply rep;
+    struct iovec iov = { .iov_base = &rep, .iov_len = sizeof rep };
+    union { struct cmsghdr h; char buf[CMSG_SPACE(4 * sizeof(int))]; } ctl;
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+    ssize_t n = recvmsg(s, &mh, MSG_CMSG_CLOEXEC);
+    if (n < 0) err = errno;
+
+    /* Collect every fd passed, so that none leaks whatever happens next. */
+    int got = -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; i++) {
+            int f;
+            memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+            if (got < 0) got = f; else close(f);
+        }
+    }
+    if (n < 0) {
+        set_why(why, whylen, "broker receive", err);
+    } else if (n != (ssize_t)sizeof rep || rep.magic != FBMM_BROKER_MAGIC ||
+               rep.version != FBMM_BROKER_VERSION) {
+        err = EPROTO;
+        set_why(why, whylen, "broker reply malformed or of another version", 0);
+    } else if (rep.status != 0) {
+        err = rep.status > 0 ? rep.status : EPROTO;
+        set_why(why, whylen, "broker refused the backing", err);
+    } else if (got < 0) {
+        err = EPROTO;
+        set_why(why, whylen, "broker reply carried no fd", 0);
+    }
+    if (err && got >= 0) { close(got); got = -1; }
+    if (!err) *memfd = got;
+out:
+    close(s);
+    errno = err;
+    return err ? -1 : 0;
+}

@@ -1,0 +1,116 @@
+/*
+ * Environment parsing and diagnostics. Messages are written with write(2)
+ * because stdio may allocate and may not be usable yet (we run under malloc).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/auxv.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+/* 128 KiB: glibc's default M_MMAP_THRESHOLD. A block that large already costs
+ * glibc an mmap and a munmap, so redirecting it adds only the hole punch on
+ * free; smaller blocks would turn cheap heap allocations into system calls
+ * and VMAs. Small objects reach the mount through --allocator instead. */
+#define DEFAULT_MIN_SIZE (128u * 1024u)
+
+struct fbmm_config fbmm_cfg;
+size_t fbmm_page = 4096;
+
+char *fbmm_utoa(char *buf, uint64_t v)
+{
+    char tmp[21];
+    int n = 0;
+    do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+    for (int i = 0; i < n; i++) buf[i] = tmp[n - 1 - i];
+    buf[n] = 0;
+    return buf;
+}
+
+int fbmm_parse_size(const char *s, size_t *out)
+{
+    if (!s || *s < '0' || *s > '9') return -1;
+    uint64_t v = 0;
+    while (*s >= '0' && *s <= '9') {
+        if (v > (UINT64_MAX - 9) / 10) return -1;
+        v = v * 10 + (uint64_t)(*s++ - '0');
+    }
+    unsigned shift = 0;
+    switch (*s) {
+    case 'k': case 'K': shift = 10; s++; break;
+    case 'm': case 'M': shift = 20; s++; break;
+    case 'g': case 'G': shift = 30; s++; break;
+    case 't': case 'T': shift = 40; s++; break;
+    }
+    if (shift && (*s == 'i' || *s == 'I')) s++;
+    if (*s == 'b' || *s == 'B') s++;
+    if (*s) return -1;
+    if (shift && v > (UINT64_MAX >> shift)) return -1;
+    *out = (size_t)(v << shift);
+    return 0;
+}
+
+static int env_flag(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0 && strcasecmp(v, "no") != 0 &&
+           strcasecmp(v, "false") != 0;
+}
+
+void fbmm_config_load(void)
+{
+    unsigned long pg = getauxval(AT_PAGESZ);
+    if (pg) fbmm_page = pg;
+
+    fbmm_cfg.verbose = env_flag("FBMM_VERBOSE");
+    fbmm_cfg.strict = env_flag("FBMM_STRICT");
+    fbmm_cfg.min_size = DEFAULT_MIN_SIZE;
+
+    const char *ms = getenv("FBMM_MIN_SIZE");
+    if (ms && *ms) {
+        size_t v;
+        if (fbmm_parse_size(ms, &v) == 0)
+            fbmm_cfg.min_size = v;
+        else
+            fbmm_say("ignoring FBMM_MIN_SIZE=", ms, " (not a size; using 128K)");
+    }
+    /* A region is at least one page; 0 would redirect every malloc(1). */
+    if (fbmm_cfg.min_size < fbmm_page) fbmm_cfg.min_size = fbmm_page;
+
+    const char *m = getenv("FBMM_MOUNT");
+    if (m && *m) {
+        size_t n = strlen(m);
+        if (n >= sizeof fbmm_cfg.mount) {
+            fbmm_say("FBMM_MOUNT is too long; shim disabled", NULL, NULL);
+            return;
+        }
+        memcpy(fbmm_cfg.mount, m, n + 1);
+        fbmm_cfg.active = 1;
+    }
+}
+
+void fbmm_say(const char *a, const char *b, const char *c)
+{
+    if (!fbmm_cfg.verbose) return;
+    char buf[512];
+    size_t n = 0;
+    const char *parts[] = { "fbmm: ", a, b, c, "\n" };
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
+        for (const char *p = parts[i]; p && *p && n < sizeof buf - 1; p++)
+            buf[n++] = *p;
+    }
+    int saved = errno;
+    ssize_t r = write(2, buf, n);
+    (void)r;
+    errno = saved;
+}
+
+void fbmm_say_once(int *once, const char *a, const char *b, const char *c)
+{
+    if (__atomic_exchange_n(once, 1, __ATOMIC_RELAXED)) return;
+    fbmm_say(a, b, c);
+}

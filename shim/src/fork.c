@@ -1,0 +1,205 @@
+/*
+ * fork(): the child must get a private copy of our MAP_SHARED memory.
+ *
+ * Done with pthread_atfork handlers rather than a fork() wrapper, so that
+ * every fork that runs them (fork(), daemon(), libc-internal forks) is
+ * covered; posix_spawn and vfork run none of them and cost nothing extra.
+ *
+ *  prepare (parent): take the lock, so that the region table is consistent
+ *      in the child and no thread of the parent can punch or remap our
+ *      memory until the child has its copy; open a pipe.
+ *  child: open the child's own arena file (new broker request), size it like
+ *      the parent's, copy the data ranges of every piece (SEEK_DATA/HOLE, in
+ *      the kernel with copy_file_range) and map the new backing MAP_FIXED
+ *      over the same addresses with the same protections. If that fails,
+ *      copy into MAP_FIXED private anonymous memory instead: never share.
+ *      Then tell the parent through the pipe.
+ *  parent: wait for the child's byte (or EOF if it died), release the lock.
+ *      So fork() returns only once the child's copy is complete, and no later
+ *      write by the forking thread can be seen by the child.
+ *
+ * Our prepare handler must run after those of an allocator preloaded after
+ * us (jemalloc takes its locks there and calls our mmap with them held).
+ * Prepare handlers run in reverse order of registration, and we register at
+ * our first entry point, which comes before jemalloc's pthread_atfork call
+ * (its init maps memory first).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "shim.h"
+#include "sys.h"
+
+static int fork_locked;
+static int fork_pipe[2] = { -1, -1 };
+
+/* Copies the data ranges of [off, off+len) of `from` into the file `to` at
+ * the same offsets, or, if to < 0, into memory at `mem` (mapped writable). */
+static int copy_data(int from, int to, char *mem, uint64_t off, uint64_t len)
+{
+    uint64_t pos = off, end = off + len;
+    while (pos < end) {
+        off_t d = lseek(from, (off_t)pos, SEEK_DATA);
+        if (d < 0) return errno == ENXIO ? 0 : -1;  /* ENXIO: only holes left */
+        if ((uint64_t)d >= end) break;
+        off_t h = lseek(from, d, SEEK_HOLE);
+        if (h < 0) return -1;
+        uint64_t stop = (uint64_t)h < end ? (uint64_t)h : end;
+        while ((uint64_t)d < stop) {
+            ssize_t n;
+            if (to >= 0) {
+                loff_t in = d, out = d;
+                n = copy_file_range(from, &in, to, &out, (size_t)(stop - (uint64_t)d), 0);
+            } else {
+                n = pread(from, mem + ((uint64_t)d - off), (size_t)(stop - (uint64_t)d), d);
+            }
+            if (n <= 0) {
+                if (n < 0 && errno == EINTR) continue;
+                return -1;
+            }
+            d += n;
+        }
+        pos = stop;
+    }
+    return 0;
+}
+
+/* Replaces piece p with a private anonymous copy. */
+static int copy_to_anon(struct fbmm_piece *p, int from)
+{
+    void *m = sys_mmap((void *)p->addr, p->len, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (m == MAP_FAILED) return -1;
+    if (!(p->flags & P_WIPEFORK) && copy_data(from, -1, m, p->off, p->len) < 0) return -1;
+    if (p->prot != (PROT_READ | PROT_WRITE)) sys_mprotect(m, p->len, (int)p->prot);
+    return 0;
+}
+
+/* Replaces piece p with a mapping of the new arena holding a copy. */
+static int copy_to_file(struct fbmm_piece *p, int from, int to)
+{
+    if (!(p->flags & P_WIPEFORK) && copy_data(from, to, NULL, p->off, p->len) < 0) {
+        /* copy_file_range refused (older kernel, other file systems): copy
+         * through a writable mapping of the new file instead. */
+        void *m = sys_mmap((void *)p->addr, p->len, PROT_READ | PROT_WRITE,
+                           MAP_SHARED | MAP_FIXED, to, (off_t)p->off);
+        if (m == MAP_FAILED || copy_data(from, -1, m, p->off, p->len) < 0) return -1;
+        if (p->prot != (PROT_READ | PROT_WRITE)) sys_mprotect(m, p->len, (int)p->prot);
+        return 0;
+    }
+    return sys_mmap((void *)p->addr, p->len, (int)p->prot, MAP_SHARED | MAP_FIXED, to,
+                    (off_t)p->off) == MAP_FAILED ? -1 : 0;
+}
+
+static void child_fixup(void)
+{
+    struct fbmm_arena old = fbmm_arena;
+    int any = 0;
+    for (size_t i = 0; i < fbmm_rt_n; i++) any |= !(fbmm_rt[i].flags & P_ANON);
+    if (old.state != ARENA_READY || !any) {
+        /* Nothing of the parent's file is mapped here: start afresh. */
+        if (old.state == ARENA_READY) fbmm_arena_close(&old);
+        memset(&fbmm_arena, 0, sizeof fbmm_arena);
+        fbmm_off_reset();
+        return;
+    }
+
+    struct fbmm_arena neu;
+    int ok = fbmm_arena_open(&neu) == 0;
+    if (ok && neu.size < old.size) {
+        struct stat st;
+        ok = ftruncate(neu.name_fd, (off_t)old.size) == 0 &&
+             fstat(neu.mem_fd, &st) == 0 && (uint64_t)st.st_size >= old.size;
+        if (ok) neu.size = old.size;
+        else fbmm_arena_close(&neu);
+    }
+    if (!ok) fbmm_note_fallback("fork child: ", neu.reason[0] ? neu.reason : "cannot size its arena");
+
+    for (size_t i = 0; i < fbmm_rt_n;) {
+        struct fbmm_piece *p = &fbmm_rt[i];
+        if (p->flags & P_ANON) { i++; continue; }
+        if (p->flags & P_DONTFORK) {
+            /* The kernel did not copy this mapping into the child. */
+            if (p->flags & P_HEAD) fbmm_heads_del(p->addr);
+            if (ok) fbmm_off_free(p->off, p->len);  /* a hole in the new file */
+            fbmm_rt_remove(i, 1);
+            continue;
+        }
+        if (ok && copy_to_file(p, old.mem_fd, neu.mem_fd) == 0) { i++; continue; }
+        if (copy_to_anon(p, old.mem_fd) < 0) {
+            /* Leave no mapping that could share memory with the parent. */
+            sys_mmap((void *)p->addr, p->len, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+            fbmm_say("fork child: could not copy a region; it is now inaccessible", NULL, NULL);
+        }
+        if (ok) fbmm_off_free(p->off, p->len);
+        if (p->flags & P_HEAD) {
+            p->flags = P_HEAD | P_ANON;  /* free() must still recognise it */
+            i++;
+        } else {
+            fbmm_rt_remove(i, 1);       /* plain anonymous memory now */
+        }
+    }
+    fbmm_arena_close(&old);
+    if (ok) {
+        fbmm_arena = neu;
+    } else {
+        memset(&fbmm_arena, 0, sizeof fbmm_arena);
+        fbmm_arena.state = ARENA_FAILED;
+        fbmm_arena.name_fd = fbmm_arena.mem_fd = -1;
+        fbmm_off_reset();
+    }
+}
+
+static void prepare(void)
+{
+    if (!fbmm_cfg.active || fbmm_depth) return;
+    int saved = errno;
+    fbmm_lock();
+    fork_locked = 1;
+    fork_pipe[0] = fork_pipe[1] = -1;
+    if (fbmm_rt_n && fbmm_arena.state == ARENA_READY && pipe2(fork_pipe, O_CLOEXEC) < 0)
+        fork_pipe[0] = fork_pipe[1] = -1;
+    errno = saved;
+}
+
+static void parent(void)
+{
+    if (!fork_locked) return;
+    int saved = errno;
+    if (fork_pipe[1] >= 0) {
+        char c;
+        close(fork_pipe[1]);
+        while (read(fork_pipe[0], &c, 1) < 0 && errno == EINTR) {}
+        close(fork_pipe[0]);
+    }
+    fork_locked = 0;
+    fbmm_unlock();
+    errno = saved;
+}
+
+static void child(void)
+{
+    if (!fork_locked) return;
+    int saved = errno;
+    if (fork_pipe[0] >= 0) close(fork_pipe[0]);
+    child_fixup();
+    if (fork_pipe[1] >= 0) {
+        ssize_t r = write(fork_pipe[1], "", 1);
+        (void)r;
+        close(fork_pipe[1]);
+    }
+    fork_locked = 0;
+    fbmm_lock_reset_child();
+    errno = saved;
+}
+
+void fbmm_fork_register(void)
+{
+    pthread_atfork(prepare, parent, child);
+}

@@ -1,0 +1,165 @@
+/*
+ * fbmm shim: internal interfaces shared by the shim's translation units.
+ *
+ * The shim runs inside arbitrary processes, possibly before any runtime and
+ * underneath malloc itself, so nothing here may call malloc: all state lives
+ * in static storage or in memory mapped with raw system calls.
+ *
+ * Locking: one mutex (fbmm_lock) protects the region table, the offset
+ * allocator and the arena. Every function documented "locked" expects it held.
+ */
+#ifndef FBMM_SHIM_H
+#define FBMM_SHIM_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define FBMM_EXPORT __attribute__((visibility("default")))
+#define FBMM_TLS    __thread __attribute__((tls_model("initial-exec")))
+
+/* ---- config.c: environment and diagnostics ---------------------------- */
+
+struct fbmm_config {
+    int    active;             /* FBMM_MOUNT set and non-empty */
+    int    strict;             /* FBMM_STRICT=1 */
+    int    verbose;            /* FBMM_VERBOSE=1 */
+    size_t min_size;           /* FBMM_MIN_SIZE, bytes */
+    char   mount[PATH_MAX];    /* FBMM_MOUNT */
+};
+extern struct fbmm_config fbmm_cfg;
+extern size_t fbmm_page;       /* page size, from the aux vector */
+
+void fbmm_config_load(void);
+/* Parses "123", "64K", "2M", "1G" (binary units; optional "B"/"iB").
+ * Returns 0 and sets *out, or -1 when the text is not a size. */
+int fbmm_parse_size(const char *s, size_t *out);
+/* Writes "fbmm: a b c\n" to stderr when verbose (NULL parts are skipped). */
+void fbmm_say(const char *a, const char *b, const char *c);
+/* Like fbmm_say, but only the first time *once is 0. */
+void fbmm_say_once(int *once, const char *a, const char *b, const char *c);
+/* Decimal formatting into buf (>= 21 bytes); returns buf. */
+char *fbmm_utoa(char *buf, uint64_t v);
+
+/* ---- init.c: lazy initialisation, lock, recursion guard --------------- */
+
+/* Depth of shim code on this thread's stack. Non-zero means we re-entered
+ * (dlsym/pthread_atfork calling malloc during init): go straight through. */
+extern FBMM_TLS int fbmm_depth;
+void fbmm_init(void);          /* idempotent, cheap after the first call */
+void fbmm_lock(void);          /* blocks signals, then takes the mutex */
+void fbmm_unlock(void);
+void fbmm_lock_reset_child(void);
+
+/* ---- offsets.c: allocator of arena file offset ranges (locked) -------- */
+
+#define FBMM_NO_OFF UINT64_MAX
+uint64_t fbmm_off_alloc(size_t len, size_t align);
+void     fbmm_off_free(uint64_t off, size_t len);
+/* Claims [end, end+len) if free (for in-place growth); returns 0 on success. */
+int      fbmm_off_extend(uint64_t end, size_t len);
+uint64_t fbmm_off_top(void);   /* highest offset in use + 1 (file high water) */
+void     fbmm_off_reset(void);
+
+/* ---- arena.c / broker.c: the per-process backing file (locked) -------- */
+
+struct fbmm_arena {
+    int      state;            /* ARENA_NONE, ARENA_READY, ARENA_FAILED */
+    int      name_fd;          /* the file opened in the mount (FUSE fd) */
+    int      mem_fd;           /* what we mmap: the memfd, or name_fd on tmpfs */
+    int      tmpfs;            /* no broker: name_fd is the backing itself */
+    int      grow_dead;        /* growth failed for good (daemon gone) */
+    uint64_t size;             /* current file size */
+    dev_t    mem_dev;          /* identity of mem_fd, checked before use */
+    ino_t    mem_ino;
+    char     reason[160];      /* why the arena failed, for messages */
+};
+enum { ARENA_NONE = 0, ARENA_READY = 1, ARENA_FAILED = 2 };
+extern struct fbmm_arena fbmm_arena;
+
+/* Opens the arena if not yet tried; 0 when it can be used. */
+int  fbmm_arena_ready(void);
+/* Opens a fresh arena file + backing (used by init and the fork child). */
+int  fbmm_arena_open(struct fbmm_arena *a);
+void fbmm_arena_close(struct fbmm_arena *a);
+/* Grows the file (via the FUSE fd) so that it is at least `need` bytes. */
+int  fbmm_arena_grow(uint64_t need);
+/* Frees the memory of [off, off+len): hole punch on the backing. */
+int  fbmm_arena_punch(uint64_t off, uint64_t len);
+/* Asks the broker behind `sock` for the backing memfd of our fd. */
+int  fbmm_broker_get_backing(const char *sock, int fd, uint64_t ino,
+                             int *memfd, char *why, size_t whylen);
+/* Says once (verbose) that we fall back, and why. */
+void fbmm_note_fallback(const char *why, const char *detail);
+
+/* ---- regions.c: the table of our mappings (locked) -------------------- */
+
+/* One piece: a run of virtual addresses mapping contiguous file offsets.
+ * A region the program sees may be several pieces (mremap growth appends a
+ * piece rather than copying). A malloc block starts at a piece flagged
+ * P_HEAD whose `blk` holds the block length. */
+struct fbmm_piece {
+    uintptr_t addr;
+    size_t    len;
+    uint64_t  off;
+    uint32_t  prot;
+    uint32_t  flags;
+    size_t    blk;
+};
+enum {
+    P_HEAD      = 1u << 0,     /* start of a malloc block */
+    P_DONTFORK  = 1u << 1,     /* MADV_DONTFORK: absent in fork children */
+    P_WIPEFORK  = 1u << 2,     /* MADV_WIPEONFORK: zero in fork children */
+    P_ANON      = 1u << 3,     /* private anonymous (fork copy fell back) */
+};
+
+extern struct fbmm_piece *fbmm_rt;
+extern size_t fbmm_rt_n;
+
+/* Lock-free pre-check: may [a, a+len) overlap one of our pieces? */
+int    fbmm_rt_maybe(uintptr_t a, size_t len);
+size_t fbmm_rt_lower(uintptr_t a);            /* first piece ending after a */
+struct fbmm_piece *fbmm_rt_find(uintptr_t a); /* piece containing a */
+int    fbmm_rt_split(uintptr_t a);            /* make a a piece boundary */
+int    fbmm_rt_insert(const struct fbmm_piece *p); /* returns its index */
+void   fbmm_rt_remove(size_t i, size_t n);
+void   fbmm_rt_merge_around(uintptr_t a);     /* coalesce like the kernel */
+void   fbmm_rt_reset(void);
+void   fbmm_rt_span(uintptr_t a, size_t len); /* widen the lock-free span */
+
+/* Lock-free filter of malloc block heads, so free() of foreign pointers
+ * does not take the lock: a counting hash of head addresses. */
+void fbmm_heads_add(uintptr_t a);
+void fbmm_heads_del(uintptr_t a);
+int  fbmm_heads_maybe(uintptr_t a);
+
+/* ---- vm.c: operations on our mappings (locked) ------------------------ */
+
+/* Maps `len` bytes of fresh (zero) arena memory. `flags` are the caller's
+ * extra mmap flags (MAP_FIXED, MAP_POPULATE, ...); `pflags` the new piece's
+ * flags (P_HEAD for a malloc block, whose length is then `len`). Returns
+ * MAP_FAILED with errno on failure. */
+void *fbmm_vm_map(void *addr, size_t len, int prot, int flags, uint32_t pflags);
+/* Forgets our pieces in [a, a+len) after the kernel dropped or replaced
+ * them: punches their file ranges and frees the offsets. */
+void  fbmm_vm_forget(uintptr_t a, size_t len);
+/* munmap + forget. */
+int   fbmm_vm_unmap(uintptr_t a, size_t len);
+/* Frees the memory of our pieces in [a, a+len) and calls the kernel's
+ * madvise on the gaps. */
+int   fbmm_vm_discard(uintptr_t a, size_t len, int advice);
+/* mremap on a range made only of our pieces. Returns MAP_FAILED/errno;
+ * errno ENOENT (with MAP_FAILED) means "none of it is ours". */
+void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na);
+/* Records flags (fork behaviour) or protections on pieces in a range. */
+void  fbmm_vm_set(uintptr_t a, size_t len, uint32_t set, uint32_t clear,
+                  int prot /* -1: keep */);
+
+/* ---- fork.c ----------------------------------------------------------- */
+void fbmm_fork_register(void);
+
+/* ---- malloc_hooks.c --------------------------------------------------- */
+void fbmm_malloc_resolve(void);
+
+#endif

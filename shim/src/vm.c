@@ -1,0 +1,271 @@
+/*
+ * Operations on our mappings (all locked). Every piece maps a range of the
+ * arena backing with MAP_SHARED; the kernel's own munmap/mprotect work on it
+ * unchanged, and these functions keep the region table and the file in step:
+ * memory leaves the file (hole punch) exactly when anonymous memory would
+ * be freed, so a program sees the same semantics, only other placement.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+
+#include "shim.h"
+#include "sys.h"
+
+#define HUGE_ALIGN (2ul << 20)
+/* mmap flags that keep their meaning on a shared file mapping. */
+#define KEEP_FLAGS (MAP_FIXED | MAP_FIXED_NOREPLACE | MAP_POPULATE | MAP_NONBLOCK | \
+                    MAP_LOCKED | MAP_NORESERVE | MAP_32BIT)
+
+/* Frees the file range of a piece the kernel no longer maps. Offsets return
+ * to the allocator only once punched, so reused ranges always read zero. */
+static void release(const struct fbmm_piece *p)
+{
+    if (p->flags & P_ANON) return;
+    if (fbmm_arena_punch(p->off, p->len) == 0) fbmm_off_free(p->off, p->len);
+}
+
+static void drop(size_t i, size_t n)
+{
+    for (size_t k = i; k < i + n; k++)
+        if (fbmm_rt[k].flags & P_HEAD) fbmm_heads_del(fbmm_rt[k].addr);
+    fbmm_rt_remove(i, n);
+}
+
+void fbmm_vm_forget(uintptr_t a, size_t len)
+{
+    uintptr_t end = a + len;
+    if (!len || !fbmm_rt_maybe(a, len)) return;
+    fbmm_rt_split(a);
+    fbmm_rt_split(end);
+    size_t i = fbmm_rt_lower(a), j = i;
+    while (j < fbmm_rt_n && fbmm_rt[j].addr < end) release(&fbmm_rt[j++]);
+    drop(i, j - i);
+}
+
+void *fbmm_vm_map(void *addr, size_t len, int prot, int flags, uint32_t pflags)
+{
+    if (fbmm_arena_ready() < 0) return MAP_FAILED;
+    uint64_t off = fbmm_off_alloc(len, len >= HUGE_ALIGN ? HUGE_ALIGN : fbmm_page);
+    if (off == FBMM_NO_OFF) {
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    void *p = sys_mmap(addr, len, prot, MAP_SHARED | (flags & KEEP_FLAGS),
+                       fbmm_arena.mem_fd, (off_t)off);
+    int err = errno;
+    if (p != MAP_FAILED && (flags & MAP_FIXED_NOREPLACE) && p != addr) {
+        sys_munmap(p, len);  /* a kernel older than 4.17 took it as a hint */
+        p = MAP_FAILED;
+        err = EEXIST;
+    }
+    if (p == MAP_FAILED) {
+        fbmm_off_free(off, len);  /* never mapped, so never written */
+        errno = err;
+        return MAP_FAILED;
+    }
+    if (flags & MAP_FIXED) fbmm_vm_forget((uintptr_t)p, len);  /* replaced */
+    struct fbmm_piece pc = { .addr = (uintptr_t)p, .len = len, .off = off, .prot = (uint32_t)prot,
+                             .flags = pflags, .blk = (pflags & P_HEAD) ? len : 0 };
+    if (fbmm_rt_insert(&pc) < 0) {
+        sys_munmap(p, len);
+        fbmm_off_free(off, len);
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    if (pflags & P_HEAD) fbmm_heads_add((uintptr_t)p);
+    fbmm_rt_merge_around((uintptr_t)p);
+    return p;
+}
+
+int fbmm_vm_unmap(uintptr_t a, size_t len)
+{
+    if (sys_munmap((void *)a, len) < 0) return -1;
+    fbmm_vm_forget(a, ROUND_UP(len, fbmm_page));
+    return 0;
+}
+
+int fbmm_vm_discard(uintptr_t a, size_t len, int advice)
+{
+    uintptr_t end = a + len, pos = a;
+    size_t i = fbmm_rt_lower(a);
+    int ret = 0, err = 0;
+    while (pos < end) {
+        const struct fbmm_piece *p = i < fbmm_rt_n && fbmm_rt[i].addr < end ? &fbmm_rt[i] : NULL;
+        uintptr_t gap_end = p ? (p->addr > pos ? p->addr : pos) : end;
+        if (gap_end > pos && sys_madvise((void *)pos, gap_end - pos, advice) < 0) {
+            ret = -1;
+            err = errno;
+        }
+        if (!p) break;
+        uintptr_t s = gap_end, t = p->addr + p->len < end ? p->addr + p->len : end;
+        int r;
+        if (p->flags & P_ANON)
+            r = sys_madvise((void *)s, t - s, advice);
+        else if ((r = fbmm_arena_punch(p->off + (s - p->addr), t - s)) < 0)
+            r = sys_madvise((void *)s, t - s, MADV_REMOVE);  /* needs PROT_WRITE */
+        if (r < 0) {
+            ret = -1;
+            err = errno;
+        }
+        pos = t;
+        i++;
+    }
+    errno = err;
+    return ret;
+}
+
+void fbmm_vm_set(uintptr_t a, size_t len, uint32_t set, uint32_t clear, int prot)
+{
+    uintptr_t end = a + len;
+    fbmm_rt_split(a);
+    fbmm_rt_split(end);
+    for (size_t i = fbmm_rt_lower(a); i < fbmm_rt_n && fbmm_rt[i].addr < end; i++) {
+        fbmm_rt[i].flags = (fbmm_rt[i].flags | set) & ~clear;
+        if (prot >= 0) fbmm_rt[i].prot = (uint32_t)prot;
+    }
+    /* Re-merge from the right so that indices stay valid. */
+    for (size_t i = fbmm_rt_lower(end); i-- > fbmm_rt_lower(a);)
+        fbmm_rt_merge_around(fbmm_rt[i].addr);
+}
+
+/* Moves one piece's mapping to dst. mremap moves the page tables (no
+ * refaults); if the piece spans several kernel VMAs (split by something we
+ * do not track, e.g. mlock of a part) mremap refuses, and mapping the same
+ * file offsets at dst is an equally exact move of a shared mapping. */
+static int move_piece(const struct fbmm_piece *p, uintptr_t dst)
+{
+    if (sys_mremap((void *)p->addr, p->len, p->len, MREMAP_MAYMOVE | MREMAP_FIXED,
+                   (void *)dst) != MAP_FAILED)
+        return 0;
+    if (sys_mmap((void *)dst, p->len, (int)p->prot, MAP_SHARED | MAP_FIXED,
+                 fbmm_arena.mem_fd, (off_t)p->off) == MAP_FAILED)
+        return -1;
+    sys_munmap((void *)p->addr, p->len);
+    return 0;
+}
+
+/* Re-files the table entries of [a, a+len), already moved to dst. */
+static void refile(uintptr_t a, size_t len, uintptr_t dst)
+{
+    size_t i;
+    while ((i = fbmm_rt_lower(a)) < fbmm_rt_n && fbmm_rt[i].addr < a + len) {
+        struct fbmm_piece e = fbmm_rt[i];
+        fbmm_rt_remove(i, 1);
+        if (e.flags & P_HEAD) fbmm_heads_del(e.addr);
+        e.addr = dst + (e.addr - a);
+        if (e.flags & P_HEAD) fbmm_heads_add(e.addr);
+        fbmm_rt_insert(&e);  /* cannot fail: we just made room */
+    }
+}
+
+void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
+{
+    uintptr_t end = a + ol;
+    size_t i = fbmm_rt_lower(a);
+    if (i >= fbmm_rt_n || fbmm_rt[i].addr >= end) {
+        errno = ENOENT;  /* not ours: the kernel's business */
+        return MAP_FAILED;
+    }
+    /* Natively the old range must lie in one VMA; ours must be all ours. */
+    for (uintptr_t pos = a; pos < end; i++) {
+        if (i >= fbmm_rt_n || fbmm_rt[i].addr > pos || (fbmm_rt[i].flags & P_ANON)) {
+            errno = EFAULT;
+            return MAP_FAILED;
+        }
+        pos = fbmm_rt[i].addr + fbmm_rt[i].len;
+    }
+    if ((flags & MREMAP_DONTUNMAP) ||
+        ((flags & MREMAP_FIXED) && na < end && a < na + nl)) {
+        errno = EINVAL;
+        return MAP_FAILED;
+    }
+    if (fbmm_rt_split(a) < 0 || fbmm_rt_split(end) < 0) {
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    if (nl < ol) {
+        if (fbmm_vm_unmap(a + nl, ol - nl) < 0) return MAP_FAILED;
+        ol = nl;
+        end = a + ol;
+        if (!(flags & MREMAP_FIXED)) return (void *)a;
+    }
+    if (nl == ol && !(flags & MREMAP_FIXED)) return (void *)a;
+
+    struct fbmm_piece last = fbmm_rt[fbmm_rt_lower(end - 1)];
+    size_t delta = nl - ol;
+    uint64_t ext = FBMM_NO_OFF;
+    if (delta) {
+        /* File offsets right after the last piece keep it one VMA. */
+        if (fbmm_off_extend(last.off + last.len, delta) == 0)
+            ext = last.off + last.len;
+        else if ((ext = fbmm_off_alloc(delta, fbmm_page)) == FBMM_NO_OFF) {
+            errno = ENOMEM;
+            return MAP_FAILED;
+        }
+    }
+    struct fbmm_piece xp = { .len = delta, .off = ext, .prot = last.prot,
+                             .flags = last.flags & ~P_HEAD };
+
+    if (delta && !(flags & MREMAP_FIXED)) {
+        /* Grow in place when the addresses after the region are free. */
+        void *r = sys_mmap((void *)end, delta, (int)last.prot,
+                           MAP_SHARED | MAP_FIXED_NOREPLACE, fbmm_arena.mem_fd, (off_t)ext);
+        if (r == (void *)end) {
+            xp.addr = end;
+            fbmm_rt_insert(&xp);
+            fbmm_rt_merge_around(end);
+            return (void *)a;
+        }
+        if (r != MAP_FAILED) sys_munmap(r, delta);
+        if (!(flags & MREMAP_MAYMOVE)) {
+            fbmm_off_free(ext, delta);
+            errno = ENOMEM;
+            return MAP_FAILED;
+        }
+    }
+
+    uintptr_t dst;
+    if (flags & MREMAP_FIXED) {
+        dst = na;
+        if (fbmm_vm_unmap(na, nl) < 0) goto fail_ext;
+    } else {
+        void *r = sys_mmap(NULL, nl, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (r == MAP_FAILED) goto fail_ext;
+        dst = (uintptr_t)r;
+    }
+    if (delta && sys_mmap((void *)(dst + ol), delta, (int)last.prot, MAP_SHARED | MAP_FIXED,
+                          fbmm_arena.mem_fd, (off_t)ext) == MAP_FAILED)
+        goto fail_dst;
+
+    size_t first = fbmm_rt_lower(a), k = first;
+    for (; k < fbmm_rt_n && fbmm_rt[k].addr < end; k++)
+        if (move_piece(&fbmm_rt[k], dst + (fbmm_rt[k].addr - a)) < 0) break;
+    if (k < fbmm_rt_n && fbmm_rt[k].addr < end) {
+        int err = errno;
+        for (size_t b = first; b < k; b++) {
+            struct fbmm_piece moved = fbmm_rt[b];
+            moved.addr = dst + (fbmm_rt[b].addr - a);
+            move_piece(&moved, fbmm_rt[b].addr);
+        }
+        errno = err;
+        goto fail_dst;
+    }
+    refile(a, ol, dst);
+    if (delta) {
+        xp.addr = dst + ol;
+        fbmm_rt_insert(&xp);
+        fbmm_rt_merge_around(xp.addr);
+    }
+    return (void *)dst;
+
+fail_dst:
+    if (!(flags & MREMAP_FIXED)) sys_munmap((void *)dst, nl);
+    else if (delta) sys_munmap((void *)(dst + ol), delta);
+fail_ext:
+    if (delta) {
+        int err = errno;
+        if (fbmm_arena_punch(ext, delta) == 0) fbmm_off_free(ext, delta);
+        errno = err;
+    }
+    return MAP_FAILED;
+}
