@@ -5,6 +5,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/xattr.h>
+#include <spawn.h>
 #include <unistd.h>
 #include <linux/falloc.h>
 
@@ -82,3 +85,41 @@ int fbmm_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {
     *pid = cred.pid; *uid = cred.uid; *gid = cred.gid;
     return 0;
 }
+
+int fbmm_accept_cloexec(int listener) { return accept4(listener, NULL, NULL, SOCK_CLOEXEC); }
+
+int fbmm_connect_seqpacket(const char *path) {
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof addr.sun_path) { errno = ENAMETOOLONG; return -1; }
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        int saved = errno; close(fd); errno = saved; return -1;
+    }
+    return fd;
+}
+
+int fbmm_broker_call(const char *path, const struct fbmm_request *request,
+                     struct fbmm_reply *reply, int *fd_out) {
+    *fd_out = -1;
+    int sock = fbmm_connect_seqpacket(path);
+    if (sock < 0) return -1;
+    if (fbmm_send_with_fd(sock, request, sizeof *request, -1) != (ssize_t)sizeof *request) {
+        int saved = errno; close(sock); errno = saved ? saved : EPROTO; return -1;
+    }
+    ssize_t n = fbmm_recv_with_fd(sock, reply, sizeof *reply, fd_out);
+    int saved = errno;
+    close(sock);
+    if (n != (ssize_t)sizeof *reply || reply->magic != FBMM_BROKER_MAGIC) {
+        if (*fd_out >= 0) { close(*fd_out); *fd_out = -1; }
+        errno = n < 0 ? saved : EPROTO;
+        return -1;
+    }
+    return 0;
+}
+
+ssize_t fbmm_getxattr(const char *path, const char *name, void *value, size_t size) {
+    return getxattr(path, name, value, size);
+}
+short fbmm_posix_spawn_setsid(void) { return POSIX_SPAWN_SETSID; }

@@ -1,7 +1,7 @@
 import CFuse3
 
 /// A FUSE inode number (1 is the root).
-public typealias Inode = UInt64
+public typealias InodeNumber = UInt64
 
 /// Who is asking: the credentials the kernel attached to the request.
 public struct RequestContext: Sendable, Hashable {
@@ -107,9 +107,9 @@ public struct FilesystemStatistics: Sendable, Hashable {
 /// A directory entry for `readdir`.
 public struct DirectoryEntry: Sendable, Hashable {
     public var name: String
-    public var inode: Inode
+    public var inode: InodeNumber
     public var mode: UInt32
-    public init(name: String, inode: Inode, mode: UInt32) {
+    public init(name: String, inode: InodeNumber, mode: UInt32) {
         self.name = name
         self.inode = inode
         self.mode = mode
@@ -118,10 +118,10 @@ public struct DirectoryEntry: Sendable, Hashable {
 
 /// The answer to a lookup/create/mkdir/mknod: the inode and its attributes.
 public struct Entry: Sendable {
-    public var inode: Inode
+    public var inode: InodeNumber
     public var attributes: stat
     public var timeout: Double
-    public init(inode: Inode, attributes: stat, timeout: Double = 1.0) {
+    public init(inode: InodeNumber, attributes: stat, timeout: Double = 1.0) {
         self.inode = inode
         self.attributes = attributes
         self.timeout = timeout

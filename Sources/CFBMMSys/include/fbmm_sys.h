@@ -31,4 +31,19 @@ ssize_t fbmm_recv_with_fd(int sock, void *buf, size_t len, int *fd_out);
 /* SO_PEERCRED of a connected unix socket. */
 int fbmm_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
 
+/* accept4(..., SOCK_CLOEXEC). */
+int fbmm_accept_cloexec(int listener);
+/* A connected AF_UNIX SOCK_SEQPACKET client socket (close-on-exec). */
+int fbmm_connect_seqpacket(const char *path);
+/* One request/reply exchange with the broker at `path`; *fd_out gets an
+ * attached fd or -1. Returns 0 or -1 with errno set (transport errors only;
+ * the broker's own verdict is reply->status). */
+int fbmm_broker_call(const char *path, const struct fbmm_request *request,
+                     struct fbmm_reply *reply, int *fd_out);
+
+/* getxattr(2) (sys/xattr.h is not in Swift's Glibc module). */
+ssize_t fbmm_getxattr(const char *path, const char *name, void *value, size_t size);
+/* POSIX_SPAWN_SETSID, hidden behind _GNU_SOURCE. */
+short fbmm_posix_spawn_setsid(void);
+
 #endif

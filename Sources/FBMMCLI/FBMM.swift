@@ -1,0 +1,36 @@
+import ArgumentParser
+import FBMMPolicy
+import Synchronization
+
+/// The `fbmm` command line. A package that adds its own policies builds its
+/// own `fbmm` with `FBMM.main(policies: [MyPolicy.self])`; the built-ins, the
+/// CLI and every mount option stay the same.
+public enum FBMM {
+    private static let registryStore = Mutex(PolicyRegistry())
+
+    /// The policies this executable knows (built-ins plus those given to `main`).
+    public static var registry: PolicyRegistry { registryStore.withLock { $0 } }
+
+    public static func main(policies: [any MemoryManagementPolicy.Type] = []) {
+        registryStore.withLock { $0 = PolicyRegistry(adding: policies) }
+        FBMMCommand.main()
+    }
+}
+
+struct FBMMCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fbmm",
+        abstract: "File-based memory management: memory policies as filesystems.",
+        discussion: """
+            Mount a memory filesystem with a placement policy, run programs with their \
+            anonymous memory in it, and see where every page went.
+            """,
+        subcommands: [MountCommand.self, UmountCommand.self, RunCommand.self, StatCommand.self,
+                      PoliciesCommand.self, MigrateCommand.self])
+}
+
+/// A failure the user caused or must fix: printed as one line, exit status 1.
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,29 @@
+import CFBMMSys
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// posix_spawn with the plumbing fbmm needs: stdio redirection, one extra fd
+/// passed at a fixed number, and optionally a new session (so a background
+/// daemon survives its terminal).
+func spawnProcess(_ arguments: [String], stdinPath: String, stdoutFD: Int32, stderrFD: Int32,
+                  extraFD: (Int32, Int32)? = nil, newSession: Bool = false) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, stdinPath, O_RDONLY, 0)
+    posix_spawn_file_actions_adddup2(&actions, stdoutFD, 1)
+    posix_spawn_file_actions_adddup2(&actions, stderrFD, 2)
+    if let (from, to) = extraFD { posix_spawn_file_actions_adddup2(&actions, from, to) }
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    if newSession { posix_spawnattr_setflags(&attributes, fbmm_posix_spawn_setsid()) }
+    var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    let result = posix_spawn(&pid, arguments[0], &actions, &attributes, &argv, environ)
+    guard result == 0 else { throw CLIError("cannot start \(arguments[0]): \(String(cString: strerror(result)))") }
+    return pid
+}

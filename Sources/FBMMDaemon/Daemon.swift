@@ -1,0 +1,147 @@
+import FBMMCore
+import FBMMPolicy
+import FUSEKit
+import Logging
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a mount could not start: each renders as the one line the user sees.
+public enum DaemonError: Error, CustomStringConvertible {
+    case policy(PolicyError)
+    case topology(String)
+    case mountpoint(String)
+    case system(SystemError)
+    case fuse(String)
+
+    public var description: String {
+        switch self {
+        case .policy(let e): return e.description
+        case .topology(let s): return s
+        case .mountpoint(let s): return s
+        case .system(let e): return e.description
+        case .fuse(let s): return s
+        }
+    }
+}
+
+/// One running mount: the filesystem, its FUSE session and its broker.
+public final class Daemon: Sendable {
+    public let filesystem: MemoryFileSystem
+    private let session: FUSESession
+    private let broker: Broker
+    private let logger: Logger
+
+    /// Validates everything and prepares the mount; nothing is mounted yet.
+    public init(configuration: MountConfiguration, registry: PolicyRegistry, logger: Logger) throws(DaemonError) {
+        self.logger = logger
+        try Self.validateMountpoint(configuration.mountpoint)
+        let topology: Topology
+        do { topology = try Topology() } catch { throw .topology(error.description) }
+        let policy: any MemoryManagementPolicy
+        do { policy = try registry.make(configuration.policy, topology: topology) } catch { throw .policy(error) }
+        let brokerPath = Self.brokerSocketPath()
+        let filesystem = MemoryFileSystem(configuration: configuration, topology: topology, policy: policy,
+                                          registry: registry, brokerPath: brokerPath, logger: logger)
+        self.filesystem = filesystem
+        do {
+            broker = try Broker(path: brokerPath, filesystem: filesystem, logger: logger)
+        } catch { throw .system(error) }
+        do {
+            session = try FUSESession(operations: filesystem, mountpoint: configuration.mountpoint,
+                                      options: configuration.fuseOptions)
+        } catch {
+            broker.stop()
+            throw .fuse(error.description)
+        }
+    }
+
+    /// A mount point must exist, be a directory, be empty and not be mounted on.
+    public static func validateMountpoint(_ path: String) throws(DaemonError) {
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            throw .mountpoint("mount point \(path) does not exist")
+        }
+        guard st.st_mode & S_IFMT == S_IFDIR else { throw .mountpoint("mount point \(path) is not a directory") }
+        guard let dir = opendir(path) else { throw .mountpoint("cannot read mount point \(path): \(Errno(rawValue: errno))") }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { throw .mountpoint("mount point \(path) is not empty") }
+        }
+    }
+
+    static func brokerSocketPath() -> String {
+        let directory = getuid() == 0 ? "/run/fbmm" : "/tmp/fbmm-\(getuid())"
+        mkdir(directory, 0o755)
+        return "\(directory)/broker-\(getpid()).sock"
+    }
+
+    /// Mounts and learns the mount's device number (the broker identifies
+    /// files by (st_dev, st_ino)).
+    public func mount() throws(DaemonError) {
+        do { try session.mount() } catch {
+            broker.stop()
+            throw .fuse(error.description)
+        }
+        // The mount answers stat() only once the loop runs; the device number
+        // is in /proc/self/mountinfo already.
+        broker.setMountDevice(Self.mountDevice(of: filesystem.configuration.mountpoint) ?? 0)
+        broker.start()
+        logger.info("mounted \(filesystem.configuration.mountpoint) policy=\(filesystem.mountPolicy.description) broker=\(broker.path)")
+    }
+
+    /// Serves until unmounted or signalled, then cleans up.
+    public func run() throws(DaemonError) {
+        session.installSignalHandlers()
+        defer {
+            broker.stop()
+            session.unmount()
+        }
+        do { try session.run() } catch { throw .fuse(error.description) }
+    }
+
+    /// The st_dev the kernel gives files on the mount at `path`, from mountinfo
+    /// ("36 25 0:45 / /mnt ... - fuse.fbmm fbmm ...": major:minor in field 3).
+    static func mountDevice(of path: String) -> UInt64? {
+        guard let text = readText("/proc/self/mountinfo") else { return nil }
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let canonical = realpath(path, &resolved) != nil ? String(cString: resolved) : path
+        var found: UInt64?
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count > 4, unescapeMountPath(String(fields[4])) == canonical else { continue }
+            let numbers = fields[2].split(separator: ":")
+            if numbers.count == 2, let major = UInt32(numbers[0]), let minor = UInt32(numbers[1]) {
+                found = makeDevice(major: UInt64(major), minor: UInt64(minor))  // the last (topmost) mount wins
+            }
+        }
+        return found
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+func unescapeMountPath(_ text: String) -> String {
+    var bytes: [UInt8] = []
+    var utf8 = Array(text.utf8)[...]
+    while let byte = utf8.first {
+        if byte == UInt8(ascii: "\\"), utf8.count >= 4,
+           let value = UInt8(String(decoding: utf8.dropFirst().prefix(3), as: UTF8.self), radix: 8) {
+            bytes.append(value)
+            utf8 = utf8.dropFirst(4)
+        } else {
+            bytes.append(byte)
+            utf8 = utf8.dropFirst()
+        }
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// glibc's makedev(3), which Swift does not import (it is a macro).
+func makeDevice(major: UInt64, minor: UInt64) -> UInt64 {
+    ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
+}

@@ -1,0 +1,97 @@
+import FBMMCore
+import FBMMPolicy
+import Synchronization
+
+/// The memory behind one regular file: its memfd, and how far its placement
+/// policy has been applied.
+///
+/// Placement is applied ahead of use: before a write, truncate or fallocate
+/// grows the file, the new range gets its kernel policy, so the first fault
+/// on any page — by the daemon's pwrite or by an application's mapping —
+/// already lands where the policy says.
+final class FileBacking: Sendable {
+    let memory: MemoryFile
+    private struct PlacementState {
+        var policy: any MemoryManagementPolicy
+        var placedUpTo: UInt64
+    }
+    private let state: Mutex<PlacementState>
+
+    init(name: String, policy: any MemoryManagementPolicy) throws(SystemError) {
+        memory = try MemoryFile(name: name)
+        state = Mutex(PlacementState(policy: policy, placedUpTo: 0))
+    }
+
+    var policy: any MemoryManagementPolicy { state.withLock { $0.policy } }
+
+    /// Applies the policy to [placed, size) if the file is about to grow past
+    /// what was placed. Returns the number of mbind calls made.
+    @discardableResult
+    func ensurePlaced(upTo size: UInt64, context: FileContext) throws(SystemError) -> Int {
+        let page = UInt64(pageSize)
+        let target = (size + page - 1) / page * page
+        return try state.withLock { (s) throws(SystemError) -> Int in
+            guard target > s.placedUpTo else { return 0 }
+            let range = s.placedUpTo..<target
+            let count = try Self.apply(s.policy, to: range, of: memory, context: context)
+            s.placedUpTo = target
+            return count
+        }
+    }
+
+    /// Replaces the policy (xattr override, migration) and re-applies it to
+    /// everything placed so far. Existing pages stay where they are; new ones follow.
+    func replacePolicy(_ policy: any MemoryManagementPolicy, context: FileContext) throws(SystemError) {
+        try state.withLock { (s) throws(SystemError) in
+            s.policy = policy
+            if s.placedUpTo > 0 {
+                _ = try Self.apply(policy, to: 0..<s.placedUpTo, of: memory, context: context)
+            }
+        }
+    }
+
+    private static func apply(_ policy: any MemoryManagementPolicy, to range: Range<UInt64>,
+                              of memory: MemoryFile, context: FileContext) throws(SystemError) -> Int {
+        let placements = policy.place(range, of: context)
+        guard !placements.isEmpty else { return 0 }
+        let window = try memory.map(range)
+        for placement in placements {
+            let clipped = placement.range.clamped(to: range)
+            try window.bind(clipped, policy: placement.policy)
+        }
+        return placements.count
+    }
+
+    /// Bytes resident per node, found page by page with move_pages on a
+    /// short-lived window over the file's data ranges (holes are never touched).
+    func residentByNode() throws(SystemError) -> [Int: UInt64] {
+        var result: [Int: UInt64] = [:]
+        let page = UInt64(pageSize)
+        for data in try memory.dataRanges() {
+            let aligned = (data.lowerBound / page * page)..<((data.upperBound + page - 1) / page * page)
+            let window = try memory.map(aligned)
+            try window.populateRead(aligned)
+            for status in try window.nodesOfPages(aligned) where status >= 0 {
+                result[Int(status), default: 0] += page
+            }
+        }
+        return result
+    }
+
+    /// Moves resident pages in `range` (nil: all) to `node`. Returns bytes moved.
+    func migrate(_ range: Range<UInt64>?, to node: Int) throws(SystemError) -> UInt64 {
+        var moved: UInt64 = 0
+        let page = UInt64(pageSize)
+        for data in try memory.dataRanges(in: range) {
+            let aligned = (data.lowerBound / page * page)..<((data.upperBound + page - 1) / page * page)
+            let window = try memory.map(aligned)
+            try window.populateRead(aligned)
+            let before = try window.nodesOfPages(aligned)
+            let after = try window.migrate(aligned, to: Int32(node))
+            for (old, new) in zip(before, after) where old >= 0 && new == Int32(node) && old != new {
+                moved += page
+            }
+        }
+        return moved
+    }
+}

@@ -1,0 +1,108 @@
+import FBMMCore
+import FBMMPolicy
+import FUSEKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One node of the namespace: a directory, a regular file (memory), or a
+/// special file (fifo/socket, metadata only).
+/// Mutable state; only ever touched under `MemoryFileSystem.state`'s lock.
+final class InodeRecord: @unchecked Sendable {
+    enum Content {
+        case directory(children: [String: InodeNumber])
+        case regular(FileBacking)
+        case special(device: UInt64)
+    }
+
+    let number: InodeNumber
+    var content: Content
+    var mode: UInt32
+    var uid: UInt32
+    var gid: UInt32
+    var linkCount: UInt32
+    var accessTime: timespec
+    var modificationTime: timespec
+    var changeTime: timespec
+    var xattrs: [String: [UInt8]] = [:]
+    /// The kernel's lookup count: the inode must live until it drops to zero.
+    var lookups: UInt64 = 0
+    /// Open handles, and how many of them can write.
+    var openHandles = 0
+    var writableHandles = 0
+    /// The pid that created it (shown by `fbmm stat`).
+    var creatorPID: Int32
+    /// Set when the broker handed the backing to a process (the shim's arena):
+    /// the file then lives as long as that process holds it open.
+    var processOwned = false
+    /// A policy override set with the `user.fbmm.policy` xattr (directories:
+    /// inherited by files created in them).
+    var policySpec: PolicySpec?
+    /// Directory parent (for "..") and the name under which it was created.
+    var parent: InodeNumber
+    var name: String
+
+    init(number: InodeNumber, content: Content, mode: UInt32, uid: UInt32, gid: UInt32,
+         parent: InodeNumber, name: String, creatorPID: Int32) {
+        self.number = number
+        self.content = content
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.parent = parent
+        self.name = name
+        self.creatorPID = creatorPID
+        if case .directory = content { linkCount = 2 } else { linkCount = 1 }
+        let now = currentTime()
+        accessTime = now
+        modificationTime = now
+        changeTime = now
+    }
+
+    var isDirectory: Bool { if case .directory = content { return true } else { return false } }
+    var backing: FileBacking? { if case .regular(let b) = content { return b } else { return nil } }
+
+    var children: [String: InodeNumber] {
+        get { if case .directory(let c) = content { return c } else { return [:] } }
+        set { if isDirectory { content = .directory(children: newValue) } }
+    }
+
+    func touchModified() {
+        let now = currentTime()
+        modificationTime = now
+        changeTime = now
+    }
+
+    /// The attributes the kernel sees. Sizes come from the memfd, which a
+    /// process holding it may have changed behind FUSE's back.
+    func attributes() -> stat {
+        var st = stat()
+        st.st_ino = ino_t(number)
+        st.st_mode = mode
+        st.st_nlink = nlink_t(linkCount)
+        st.st_uid = uid
+        st.st_gid = gid
+        st.st_blksize = blksize_t(pageSize)
+        st.st_atim = accessTime
+        st.st_mtim = modificationTime
+        st.st_ctim = changeTime
+        switch content {
+        case .directory(let children):
+            st.st_size = off_t(4096 + 0 * children.count)
+            st.st_blocks = 8
+        case .regular(let backing):
+            st.st_size = off_t((try? backing.memory.size()) ?? 0)
+            st.st_blocks = blkcnt_t(((try? backing.memory.allocatedBytes()) ?? 0) / 512)
+        case .special(let device):
+            st.st_rdev = dev_t(device)
+        }
+        return st
+    }
+}
+
+func currentTime() -> timespec {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return now
+}

@@ -1,0 +1,65 @@
+import FBMMCore
+import FBMMPolicy
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything a mount is started with, parsed and validated before anything is mounted.
+public struct MountConfiguration: Sendable {
+    public var mountpoint: String
+    public var policy: PolicySpec
+    /// `-o allow_other`: let other users reach the mount (the kernel still checks modes).
+    public var allowOther = false
+    /// `-o capacity=SIZE`: the most memory the mount's files may hold (df shows it).
+    public var capacity: UInt64?
+    /// `-o max-files=N`
+    public var maxFiles: Int?
+    public var rootUID: UInt32 = getuid()
+    public var rootGID: UInt32 = getgid()
+    public var rootMode: UInt32 = 0o1777
+
+    /// Mount-level keys that `-o` may carry besides the policy's own.
+    public static let mountKeys: [PolicyKey] = [
+        PolicyKey("allow_other", default: "off", "let other users use the mount (modes still apply)"),
+        PolicyKey("capacity", default: "unlimited", "most memory the mount's files may hold, e.g. 4G"),
+        PolicyKey("max-files", default: "1048576", "most files and directories"),
+        PolicyKey("mode", default: "1777", "permissions of the mount's root directory (octal)"),
+    ]
+
+    public init(mountpoint: String, policy: PolicySpec) {
+        self.mountpoint = mountpoint
+        self.policy = policy
+    }
+
+    /// Splits `-o` options into mount-level settings and the policy's options.
+    public init(mountpoint: String, policyName: String, options: PolicyOptions) throws(PolicyError) {
+        var policyOptions = options
+        self.init(mountpoint: mountpoint, policy: PolicySpec(name: policyName))
+        if let value = policyOptions.remove("allow_other") {
+            guard value == "true" else { throw .invalidValue(key: "allow_other", value: value, reason: "takes no value") }
+            allowOther = true
+        }
+        if let value = policyOptions.remove("capacity") {
+            do { capacity = try ByteSize(parsing: value).bytes } catch {
+                throw .invalidValue(key: "capacity", value: value, reason: error.description)
+            }
+        }
+        if let value = policyOptions.remove("max-files") {
+            guard let n = Int(value), n > 0 else { throw .invalidValue(key: "max-files", value: value, reason: "expected a positive number") }
+            maxFiles = n
+        }
+        if let value = policyOptions.remove("mode") {
+            guard let n = UInt32(value, radix: 8), n <= 0o7777 else { throw .invalidValue(key: "mode", value: value, reason: "expected octal permissions such as 1777") }
+            rootMode = n
+        }
+        policy = PolicySpec(name: policyName, options: policyOptions)
+    }
+
+    /// The FUSE mount options: the kernel enforces permissions itself.
+    public var fuseOptions: [String] {
+        var options = ["fsname=fbmm", "subtype=fbmm", "default_permissions"]
+        if allowOther { options.append("allow_other") }
+        return options
+    }
+}

@@ -1,0 +1,94 @@
+import FBMMCore
+import FBMMPolicy
+import FUSEKit
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The filesystem's tables, always accessed under the daemon's lock: inodes,
+/// open handles and counters. Memory operations (pread/pwrite/fallocate/mbind)
+/// run outside the lock on the `FileBacking`, which is thread-safe.
+struct Namespace: ~Copyable {
+    var inodes: [InodeNumber: InodeRecord] = [:]
+    var nextInode: InodeNumber = 2
+    var handles: [UInt64: OpenHandle] = [:]
+    var nextHandle: UInt64 = 1
+    var counters = Counters()
+
+    struct OpenHandle {
+        var inode: InodeNumber
+        var flags: Int32
+        var pid: Int32
+        var writable: Bool { flags & O_ACCMODE != O_RDONLY }
+    }
+
+    struct Counters {
+        var filesCreated: UInt64 = 0
+        var placements: UInt64 = 0
+        var brokerHandouts: UInt64 = 0
+        var brokerRefusals: UInt64 = 0
+        var migratedBytes: UInt64 = 0
+        var migrations: UInt64 = 0
+    }
+
+    init(rootUID: UInt32, rootGID: UInt32, rootMode: UInt32) {
+        let root = InodeRecord(number: 1, content: .directory(children: [:]), mode: S_IFDIR | rootMode,
+                               uid: rootUID, gid: rootGID, parent: 1, name: "/", creatorPID: getpid())
+        root.lookups = 1 << 40  // the root is never forgotten
+        inodes[1] = root
+    }
+
+    func record(_ inode: InodeNumber) throws(Errno) -> InodeRecord {
+        guard let record = inodes[inode] else { throw .noSuchFileOrDirectory }
+        return record
+    }
+
+    func directory(_ inode: InodeNumber) throws(Errno) -> InodeRecord {
+        let record = try record(inode)
+        guard record.isDirectory else { throw .notDirectory }
+        return record
+    }
+
+    func child(_ parent: InodeNumber, _ name: String) throws(Errno) -> InodeRecord {
+        guard let inode = try directory(parent).children[name], let record = inodes[inode] else {
+            throw .noSuchFileOrDirectory
+        }
+        return record
+    }
+
+    mutating func allocateInode() -> InodeNumber {
+        defer { nextInode += 1 }
+        return nextInode
+    }
+
+    /// Drops an inode once it has no name, no kernel reference and no open handle.
+    mutating func collect(_ inode: InodeNumber) {
+        guard inode != 1, let record = inodes[inode] else { return }
+        let unlinked = record.isDirectory ? record.linkCount <= 1 : record.linkCount == 0
+        if unlinked && record.lookups == 0 && record.openHandles == 0 {
+            inodes[inode] = nil
+        }
+    }
+
+    /// The full path of an inode inside the mount, for stats ("/dir/file").
+    func path(of inode: InodeNumber) -> String {
+        var parts: [String] = []
+        var current = inode
+        var guardCount = 0
+        while current != 1, let record = inodes[current], guardCount < 4096 {
+            parts.append(record.name)
+            current = record.parent
+            guardCount += 1
+        }
+        return "/" + parts.reversed().joined(separator: "/")
+    }
+}
+
+/// A file name the filesystem accepts: what Linux accepts (no '/', no NUL,
+/// not "." or "..", at most 255 bytes).
+func validateName(_ name: String) throws(Errno) {
+    if name.isEmpty || name == "." || name == ".." || name.contains("/") { throw .invalidArgument }
+    if name.utf8.count > 255 { throw .fileNameTooLong }
+}

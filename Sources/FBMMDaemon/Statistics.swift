@@ -1,0 +1,87 @@
+import FBMMCore
+import FBMMPolicy
+import Foundation
+
+/// The document `fbmm stat --json` prints (keys are part of the CLI contract).
+public struct MountStatistics: Codable, Sendable {
+    public struct NodeUsage: Codable, Sendable {
+        public var resident_bytes: UInt64
+        public var total_bytes: UInt64
+        public var free_bytes: UInt64
+    }
+    public struct FileUsage: Codable, Sendable {
+        public var name: String
+        public var path: String
+        public var size: UInt64
+        public var allocated_bytes: UInt64
+        public var resident_bytes: UInt64
+        public var nodes: [String: UInt64]
+        public var owner_pid: Int32
+        public var policy: String
+        public var open_handles: Int
+    }
+    public struct Counters: Codable, Sendable {
+        public var files_created: UInt64
+        public var placements: UInt64
+        public var broker_handouts: UInt64
+        public var broker_refusals: UInt64
+        public var migrations: UInt64
+        public var migrated_bytes: UInt64
+    }
+    public var mountpoint: String
+    public var daemon_pid: Int32
+    public var policy: String
+    public var nodes: [String: NodeUsage]
+    public var files: [FileUsage]
+    public var pool: [String: UInt64]
+    public var counters: Counters
+
+    public func json(pretty: Bool = true) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
+        return try encoder.encode(self)
+    }
+}
+
+extension MemoryFileSystem {
+    /// Gathers where every file's memory is. Page nodes come from move_pages on
+    /// short-lived windows over the files' data ranges.
+    public func statistics() -> MountStatistics {
+        let snapshot = state.withLock { ns -> ([(InodeRecord, String)], Namespace.Counters) in
+            let files = ns.inodes.values.filter { $0.backing != nil && $0.linkCount > 0 }
+                .map { ($0, ns.path(of: $0.number)) }
+            return (files, ns.counters)
+        }
+        let topology = (try? Topology()) ?? self.topology
+        var nodeTotals: [Int: UInt64] = [:]
+        var files: [MountStatistics.FileUsage] = []
+        for (record, path) in snapshot.0.sorted(by: { $0.1 < $1.1 }) {
+            guard let backing = record.backing else { continue }
+            let byNode = (try? backing.residentByNode()) ?? [:]
+            for (node, bytes) in byNode { nodeTotals[node, default: 0] += bytes }
+            files.append(MountStatistics.FileUsage(
+                name: record.name, path: path,
+                size: (try? backing.memory.size()) ?? 0,
+                allocated_bytes: (try? backing.memory.allocatedBytes()) ?? 0,
+                resident_bytes: byNode.values.reduce(0, +),
+                nodes: Dictionary(uniqueKeysWithValues: byNode.map { (String($0.key), $0.value) }),
+                owner_pid: record.creatorPID,
+                policy: backing.policy.description,
+                open_handles: state.withLock { _ in record.openHandles }))
+        }
+        var nodes: [String: MountStatistics.NodeUsage] = [:]
+        for node in topology.nodes {
+            nodes[String(node.id)] = MountStatistics.NodeUsage(
+                resident_bytes: nodeTotals[node.id] ?? 0, total_bytes: node.memTotal, free_bytes: node.memFree)
+        }
+        let pool = poolUsage()
+        let c = snapshot.1
+        return MountStatistics(
+            mountpoint: configuration.mountpoint, daemon_pid: getpid(), policy: mountPolicy.description,
+            nodes: nodes, files: files,
+            pool: ["total_bytes": pool.total, "used_bytes": pool.used, "free_bytes": pool.free],
+            counters: .init(files_created: c.filesCreated, placements: c.placements,
+                            broker_handouts: c.brokerHandouts, broker_refusals: c.brokerRefusals,
+                            migrations: c.migrations, migrated_bytes: c.migratedBytes))
+    }
+}

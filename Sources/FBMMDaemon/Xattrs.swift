@@ -1,0 +1,141 @@
+import CFBMMSys
+import FBMMCore
+import FBMMPolicy
+import FUSEKit
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Extended attributes: user.* are stored; three are fbmm's own:
+/// - `user.fbmm.broker` (root, read-only): the broker socket path.
+/// - `user.fbmm.nodes` (files, read-only): resident bytes per node, "0:8192 1:4096".
+/// - `user.fbmm.policy` (files and directories): a policy override in the
+///   `--policy` syntax (`bind,nodes=1`); on a directory, inherited by new files.
+extension MemoryFileSystem {
+    // setxattr(2) flags (linux/xattr.h).
+    private var xattrCreate: Int32 { 1 }
+    private var xattrReplace: Int32 { 2 }
+    static let brokerAttribute = FBMM_XATTR_BROKER
+    static let nodesAttribute = FBMM_XATTR_NODES
+    static let policyAttribute = FBMM_XATTR_POLICY
+
+    public func getxattr(_ ctx: RequestContext, inode: InodeNumber, name: String, reply: consuming XattrReply) {
+        switch name {
+        case Self.brokerAttribute where inode == 1:
+            reply.value(Array(brokerPath.utf8))
+        case Self.nodesAttribute:
+            guard let backing = state.withLock({ $0.inodes[inode]?.backing }) else { reply.error(Errno(rawValue: ENODATA)); return }
+            do {
+                let nodes = try backing.residentByNode()
+                let text = nodes.keys.sorted().map { "\($0):\(nodes[$0]!)" }.joined(separator: " ")
+                reply.value(Array(text.utf8))
+            } catch {
+                reply.error(error.errno)
+            }
+        case Self.policyAttribute:
+            let spec = state.withLock { ns -> String? in
+                guard let record = ns.inodes[inode] else { return nil }
+                if let spec = record.policySpec { return spec.description }
+                return record.backing.map { $0.policy.description }
+            }
+            if let spec { reply.value(Array(spec.utf8)) } else { reply.error(Errno(rawValue: ENODATA)) }
+        default:
+            // ENODATA, never ENOTSUP: ENOTSUP makes the kernel stop asking this
+            // filesystem for any xattr, fbmm's own included.
+            let value = state.withLock { $0.inodes[inode]?.xattrs[name] }
+            if let value { reply.value(value) } else { reply.error(Errno(rawValue: ENODATA)) }
+        }
+    }
+
+    public func listxattr(_ ctx: RequestContext, inode: InodeNumber, reply: consuming XattrReply) {
+        let names = state.withLock { ns -> [String]? in
+            guard let record = ns.inodes[inode] else { return nil }
+            var names = record.xattrs.keys.sorted()
+            if inode == 1 { names.append(Self.brokerAttribute) }
+            if record.backing != nil { names.append(Self.nodesAttribute) }
+            if record.backing != nil || record.policySpec != nil { names.append(Self.policyAttribute) }
+            return names
+        }
+        guard let names else { reply.error(.noSuchFileOrDirectory); return }
+        reply.value(names.flatMap { Array($0.utf8) + [0] })
+    }
+
+    public func setxattr(_ ctx: RequestContext, inode: InodeNumber, name: String, value: [UInt8], flags: Int32,
+                         reply: consuming StatusReply) {
+        switch name {
+        case Self.brokerAttribute, Self.nodesAttribute:
+            reply.error(.notPermitted)
+        case Self.policyAttribute:
+            let text = String(decoding: value, as: UTF8.self)
+            let policy: any MemoryManagementPolicy
+            let spec: PolicySpec
+            do throws(PolicyError) {
+                spec = try PolicySpec(parsing: text)
+                policy = try registry.make(spec, topology: topology)
+            } catch {
+                logger.notice("refused \(name)=\(text): \(error)")
+                reply.error(.invalidArgument)
+                return
+            }
+            let found = state.withLock { ns -> (InodeRecord)? in
+                guard let record = ns.inodes[inode] else { return nil }
+                record.policySpec = spec
+                record.changeTime = currentTime()
+                return record
+            }
+            guard let record = found else { reply.error(.noSuchFileOrDirectory); return }
+            if let backing = record.backing {
+                do {
+                    let size = try backing.memory.size()
+                    try backing.replacePolicy(policy, context: FileContext(inode: inode, name: record.name, size: size))
+                } catch {
+                    reply.error(error.errno)
+                    return
+                }
+            }
+            reply.ok()
+        default:
+            guard name.hasPrefix("user.") else { reply.error(.notSupported); return }
+            guard value.count <= 65536 else { reply.error(Errno(rawValue: E2BIG)); return }
+            let result = transact { (ns) throws(Errno) in
+                let record = try ns.record(inode)
+                let exists = record.xattrs[name] != nil
+                if flags & xattrCreate != 0 && exists { throw .fileExists }
+                if flags & xattrReplace != 0 && !exists { throw Errno(rawValue: ENODATA) }
+                record.xattrs[name] = value
+                record.changeTime = currentTime()
+            }
+            switch result {
+            case .success: reply.ok()
+            case .failure(let errno): reply.error(errno)
+            }
+        }
+    }
+
+    public func removexattr(_ ctx: RequestContext, inode: InodeNumber, name: String, reply: consuming StatusReply) {
+        if name == Self.brokerAttribute || name == Self.nodesAttribute { reply.error(.notPermitted); return }
+        if name == Self.policyAttribute {
+            let found = state.withLock { ns -> InodeRecord? in
+                guard let record = ns.inodes[inode], record.policySpec != nil else { return nil }
+                record.policySpec = nil
+                return record
+            }
+            guard let record = found else { reply.error(Errno(rawValue: ENODATA)); return }
+            if let backing = record.backing, let size = try? backing.memory.size() {
+                try? backing.replacePolicy(mountPolicy, context: FileContext(inode: inode, name: record.name, size: size))
+            }
+            reply.ok()
+            return
+        }
+        let result = transact { (ns) throws(Errno) in
+            let record = try ns.record(inode)
+            guard record.xattrs.removeValue(forKey: name) != nil else { throw Errno(rawValue: ENODATA) }
+        }
+        switch result {
+        case .success: reply.ok()
+        case .failure(let errno): reply.error(errno)
+        }
+    }
+}

@@ -1,0 +1,3 @@
+import FBMMCLI
+
+FBMM.main()
