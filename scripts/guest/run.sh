@@ -138,10 +138,22 @@ else
     [ "$m" -eq "$total_mib" ] || die_usage "--mem $mem does not match the sum of the node sizes (${total_mib}M)"
     mem="${m}M"
 fi
-for d in "${distances[@]}"; do
-    [[ $d =~ ^[0-9]+,[0-9]+=[0-9]+$ ]] || die_usage "bad --distance '$d' (want SRC,DST=VAL)"
-    numa_args+=(--numa-distance "$d")
-done
+# qemu wants a distance for every pair once one is given: default the rest to 20.
+if [ ${#distances[@]} -gt 0 ]; then
+    declare -A given=()
+    for d in "${distances[@]}"; do
+        [[ $d =~ ^([0-9]+),([0-9]+)=([0-9]+)$ ]] || die_usage "bad --distance '$d' (want SRC,DST=VAL)"
+        s=${BASH_REMATCH[1]}; t=${BASH_REMATCH[2]}
+        [ "$s" -lt ${#nodes[@]} ] && [ "$t" -lt ${#nodes[@]} ] || die_usage "--distance '$d' names a node that the topology does not have"
+        given["$s,$t"]=1
+        numa_args+=(--numa-distance "$d")
+    done
+    for ((s = 0; s < ${#nodes[@]}; s++)); do
+        for ((t = s + 1; t < ${#nodes[@]}; t++)); do
+            [ -n "${given[$s,$t]:-}" ] || [ -n "${given[$t,$s]:-}" ] || numa_args+=(--numa-distance "$s,$t=20")
+        done
+    done
+fi
 
 # ---- prerequisites ---------------------------------------------------------
 find_vng() {
@@ -168,6 +180,9 @@ if [[ $(basename "$kernel") == vmlinuz-* ]] && [ ! -d "/lib/modules/$kver" ]; th
 fi
 command -v qemu-system-x86_64 >/dev/null || unavailable "qemu-system-x86_64 not found (apt-get install qemu-system-x86, or run scripts/guest/setup.sh)"
 vng=$(find_vng) || unavailable "vng (virtme-ng) not found (run scripts/guest/setup.sh)"
+# vng runs its helper virtme-run through PATH: it sits next to the real vng.
+vng_bin=$(dirname "$(readlink -f "$vng")")
+[ -x "$vng_bin/virtme-run" ] || unavailable "virtme-run not found next to $vng ($vng_bin)"
 bb=$(command -v busybox 2>/dev/null || true)
 if [ -z "$bb" ] || ldd "$bb" >/dev/null 2>&1; then
     unavailable "no statically linked busybox (apt-get install busybox-static)"
@@ -208,7 +223,7 @@ t0=$(date +%s.%N)
 # qemu sets O_NONBLOCK on its stdio; give it private pipes so the caller's
 # stdout/stderr (maybe a pipe shared with other writers) are left alone.
 # stdin is /dev/null: with a terminal on stdin vng would go interactive.
-timeout -k 20 "$timeout_s" "$vng" "${vng_args[@]}" -- "bash $run_dir/guest-init.sh $run_dir" \
+PATH="$vng_bin:$PATH" timeout -k 20 "$timeout_s" "$vng" "${vng_args[@]}" -- "bash $run_dir/guest-init.sh $run_dir" \
     </dev/null > >(cat) 2> >(cat >&2)
 vng_rc=$?
 wait  # for the two cat processes
