@@ -1,0 +1,589 @@
+/*
+ * Semantics checks for the fbmm shim: everything a program could rely on for
+ * anonymous memory and the malloc family must behave the same under the
+ * shim. Runs natively too (then the "in mount" checks are skipped), so the
+ * test itself is checked against the kernel's own behaviour.
+ *
+ * Each check prints "PASS name" or "FAIL name: detail"; exit status is the
+ * number of failures (capped), 0 when all pass.
+ *
+ * With FBMM_MOUNT set (and the shim preloaded), also checks that memory
+ * really lives in the mount: the mapping is of a file (not anonymous) and
+ * RssShmem grows with it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/time.h>
+#include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static int failures;
+static int in_mount;   /* FBMM_MOUNT set: expect redirection */
+static size_t PG;
+#define MB (1024ul * 1024ul)
+
+static void result(const char *name, int ok, const char *detail)
+{
+    if (ok) printf("PASS %s\n", name);
+    else { printf("FAIL %s: %s\n", name, detail ? detail : ""); failures++; }
+    fflush(stdout);
+}
+#define CHECK(name, cond) result(name, (cond), #cond)
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static sigjmp_buf fault_jmp;
+static void on_fault(int sig) { siglongjmp(fault_jmp, sig); }
+
+/* 1 if writing (or reading) *p faults. */
+static int faults(volatile char *p, int write)
+{
+    struct sigaction sa = { .sa_handler = on_fault }, o1, o2;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &o1);
+    sigaction(SIGBUS, &sa, &o2);
+    int f = 0;
+    if (sigsetjmp(fault_jmp, 1) == 0) {
+        if (write) *p = 1; else (void)*p;
+    } else {
+        f = 1;
+    }
+    sigaction(SIGSEGV, &o1, NULL);
+    sigaction(SIGBUS, &o2, NULL);
+    return f;
+}
+
+/* The /proc/self/maps line of p: 1 if file-backed (inode != 0), 0 if
+ * anonymous, -1 if unmapped. */
+static int file_backed(const void *p)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    int r = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi, ino;
+        if (sscanf(line, "%lx-%lx %*s %*s %*s %lu", &lo, &hi, &ino) == 3 &&
+            (uintptr_t)p >= lo && (uintptr_t)p < hi) {
+            r = ino != 0;
+            break;
+        }
+    }
+    if (f) fclose(f);
+    return r;
+}
+
+static long status_kb(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    size_t k = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, k) && line[k] == ':') { v = atol(line + k + 1); break; }
+    if (f) fclose(f);
+    return v;
+}
+
+static long meminfo_kb(const char *key)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    long v = -1;
+    size_t k = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, k) && line[k] == ':') { v = atol(line + k + 1); break; }
+    if (f) fclose(f);
+    return v;
+}
+
+static void fill(void *p, size_t n, unsigned seed)
+{
+    uint32_t *q = p;
+    for (size_t i = 0; i < n / 4; i++) q[i] = seed + (uint32_t)i * 2654435761u;
+}
+static int verify(const void *p, size_t n, unsigned seed)
+{
+    const uint32_t *q = p;
+    for (size_t i = 0; i < n / 4; i++)
+        if (q[i] != seed + (uint32_t)i * 2654435761u) return 0;
+    return 1;
+}
+static int all_zero(const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) if (c[i]) return 0;
+    return 1;
+}
+
+static void *anon(size_t n)
+{
+    return mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+}
+
+static void expect_mount(const char *name, const void *p)
+{
+    if (!in_mount) return;
+    char n[128];
+    snprintf(n, sizeof n, "%s in mount", name);
+    result(n, file_backed(p) == 1, "mapping is anonymous, not a file of the mount");
+}
+
+/* ---- malloc family ---------------------------------------------------- */
+
+static void test_malloc(void)
+{
+    size_t n = 8 * MB + 123;
+    char *p = malloc(n);
+    CHECK("malloc large", p != NULL);
+    if (!p) return;
+    fill(p, n & ~3ul, 1);
+    CHECK("malloc large data", verify(p, n & ~3ul, 1));
+    CHECK("malloc_usable_size >= size", malloc_usable_size(p) >= n);
+    expect_mount("malloc large", p);
+    free(p);
+
+    char *s = malloc(100);
+    CHECK("malloc small", s != NULL && (strcpy(s, "hello"), !strcmp(s, "hello")));
+    free(s);
+
+    /* calloc zero even when the memory was used before (range reuse). */
+    int zero = 1;
+    for (int i = 0; i < 20; i++) {
+        size_t sz = (size_t)(1 + i % 4) * MB;
+        unsigned char *c = calloc(1, sz);
+        if (!c || !all_zero(c, sz)) { zero = 0; free(c); break; }
+        memset(c, 0xAB, sz);
+        free(c);
+    }
+    CHECK("calloc zero after reuse", zero);
+    volatile size_t huge = SIZE_MAX / 2;  /* volatile: keep the compiler out */
+    void *ov = calloc(huge, 3);
+    CHECK("calloc overflow is ENOMEM", ov == NULL && errno == ENOMEM);
+
+    /* realloc: grow from small across the threshold, then on and back. */
+    char *r = malloc(64);
+    size_t have = 64;
+    fill(r, have, 7);
+    int ok = 1;
+    for (size_t sz = 128; sz <= 64 * MB && ok; sz *= 2) {
+        char *q = realloc(r, sz);
+        if (!q) { ok = 0; break; }
+        r = q;
+        if (!verify(r, have, 7)) ok = 0;
+        fill(r, sz, 7);
+        have = sz;
+    }
+    CHECK("realloc grow keeps data", ok);
+    expect_mount("realloc grown block", r);
+    char *q = realloc(r, 3 * MB);
+    CHECK("realloc shrink keeps data", q && verify(q, 3 * MB, 7));
+    q = realloc(q, 1000);
+    CHECK("realloc to small keeps data", q && verify(q, 1000, 7));
+    q = realloc(q, 5 * MB);
+    CHECK("realloc small to large keeps data", q && verify(q, 1000, 7));
+    free(q);
+
+    /* Two interleaved growing blocks force moves rather than in-place. */
+    char *a = malloc(1 * MB), *b = malloc(1 * MB);
+    fill(a, MB, 11); fill(b, MB, 12);
+    for (size_t sz = 2 * MB; sz <= 32 * MB; sz *= 2) {
+        char *na = realloc(a, sz), *nb = realloc(b, sz);
+        if (!na || !nb) { ok = 0; break; }
+        if (!verify(na, sz / 2, 11) || !verify(nb, sz / 2, 12)) ok = 0;
+        a = na; b = nb;
+        fill(a, sz, 11); fill(b, sz, 12);
+    }
+    CHECK("realloc interleaved growth", ok);
+    free(a); free(b);
+
+    void *m = NULL;
+    int e = posix_memalign(&m, 64 * 1024, 2 * MB);
+    CHECK("posix_memalign 64K", e == 0 && ((uintptr_t)m & (64 * 1024 - 1)) == 0);
+    if (m) { memset(m, 1, 2 * MB); expect_mount("posix_memalign", m); free(m); }
+    e = posix_memalign(&m, 2 * MB, 3 * MB);
+    CHECK("posix_memalign 2M", e == 0 && ((uintptr_t)m & (2 * MB - 1)) == 0);
+    free(m);
+    CHECK("posix_memalign bad alignment is EINVAL", posix_memalign(&m, 3, 1 * MB) == EINVAL);
+    void *al = aligned_alloc(4096, 1 * MB);
+    CHECK("aligned_alloc", al && ((uintptr_t)al & 4095) == 0);
+    free(al);
+    void *ma = memalign(1 << 20, 1 * MB);
+    CHECK("memalign", ma && ((uintptr_t)ma & ((1 << 20) - 1)) == 0);
+    free(ma);
+    void *va = valloc(1 * MB + 5);
+    CHECK("valloc", va && ((uintptr_t)va & (PG - 1)) == 0 && malloc_usable_size(va) >= MB + 5);
+    free(va);
+    void *pv = pvalloc(1 * MB + 5);
+    CHECK("pvalloc", pv && ((uintptr_t)pv & (PG - 1)) == 0 && malloc_usable_size(pv) >= MB + PG);
+    free(pv);
+    void *volatile ra = reallocarray(NULL, 1024, 1024);
+    CHECK("reallocarray", ra != NULL);
+    void *rb = reallocarray(ra, huge, 4);
+    CHECK("reallocarray overflow", rb == NULL && errno == ENOMEM);
+    free(ra);
+}
+
+/* ---- mmap family ------------------------------------------------------ */
+
+static void test_mmap(void)
+{
+    size_t n = 16 * MB;
+    char *p = anon(n);
+    CHECK("mmap anon", p != MAP_FAILED);
+    if (p == MAP_FAILED) return;
+    CHECK("mmap anon zero", all_zero(p, n));
+    fill(p, n, 3);
+    expect_mount("mmap anon", p);
+
+    void *p64 = mmap64(NULL, 1 * MB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK("mmap64 anon", p64 != MAP_FAILED && all_zero(p64, MB));
+    expect_mount("mmap64 anon", p64);
+    munmap(p64, MB);
+
+    /* Partial munmap: the middle goes, both ends stay intact. */
+    CHECK("munmap middle", munmap(p + 4 * MB, 4 * MB) == 0);
+    CHECK("munmap middle faults", faults(p + 5 * MB, 0));
+    CHECK("munmap ends intact", verify(p, 4 * MB, 3) &&
+          verify(p + 8 * MB, 8 * MB, 3 + (uint32_t)(8 * MB / 4) * 2654435761u));
+    /* A fresh mapping of the freed hole is zero. */
+    char *h = mmap(p + 4 * MB, 4 * MB, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    CHECK("mmap into hole is zero", h == p + 4 * MB && all_zero(h, 4 * MB));
+    CHECK("munmap whole", munmap(p, n) == 0 && faults(p, 0) && faults(p + n - 1, 0));
+
+    /* Memory really returns: Shmem (or AnonPages natively) falls. */
+    long before = meminfo_kb("Shmem") + meminfo_kb("AnonPages");
+    char *big = anon(256 * MB);
+    memset(big, 1, 256 * MB);
+    long mid = meminfo_kb("Shmem") + meminfo_kb("AnonPages");
+    munmap(big, 256 * MB);
+    long after = meminfo_kb("Shmem") + meminfo_kb("AnonPages");
+    char d[128];
+    snprintf(d, sizeof d, "before %ld mid %ld after %ld kB", before, mid, after);
+    result("munmap frees memory", mid - before > 200 * 1024 && mid - after > 200 * 1024, d);
+
+    /* mprotect */
+    char *m = anon(2 * MB);
+    m[0] = 5;
+    CHECK("mprotect read-only", mprotect(m, 2 * MB, PROT_READ) == 0 && faults(m + MB, 1) && m[0] == 5);
+    CHECK("mprotect part back", mprotect(m + MB, MB, PROT_READ | PROT_WRITE) == 0 &&
+          !faults(m + MB, 1) && faults(m, 1));
+    CHECK("mprotect none", mprotect(m, 2 * MB, PROT_NONE) == 0 && faults(m, 0));
+    mprotect(m, 2 * MB, PROT_READ | PROT_WRITE);
+    CHECK("mprotect restore", !faults(m, 1) && m[0] == 1);
+    munmap(m, 2 * MB);
+
+    /* MAP_FIXED over a region replaces it, anonymous or file. */
+    char *f = anon(4 * MB);
+    memset(f, 7, 4 * MB);
+    char *g = mmap(f + MB, MB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    CHECK("MAP_FIXED anon replaces", g == f + MB && all_zero(g, MB) && f[0] == 7 && f[2 * MB] == 7);
+    int fd = open("/proc/self/exe", O_RDONLY);
+    char *fm = mmap(f + 2 * MB, PG, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+    CHECK("MAP_FIXED file replaces", fm == f + 2 * MB && !memcmp(fm, "\177ELF", 4));
+    close(fd);
+    munmap(f, 4 * MB);
+    void *nr = mmap(NULL, 2 * MB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *nr2 = mmap(nr, 2 * MB, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    CHECK("MAP_FIXED_NOREPLACE refuses", nr2 == MAP_FAILED && errno == EEXIST);
+    munmap(nr, 2 * MB);
+
+    /* madvise: DONTNEED, FREE, REMOVE read back as zero and free memory. */
+    static const struct { int adv; const char *name; } advs[] = {
+        { MADV_DONTNEED, "MADV_DONTNEED" }, { MADV_FREE, "MADV_FREE" }, { MADV_REMOVE, "MADV_REMOVE" },
+    };
+    for (size_t i = 0; i < 3; i++) {
+        char *z = anon(64 * MB);
+        memset(z, 9, 64 * MB);
+        long b = meminfo_kb("Shmem") + meminfo_kb("AnonPages");
+        int r = madvise(z + MB, 62 * MB, advs[i].adv);
+        long a = meminfo_kb("Shmem") + meminfo_kb("AnonPages");
+        char nm[64];
+        if (advs[i].adv == MADV_REMOVE && !in_mount) {
+            /* Natively MADV_REMOVE refuses private anonymous memory. */
+            snprintf(nm, sizeof nm, "%s native EINVAL", advs[i].name);
+            CHECK(nm, r == -1 && errno == EINVAL);
+            munmap(z, 64 * MB);
+            continue;
+        }
+        snprintf(nm, sizeof nm, "%s reads zero", advs[i].name);
+        /* MADV_FREE natively may keep data until memory pressure: no check. */
+        result(nm, r == 0 && (advs[i].adv == MADV_FREE && !in_mount ? 1 : all_zero(z + MB, 62 * MB)) &&
+               z[0] == 9 && z[63 * MB] == 9, "data survived or neighbours lost");
+        if (advs[i].adv != MADV_FREE || in_mount) {
+            snprintf(nm, sizeof nm, "%s frees memory", advs[i].name);
+            snprintf(d, sizeof d, "before %ld after %ld kB", b, a);
+            result(nm, b - a > 50 * 1024, d);
+        }
+        munmap(z, 64 * MB);
+    }
+
+    /* mremap: grow (in place or moved), shrink, move, fixed. */
+    char *r = anon(4 * MB);
+    fill(r, 4 * MB, 21);
+    char *r2 = mremap(r, 4 * MB, 12 * MB, MREMAP_MAYMOVE);
+    CHECK("mremap grow", r2 != MAP_FAILED && verify(r2, 4 * MB, 21) && all_zero(r2 + 4 * MB, 8 * MB));
+    expect_mount("mremap grown", r2 + 10 * MB);
+    fill(r2, 12 * MB, 22);
+    char *blocker = mmap(r2 + 12 * MB, PG, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    CHECK("mremap no-move grow blocked is ENOMEM",
+          blocker == MAP_FAILED || (mremap(r2, 12 * MB, 16 * MB, 0) == MAP_FAILED && errno == ENOMEM));
+    char *r3 = mremap(r2, 12 * MB, 20 * MB, MREMAP_MAYMOVE);
+    CHECK("mremap grow moved", r3 != MAP_FAILED && verify(r3, 12 * MB, 22) && all_zero(r3 + 12 * MB, 8 * MB));
+    if (blocker != MAP_FAILED) munmap(blocker, PG);
+    char *r4 = mremap(r3, 20 * MB, 6 * MB, 0);
+    CHECK("mremap shrink", r4 == r3 && verify(r4, 6 * MB, 22) && faults(r3 + 7 * MB, 0));
+    char *tgt = anon(8 * MB);
+    char *r5 = mremap(r4, 6 * MB, 8 * MB, MREMAP_MAYMOVE | MREMAP_FIXED, tgt);
+    CHECK("mremap fixed", r5 == tgt && verify(r5, 6 * MB, 22) && all_zero(r5 + 6 * MB, 2 * MB) &&
+          faults(r4, 0));
+    mprotect(r5, 8 * MB, PROT_READ);
+    char *r6 = mremap(r5, 8 * MB, 10 * MB, MREMAP_MAYMOVE);
+    CHECK("mremap keeps protection", r6 != MAP_FAILED && faults(r6, 1) && faults(r6 + 9 * MB, 1) &&
+          verify(r6, 6 * MB, 22));
+    char *r7 = mremap(r6 + 2 * MB, 2 * MB, 4 * MB, MREMAP_MAYMOVE);
+    CHECK("mremap part of a region", r7 != MAP_FAILED && faults(r6 + 3 * MB, 0) &&
+          verify(r7, 2 * MB, 22 + (uint32_t)(2 * MB / 4) * 2654435761u));
+    munmap(r6, 10 * MB);
+    munmap(r7, 4 * MB);
+    char *dup = anon(2 * MB);
+    CHECK("mremap dup of private is EINVAL", mremap(dup, 0, 2 * MB, MREMAP_MAYMOVE) == MAP_FAILED && errno == EINVAL);
+    munmap(dup, 2 * MB);
+
+    /* Not redirected: shared anonymous memory stays shared with children. */
+    volatile int *sh = mmap(NULL, 2 * MB, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    *sh = 0;
+    pid_t c = fork();
+    if (c == 0) { *sh = 42; _exit(0); }
+    waitpid(c, NULL, 0);
+    CHECK("MAP_SHARED anon shared with child", *sh == 42);
+    munmap((void *)sh, 2 * MB);
+}
+
+/* ---- fork ------------------------------------------------------------- */
+
+static void test_fork(void)
+{
+    size_t n = 32 * MB;
+    char *p = anon(n);
+    char *blk = malloc(8 * MB);
+    char *ro = anon(2 * MB);
+    char *nofork = anon(2 * MB);
+    char *wipe = anon(2 * MB);
+    memset(p, 'P', n);
+    memset(blk, 'B', 8 * MB);
+    memset(ro, 'R', 2 * MB);
+    memset(nofork, 'N', 2 * MB);
+    memset(wipe, 'W', 2 * MB);
+    mprotect(ro, 2 * MB, PROT_READ);
+    int dontfork_ok = madvise(nofork, 2 * MB, MADV_DONTFORK) == 0;
+    int wipe_ok = madvise(wipe, 2 * MB, MADV_WIPEONFORK) == 0;
+    CHECK("MADV_DONTFORK accepted", dontfork_ok);
+    CHECK("MADV_WIPEONFORK accepted", wipe_ok);
+
+    int to_child[2], to_parent[2];
+    if (pipe(to_child) || pipe(to_parent)) { result("fork pipes", 0, strerror(errno)); return; }
+    pid_t c = fork();
+    if (c == 0) {
+        /* Child: report each check as a bit. */
+        unsigned bits = 0;
+        if (p[0] == 'P' && p[n - 1] == 'P' && blk[0] == 'B') bits |= 1;
+        p[0] = 'c'; blk[1] = 'c';                           /* must not reach parent */
+        char go;
+        if (read(to_child[0], &go, 1) != 1) _exit(99);
+        if (p[100] == 'P' && blk[100] == 'B') bits |= 2;    /* parent wrote 'p' after fork */
+        if (faults(ro, 1) && ro[0] == 'R') bits |= 4;
+        if (faults(nofork, 0)) bits |= 8;
+        if (all_zero(wipe, 2 * MB)) bits |= 16;
+        if (!in_mount || file_backed(p) == 1) bits |= 32;
+        char *more = malloc(4 * MB);                        /* child's own arena */
+        memset(more, 1, 4 * MB);
+        if (!in_mount || file_backed(more) == 1) bits |= 64;
+        free(more);
+        free(blk);
+        munmap(p, n);
+        if (write(to_parent[1], &bits, sizeof bits) != sizeof bits) _exit(98);
+        _exit(0);
+    }
+    /* Parent: writes after fork returned must not reach the child. */
+    p[100] = 'p';
+    blk[100] = 'p';
+    if (write(to_child[1], "g", 1) != 1) failures++;
+    unsigned bits = 0;
+    ssize_t rn = read(to_parent[0], &bits, sizeof bits);
+    int st;
+    waitpid(c, &st, 0);
+    CHECK("fork child ran", rn == sizeof bits && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK("fork child sees data", bits & 1);
+    CHECK("fork parent writes invisible to child", bits & 2);
+    CHECK("fork child keeps protections", bits & 4);
+    CHECK("fork MADV_DONTFORK absent in child", bits & 8);
+    CHECK("fork MADV_WIPEONFORK zero in child", bits & 16);
+    CHECK("fork child memory in mount", bits & 32);
+    CHECK("fork child allocations in mount", bits & 64);
+    CHECK("fork child writes invisible to parent", p[0] == 'P' && blk[1] == 'B');
+    CHECK("fork WIPEONFORK parent keeps data", wipe[0] == 'W');
+    munmap(p, n); free(blk); munmap(ro, 2 * MB); munmap(nofork, 2 * MB); munmap(wipe, 2 * MB);
+    close(to_child[0]); close(to_child[1]); close(to_parent[0]); close(to_parent[1]);
+
+    /* Nested fork: the grandchild copies from the child's arena. */
+    char *q = malloc(4 * MB);
+    memset(q, 'Q', 4 * MB);
+    c = fork();
+    if (c == 0) {
+        q[0] = 'x';
+        pid_t g = fork();
+        if (g == 0) _exit(q[0] == 'x' && q[1] == 'Q' ? 0 : 1);
+        int gs;
+        waitpid(g, &gs, 0);
+        _exit(WIFEXITED(gs) && WEXITSTATUS(gs) == 0 && q[0] == 'x' ? 0 : 1);
+    }
+    waitpid(c, &st, 0);
+    CHECK("nested fork", WIFEXITED(st) && WEXITSTATUS(st) == 0 && q[0] == 'Q');
+    free(q);
+}
+
+/* ---- threads, signals, exec, spawn ------------------------------------ */
+
+static void *thread_main(void *arg)
+{
+    unsigned seed = (unsigned)(uintptr_t)arg;
+    for (int i = 0; i < 300; i++) {
+        size_t sz = (size_t)(128 * 1024) << (i % 6);
+        char *a = malloc(sz);
+        char *b = (i & 1) ? calloc(1, sz) : anon(sz);
+        if (!a || !b || b == MAP_FAILED) return (void *)1;
+        if ((i & 1) && !all_zero(b, sz)) return (void *)2;
+        fill(a, sz, seed + (unsigned)i);
+        memset(b, 1, 4096);
+        a = realloc(a, sz * 2);
+        if (!a || !verify(a, sz, seed + (unsigned)i)) return (void *)3;
+        free(a);
+        if (i & 1) free(b); else munmap(b, sz);
+    }
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    pthread_t t[8];
+    for (uintptr_t i = 0; i < 8; i++) pthread_create(&t[i], NULL, thread_main, (void *)(i * 1000));
+    int ok = 1;
+    for (int i = 0; i < 8; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        if (r) ok = 0;
+    }
+    CHECK("threads allocate and free concurrently", ok);
+}
+
+static volatile int sig_ok = 1, sig_count;
+static void on_alarm(int s)
+{
+    (void)s;
+    char *m = mmap(NULL, 1 * MB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) { sig_ok = 0; return; }
+    m[0] = 1;
+    if (munmap(m, 1 * MB)) sig_ok = 0;
+    sig_count++;
+}
+
+static void test_signals(void)
+{
+    struct sigaction sa = { .sa_handler = on_alarm, .sa_flags = SA_RESTART };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = { { 0, 200 }, { 0, 200 } };
+    setitimer(ITIMER_REAL, &it, NULL);
+    for (int i = 0; i < 3000; i++) {
+        char *m = anon(1 * MB);
+        m[1] = 2;
+        munmap(m, 1 * MB);
+    }
+    struct itimerval off = { { 0, 0 }, { 0, 0 } };
+    setitimer(ITIMER_REAL, &off, NULL);
+    signal(SIGALRM, SIG_DFL);
+    CHECK("mmap/munmap in signal handlers", sig_ok && sig_count > 0);
+}
+
+/* Runs in the exec'd child: is the shim still there (memory in the mount)? */
+static int child_check(void)
+{
+    char *m = malloc(4 * MB);
+    memset(m, 1, 4 * MB);
+    return in_mount ? file_backed(m) != 1 : 0;
+}
+
+static void test_exec_spawn(void)
+{
+    pid_t c = fork();
+    if (c == 0) {
+        execl("/proc/self/exe", "semantics", "--child-check", (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    waitpid(c, &st, 0);
+    CHECK("exec keeps the shim", WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+    char *big = malloc(64 * MB);
+    memset(big, 1, 64 * MB);
+    char *argv[] = { "semantics", "--child-check", NULL };
+    pid_t sp;
+    int e = posix_spawn(&sp, "/proc/self/exe", NULL, NULL, argv, environ);
+    if (e == 0) waitpid(sp, &st, 0);
+    CHECK("posix_spawn", e == 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    free(big);
+}
+
+static void test_in_mount_rss(void)
+{
+    if (!in_mount) return;
+    long before = status_kb("RssShmem");
+    char *m = malloc(128 * MB);
+    memset(m, 1, 128 * MB);
+    __asm__ volatile("" : : "r"(m) : "memory");  /* keep the dead store */
+    long after = status_kb("RssShmem");
+    char d[96];
+    snprintf(d, sizeof d, "RssShmem %ld -> %ld kB", before, after);
+    result("RssShmem grows with malloc", after - before >= 120 * 1024, d);
+    free(m);
+}
+
+int main(int argc, char **argv)
+{
+    PG = (size_t)sysconf(_SC_PAGESIZE);
+    const char *mnt = getenv("FBMM_MOUNT");
+    in_mount = mnt && *mnt && getenv("LD_PRELOAD") && strstr(getenv("LD_PRELOAD"), "fbmm");
+    if (argc > 1 && !strcmp(argv[1], "--child-check")) return child_check();
+    printf("# semantics: %s\n", in_mount ? "under the shim, checking the mount" : "native checks");
+    static const struct { void (*fn)(void); const char *name; } groups[] = {
+        { test_malloc, "malloc" }, { test_mmap, "mmap" }, { test_fork, "fork" },
+        { test_threads, "threads" }, { test_signals, "signals" },
+        { test_exec_spawn, "exec/spawn" }, { test_in_mount_rss, "rss" },
+    };
+    for (size_t i = 0; i < sizeof groups / sizeof *groups; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        groups[i].fn();
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        printf("# %s: %.3f s\n", groups[i].name,
+               (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
+    }
+    printf("# %d failure(s)\n", failures);
+    return failures > 100 ? 100 : failures;
+}
