@@ -223,8 +223,15 @@ t0=$(date +%s.%N)
 # qemu sets O_NONBLOCK on its stdio; give it private pipes so the caller's
 # stdout/stderr (maybe a pipe shared with other writers) are left alone.
 # stdin is /dev/null: with a terminal on stdin vng would go interactive.
+# timeout(1) puts vng and qemu in their own process group and forwards a
+# TERM/INT it receives to it; pass ours on so no guest outlives run.sh.
 PATH="$vng_bin:$PATH" timeout -k 20 "$timeout_s" "$vng" "${vng_args[@]}" -- "bash $run_dir/guest-init.sh $run_dir" \
-    </dev/null > >(cat) 2> >(cat >&2)
+    </dev/null > >(cat) 2> >(cat >&2) &
+guest_pid=$!
+stop_guest() { kill "-$1" "$guest_pid" 2>/dev/null; wait "$guest_pid" 2>/dev/null; exit "$2"; }
+trap 'stop_guest INT 130' INT
+trap 'stop_guest TERM 143' TERM
+wait "$guest_pid"
 vng_rc=$?
 wait  # for the two cat processes
 t1=$(date +%s.%N)
