@@ -82,6 +82,26 @@ int fbmm_arena_open(struct fbmm_arena *a)
     a->name_fd = a->mem_fd = -1;
     a->state = ARENA_FAILED;
 
+    /* Decide the mode before creating anything: with no broker, only tmpfs
+     * can back memory directly (mmap MAP_SHARED, hole punching, page
+     * granular like anonymous memory); a disk file system, or a FUSE mount
+     * whose daemon is gone, must not get a file at all. */
+    char sock[PATH_MAX];
+    ssize_t sl = getxattr(fbmm_cfg.mount, FBMM_XATTR_BROKER, sock, sizeof sock - 1);
+    if (sl < 0 && errno != ENODATA && errno != ENOTSUP && errno != EOPNOTSUPP) {
+        why_set(a, "cannot read the broker xattr of ", fbmm_cfg.mount, errno);
+        return -1;
+    }
+    if (sl <= 0) {
+        struct statfs sf;
+        if (statfs(fbmm_cfg.mount, &sf) < 0 || sf.f_type != TMPFS_MAGIC) {
+            why_set(a, fbmm_cfg.mount, " is neither an fbmm mount nor a tmpfs", 0);
+            return -1;
+        }
+        a->tmpfs = 1;
+    }
+    sock[sl > 0 ? sl : 0] = 0;
+
     for (int tries = 0; tries < 64; tries++) {
         arena_name(path, sizeof path, seq++);
         fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
@@ -97,31 +117,15 @@ int fbmm_arena_open(struct fbmm_arena *a)
         why_set(a, "fstat of the arena file", NULL, errno);
         goto fail;
     }
-
-    char sock[PATH_MAX];
-    ssize_t sl = getxattr(fbmm_cfg.mount, FBMM_XATTR_BROKER, sock, sizeof sock - 1);
-    if (sl > 0) {
-        sock[sl] = 0;
+    if (a->tmpfs) {
+        unlink(path);  /* the fd and the mappings keep the memory alive */
+        a->mem_fd = fd;
+    } else {
         int memfd;
         if (fbmm_broker_get_backing(sock, fd, (uint64_t)st.st_ino, &memfd,
                                     a->reason, sizeof a->reason) < 0)
             goto fail;
         a->mem_fd = fd_high(memfd);
-    } else if (sl < 0 && errno != ENODATA && errno != ENOTSUP && errno != EOPNOTSUPP) {
-        why_set(a, "cannot read the broker xattr of ", fbmm_cfg.mount, errno);
-        goto fail;
-    } else {
-        /* No broker: only tmpfs can back memory directly (mmap MAP_SHARED,
-         * hole punching, page-granular like anonymous memory). A disk file
-         * system or a FUSE mount without the daemon must not. */
-        struct statfs sf;
-        if (statfs(fbmm_cfg.mount, &sf) < 0 || sf.f_type != TMPFS_MAGIC) {
-            why_set(a, fbmm_cfg.mount, " is neither an fbmm mount nor a tmpfs", 0);
-            goto fail;
-        }
-        unlink(path);
-        a->tmpfs = 1;
-        a->mem_fd = fd;
     }
     a->name_fd = fd;
     if (fstat(a->mem_fd, &st) < 0) {
@@ -139,8 +143,8 @@ int fbmm_arena_open(struct fbmm_arena *a)
 fail:
     if (a->mem_fd >= 0 && a->mem_fd != fd) close(a->mem_fd);
     a->mem_fd = -1;
-    if (a->tmpfs) unlink(path);
-    close(fd);  /* on a FUSE mount, the release makes the daemon delete it */
+    unlink(path);
+    close(fd);
     a->name_fd = -1;
     a->state = ARENA_FAILED;
     return -1;
