@@ -123,3 +123,6 @@ ssize_t fbmm_getxattr(const char *path, const char *name, void *value, size_t si
     return getxattr(path, name, value, size);
 }
 short fbmm_posix_spawn_setsid(void) { return POSIX_SPAWN_SETSID; }
+int fbmm_spawn_close_from(void *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np((posix_spawn_file_actions_t *)actions, from);
+}

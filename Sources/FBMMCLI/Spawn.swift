@@ -16,6 +16,9 @@ func spawnProcess(_ arguments: [String], stdinPath: String, stdoutFD: Int32, std
     posix_spawn_file_actions_adddup2(&actions, stdoutFD, 1)
     posix_spawn_file_actions_adddup2(&actions, stderrFD, 2)
     if let (from, to) = extraFD { posix_spawn_file_actions_adddup2(&actions, from, to) }
+    // Nothing else crosses over: a background daemon that inherited a
+    // caller's pipe would keep the caller waiting for EOF forever.
+    _ = fbmm_spawn_close_from(&actions, extraFD.map { $0.1 + 1 } ?? 3)
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }

@@ -65,6 +65,9 @@ public final class Daemon: Sendable {
             throw .mountpoint("mount point \(path) does not exist")
         }
         guard st.st_mode & S_IFMT == S_IFDIR else { throw .mountpoint("mount point \(path) is not a directory") }
+        if mountDevice(of: path, fstype: "fuse.fbmm") != nil {
+            throw .mountpoint("\(path) is already an fbmm mount")
+        }
         guard let dir = opendir(path) else { throw .mountpoint("cannot read mount point \(path): \(Errno(rawValue: errno))") }
         defer { closedir(dir) }
         while let entry = readdir(dir) {
@@ -107,7 +110,7 @@ public final class Daemon: Sendable {
 
     /// The st_dev the kernel gives files on the mount at `path`, from mountinfo
     /// ("36 25 0:45 / /mnt ... - fuse.fbmm fbmm ...": major:minor in field 3).
-    static func mountDevice(of path: String) -> UInt64? {
+    static func mountDevice(of path: String, fstype: String? = nil) -> UInt64? {
         guard let text = readText("/proc/self/mountinfo") else { return nil }
         var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let canonical = realpath(path, &resolved) != nil ? String(cString: resolved) : path
@@ -115,6 +118,7 @@ public final class Daemon: Sendable {
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: " ")
             guard fields.count > 4, unescapeMountPath(String(fields[4])) == canonical else { continue }
+            if let fstype, !line.contains(" - \(fstype) ") { continue }
             let numbers = fields[2].split(separator: ":")
             if numbers.count == 2, let major = UInt32(numbers[0]), let minor = UInt32(numbers[1]) {
                 found = makeDevice(major: UInt64(major), minor: UInt64(minor))  // the last (topmost) mount wins

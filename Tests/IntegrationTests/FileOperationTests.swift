@@ -1,0 +1,116 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Real mounts on /dev/fuse exercised with ordinary tools: the filesystem must
+/// behave like tmpfs for cp, dd, truncate, ls -ls, df, mv, rm and xattrs.
+@Suite(.serialized)
+struct FileOperationTests {
+    @Test func copyDdTruncateAndList() throws {
+        let mount = try TestMount()
+        defer { mount.close() }
+        let source = "/tmp/fbmm-src-\(getpid())"
+        defer { unlink(source) }
+        #expect(try run(["dd", "if=/dev/urandom", "of=\(source)", "bs=1M", "count=6", "status=none"]).ok)
+        #expect(try run(["cp", source, mount.file("copy")]).ok)
+        #expect(try run(["cmp", source, mount.file("copy")]).ok)
+        // dd with an offset into a sparse file, then read back through cat.
+        #expect(try run(["dd", "if=\(source)", "of=\(mount.file("sparse"))", "bs=64K", "count=2", "seek=100", "status=none"]).ok)
+        let size = try FileManager.default.attributesOfItem(atPath: mount.file("sparse"))[.size] as? UInt64
+        #expect(size == 102 * 65536)
+        let tail = try run(["sh", "-c", "tail -c 131072 '\(mount.file("sparse"))' > /tmp/fbmm-tail-\(getpid()); head -c 131072 '\(source)' | cmp - /tmp/fbmm-tail-\(getpid()); r=$?; rm -f /tmp/fbmm-tail-\(getpid()); exit $r"])
+        #expect(tail.ok, "data written at an offset reads back: \(tail.stdout)\(tail.stderr)")
+        // truncate grows sparse (no blocks) and shrinks.
+        #expect(try run(["truncate", "-s", "64M", mount.file("big")]).ok)
+        let ls = try run(["ls", "-ls", "--block-size=1", mount.path])
+        #expect(ls.ok)
+        let bigLine = ls.stdout.split(separator: "\n").first { $0.hasSuffix(" big") }
+        #expect(bigLine?.split(separator: " ").first == "0", "a truncated file holds no memory: \(ls.stdout)")
+        let copyLine = ls.stdout.split(separator: "\n").first { $0.hasSuffix(" copy") }
+        #expect(copyLine?.split(separator: " ").first == "\(6 << 20)", "ls -ls shows allocated bytes: \(ls.stdout)")
+        #expect(try run(["truncate", "-s", "1M", mount.file("copy")]).ok)
+        let shrunk = try FileManager.default.attributesOfItem(atPath: mount.file("copy"))[.size] as? UInt64
+        #expect(shrunk == 1 << 20)
+        #expect(try run(["sh", "-c", "head -c 1048576 '\(source)' | cmp - '\(mount.file("copy"))'"]).ok)
+    }
+
+    @Test func directoriesRenameAndRemove() throws {
+        let mount = try TestMount()
+        defer { mount.close() }
+        #expect(try run(["mkdir", "-p", mount.file("a/b/c")]).ok)
+        #expect(try run(["sh", "-c", "echo hello > '\(mount.file("a/b/c/f"))'"]).ok)
+        #expect(try run(["mv", mount.file("a/b/c/f"), mount.file("a/g")]).ok)
+        #expect(try String(contentsOfFile: mount.file("a/g"), encoding: .utf8) == "hello\n")
+        #expect(try run(["mv", mount.file("a/b"), mount.file("z")]).ok)
+        let find = try run(["find", mount.path, "-mindepth", "1"])
+        let found = Set(find.stdout.split(separator: "\n").map { String($0.dropFirst(mount.path.count)) })
+        #expect(found == ["/a", "/a/g", "/z", "/z/c"])
+        // rmdir of a non-empty directory fails; rm -r works.
+        #expect(!(try run(["rmdir", mount.file("a")]).ok))
+        #expect(try run(["rm", "-r", mount.file("a"), mount.file("z")]).ok)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: mount.path).isEmpty)
+        // Appending goes to the end.
+        #expect(try run(["sh", "-c", "echo one > '\(mount.file("log"))'; echo two >> '\(mount.file("log"))'"]).ok)
+        #expect(try String(contentsOfFile: mount.file("log"), encoding: .utf8) == "one\ntwo\n")
+        // Modes and owners are kept and enforced by the kernel.
+        #expect(try run(["chmod", "600", mount.file("log")]).ok)
+        #expect(try run(["chown", "65534:65534", mount.file("log")]).ok)
+        let st = try run(["stat", "-c", "%a %u %g", mount.file("log")])
+        #expect(st.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "600 65534 65534")
+        let denied = try run(["setpriv", "--reuid=65533", "--regid=65533", "--clear-groups", "cat", mount.file("log")])
+        #expect(!denied.ok, "another user cannot read a 0600 file")
+        // mknod of a fifo.
+        #expect(try run(["mkfifo", mount.file("fifo")]).ok)
+        #expect(try run(["test", "-p", mount.file("fifo")]).ok)
+    }
+
+    @Test func dfShowsThePoolAndStatReportsWrites() throws {
+        let mount = try TestMount(options: ["capacity=256M"])
+        defer { mount.close() }
+        let df = try run(["df", "-B1", "--output=size,used,avail", mount.path])
+        #expect(df.ok)
+        let numbers = df.stdout.split(separator: "\n").last?.split(separator: " ").compactMap { UInt64($0) } ?? []
+        #expect(numbers.first == 256 << 20, "df shows the capacity: \(df.stdout)")
+        #expect(try run(["dd", "if=/dev/zero", "of=\(mount.file("data"))", "bs=1M", "count=12", "status=none"]).ok)
+        let stats = try mount.statistics()
+        #expect(stats["policy"] as? String == "local")
+        let files = stats["files"] as? [[String: Any]] ?? []
+        let data = files.first { $0["name"] as? String == "data" }
+        #expect(data?["size"] as? Int == 12 << 20)
+        #expect(data?["resident_bytes"] as? Int == 12 << 20)
+        let fileNodes = data?["nodes"] as? [String: Int] ?? [:]
+        #expect(fileNodes.values.reduce(0, +) == 12 << 20)
+        let nodes = stats["nodes"] as? [String: [String: Any]] ?? [:]
+        let resident = nodes.values.compactMap { $0["resident_bytes"] as? Int }.reduce(0, +)
+        #expect(resident == 12 << 20)
+        // Beyond the capacity, writes fail.
+        let over = try run(["dd", "if=/dev/zero", "of=\(mount.file("over"))", "bs=1M", "count=300", "status=none"])
+        #expect(!over.ok)
+    }
+
+    @Test func extendedAttributes() throws {
+        let mount = try TestMount()
+        defer { mount.close() }
+        #expect(try run(["dd", "if=/dev/zero", "of=\(mount.file("f"))", "bs=64K", "count=4", "status=none"]).ok)
+        #expect(try run(["setfattr", "-n", "user.note", "-v", "hi", mount.file("f")]).ok)
+        let note = try run(["getfattr", "--only-values", "-n", "user.note", mount.file("f")])
+        #expect(note.stdout == "hi")
+        let nodes = try run(["getfattr", "--only-values", "-n", "user.fbmm.nodes", mount.file("f")])
+        #expect(nodes.ok && nodes.stdout.hasSuffix(":\(4 * 65536)"), "per-node bytes: \(nodes.stdout)")
+        let broker = try run(["getfattr", "--only-values", "-n", "user.fbmm.broker", mount.path])
+        #expect(broker.ok && broker.stdout.hasSuffix(".sock"))
+        // A per-file policy override: valid specs are taken, bad ones refused.
+        #expect(try run(["setfattr", "-n", "user.fbmm.policy", "-v", "bind,nodes=0", mount.file("f")]).ok)
+        let policy = try run(["getfattr", "--only-values", "-n", "user.fbmm.policy", mount.file("f")])
+        #expect(policy.stdout == "bind,nodes=0")
+        #expect(!(try run(["setfattr", "-n", "user.fbmm.policy", "-v", "bind,nodes=99", mount.file("f")]).ok))
+        #expect(!(try run(["setfattr", "-n", "user.fbmm.policy", "-v", "nonsense", mount.file("f")]).ok))
+        let list = try run(["getfattr", "-d", "-m", "-", mount.file("f")])
+        #expect(list.stdout.contains("user.note") && list.stdout.contains("user.fbmm.nodes"))
+        #expect(try run(["setfattr", "-x", "user.note", mount.file("f")]).ok)
+        #expect(!(try run(["getfattr", "-n", "user.note", mount.file("f")]).ok))
+    }
+}

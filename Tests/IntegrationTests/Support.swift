@@ -1,0 +1,141 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Paths of the built artefacts under test. `scripts/build.sh` puts the shim
+/// next to the executable; FBMM_BIN overrides the executable.
+enum Artefacts {
+    static let packageRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    static var fbmm: String {
+        if let bin = ProcessInfo.processInfo.environment["FBMM_BIN"] { return bin }
+        for config in ["debug", "release"] {
+            let path = "\(packageRoot)/.build/\(config)/fbmm"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return "\(packageRoot)/.build/debug/fbmm"
+    }
+
+    static var shim: String { (fbmm as NSString).deletingLastPathComponent + "/libfbmm-shim.so" }
+}
+
+/// The outcome of a finished command.
+struct CommandResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+    var ok: Bool { status == 0 }
+}
+
+/// Runs a command to completion, with an optional environment overlay.
+@discardableResult
+func run(_ arguments: [String], environment: [String: String] = [:], input: Data? = nil,
+         timeout: TimeInterval = 300) throws -> CommandResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: arguments[0].hasPrefix("/") ? arguments[0] : "/usr/bin/env")
+    process.arguments = arguments[0].hasPrefix("/") ? Array(arguments.dropFirst()) : arguments
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    process.environment = env
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    let inPipe = Pipe()
+    process.standardInput = input == nil ? FileHandle.nullDevice : inPipe
+    try process.run()
+    if let input {
+        inPipe.fileHandleForWriting.write(input)
+        try? inPipe.fileHandleForWriting.close()
+    }
+    // Drain both pipes concurrently so a chatty child never blocks.
+    nonisolated(unsafe) var errData = Data()
+    let group = DispatchGroup()
+    group.enter()
+    DispatchQueue.global().async {
+        errData = err.fileHandleForReading.readDataToEndOfFile()
+        group.leave()
+    }
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning && Date() < deadline { usleep(10_000) }
+    if process.isRunning { process.terminate(); process.waitUntilExit() }
+    process.waitUntilExit()
+    return CommandResult(status: process.terminationStatus,
+                         stdout: String(decoding: outData, as: UTF8.self),
+                         stderr: String(decoding: errData, as: UTF8.self))
+}
+
+/// Fails the test (never skips it) when the environment cannot run real mounts.
+func requireFUSE() throws {
+    try #require(access("/dev/fuse", R_OK | W_OK) == 0,
+                 "/dev/fuse is not available: real-mount tests cannot run here (they fail rather than skip)")
+    try #require(geteuid() == 0, "integration tests mount filesystems and must run as root")
+    try #require(FileManager.default.isExecutableFile(atPath: Artefacts.fbmm),
+                 "fbmm is not built at \(Artefacts.fbmm): run scripts/build.sh first")
+}
+
+/// Whether `path` is currently a mount point of an fbmm filesystem.
+func isMounted(_ path: String) -> Bool {
+    let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").contains { line in
+        let fields = line.split(separator: " ")
+        return fields.count > 4 && fields[4] == path && line.contains(" - fuse.fbmm ")
+    }
+}
+
+/// A real fbmm mount on a fresh temporary directory, unmounted and removed
+/// by `close()` — which tests call from `defer`, so it happens on failure too.
+final class TestMount {
+    let path: String
+    private(set) var closed = false
+
+    init(policy: String = "local", options: [String] = [], name: String = #function) throws {
+        try requireFUSE()
+        let base = FileManager.default.temporaryDirectory.path
+        let clean = name.filter { $0.isLetter || $0.isNumber }
+        path = "\(base)/fbmm-test-\(clean)-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        var arguments = [Artefacts.fbmm, "mount", path, "--policy", policy, "--log-level", "debug",
+                         "--log-file", "\(path).log"]
+        for option in options { arguments += ["-o", option] }
+        let result = try run(arguments)
+        guard result.ok else {
+            try? FileManager.default.removeItem(atPath: path)
+            throw MountFailure(message: "fbmm mount failed (\(result.status)): \(result.stderr)")
+        }
+    }
+
+    struct MountFailure: Error, CustomStringConvertible { let message: String; var description: String { message } }
+
+    func file(_ name: String) -> String { "\(path)/\(name)" }
+
+    /// Statistics as `fbmm stat --json` reports them.
+    func statistics() throws -> [String: Any] {
+        let result = try run([Artefacts.fbmm, "stat", path, "--json"])
+        guard result.ok, let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] else {
+            throw MountFailure(message: "fbmm stat failed: \(result.stderr)")
+        }
+        return object
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        if isMounted(path) {
+            _ = try? run([Artefacts.fbmm, "umount", path])
+            if isMounted(path) { _ = try? run([Artefacts.fbmm, "umount", "--force", path]) }
+        }
+        rmdir(path)
+        unlink("\(path).log")
+    }
+
+    deinit { close() }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Builds fbmm and its LD_PRELOAD shim, and puts the shim next to the fbmm
+# executable (where `fbmm run` looks first). Usage: scripts/build.sh [debug|release]
+set -eu -o pipefail
+cd "$(dirname "$0")/.."
+config=${1:-debug}
+swift build -c "$config" 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]|^Building|^Compiling|^Write|^Emitting|^Linking|^Fetching|^Cloning|^Computing|^Working copy|^Creating' || true
+swift build -c "$config" >/dev/null   # fail loudly if the build failed
+make -s -C shim
+bin=$(swift build -c "$config" --show-bin-path)
+cp shim/build/libfbmm-shim.so "$bin/libfbmm-shim.so"
+echo "$bin/fbmm"
