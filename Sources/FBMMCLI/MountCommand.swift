@@ -57,6 +57,9 @@ struct MountCommand: ParsableCommand {
         do { configuration = try parsedConfiguration() } catch let error as PolicyError {
             throw CLIError(error.description)
         }
+        if Daemon.detachDeadMount(configuration.mountpoint) {
+            writeStderr("fbmm: detached the dead mount on \(configuration.mountpoint) (its daemon had exited)")
+        }
         // Validate everything here, before a daemon exists, so bad input leaves nothing behind.
         do {
             try Daemon.validateMountpoint(configuration.mountpoint)

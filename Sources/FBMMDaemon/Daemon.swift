@@ -58,6 +58,18 @@ public final class Daemon: Sendable {
         }
     }
 
+    /// A mount whose daemon died answers every call with ENOTCONN. Programs
+    /// that were using it keep their memory (their mappings hold the memfds);
+    /// detach the dead mount so a new daemon can serve the same path.
+    /// Returns whether one was detached.
+    public static func detachDeadMount(_ path: String) -> Bool {
+        // statfs always reaches the daemon (stat may be answered from the attribute cache).
+        var fs = statvfs()
+        guard mountDevice(of: path, fstype: "fuse.fbmm") != nil,
+              statvfs(path, &fs) != 0, errno == ENOTCONN else { return false }
+        return umount2(path, Int32(MNT_DETACH)) == 0
+    }
+
     /// A mount point must exist, be a directory, be empty and not be mounted on.
     public static func validateMountpoint(_ path: String) throws(DaemonError) {
         var st = stat()
