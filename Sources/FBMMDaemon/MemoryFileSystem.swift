@@ -158,7 +158,7 @@ public final class MemoryFileSystem: FileSystemOperations {
             return
         }
         if let size = changes.size, let backing {
-            if let limit = configuration.capacity, size > limit { reply.error(.fileTooLarge); return }
+            if !withinCapacity(backing, growingTo: size) { reply.error(.noSpace); return }
             do {
                 let count = try backing.ensurePlaced(upTo: size, context: fileContext(record, size: size))
                 try backing.memory.resize(to: size)
@@ -395,7 +395,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         do {
             if file.flags & O_APPEND != 0 { start = try backing.memory.size() }
             let end = start + UInt64(data.count)
-            if let limit = configuration.capacity, end > limit { reply.error(.fileTooLarge); return }
+            if !withinCapacity(backing, growingTo: end) { reply.error(.noSpace); return }
             let count = try backing.ensurePlaced(upTo: end, context: fileContext(record, size: end))
             try backing.memory.write(data, at: start)
             state.withLock { ns in
@@ -419,7 +419,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         let (end, overflow) = UInt64(offset).addingReportingOverflow(UInt64(length))
         guard !overflow else { reply.error(.fileTooLarge); return }
         do {
-            if let limit = configuration.capacity, end > limit { reply.error(.noSpace); return }
+            if !withinCapacity(backing, growingTo: end) { reply.error(.noSpace); return }
             try backing.ensurePlaced(upTo: end, context: fileContext(record, size: end))
             try backing.memory.allocate(mode: mode, offset: UInt64(offset), length: UInt64(length))
             state.withLock { _ in record.touchModified() }
@@ -444,6 +444,11 @@ public final class MemoryFileSystem: FileSystemOperations {
            let dir = ns.inodes[record.parent], dir.children[record.name] == record.number {
             dir.children[record.name] = nil
             record.linkCount = 0
+            // Drop the daemon's reference to the memfd now: the kernel may keep
+            // the inode (its dentry) for a long time before a FORGET, and the
+            // memory must be freed when the process is gone. A process that still
+            // maps it keeps it alive; nothing is truncated or punched.
+            record.content = .special(device: 0)
             logger.debug("released process-owned \(record.name)")
         }
         ns.collect(open.inode)
@@ -489,6 +494,27 @@ public final class MemoryFileSystem: FileSystemOperations {
             freeFiles: maxFiles > UInt64(files) ? maxFiles - UInt64(files) : 0))
     }
 
+    /// What a file commits the pool to: its size (any process mapping it may
+    /// fault in every page up to it), or its allocation if larger (fallocate
+    /// with KEEP_SIZE).
+    static func committedBytes(_ backing: FileBacking) -> UInt64 {
+        max((try? backing.memory.size()) ?? 0, (try? backing.memory.allocatedBytes()) ?? 0)
+    }
+
+    /// `-o capacity`: may `backing` grow to `size`? The bound is on committed
+    /// bytes because pages that programs fault through their own mappings never
+    /// pass through the daemon; they can only fault within a file's size, and
+    /// sizes only grow through here.
+    func withinCapacity(_ backing: FileBacking, growingTo size: UInt64) -> Bool {
+        guard let capacity = configuration.capacity else { return true }
+        let current = Self.committedBytes(backing)
+        guard size > current else { return true }
+        let total = state.withLock { ns in
+            ns.inodes.values.reduce(UInt64(0)) { sum, record in sum + (record.backing.map(Self.committedBytes) ?? 0) }
+        }
+        return total - min(total, current) + size <= capacity
+    }
+
     /// The pool `df` shows: the memory of the nodes the mount's policy may use
     /// (or `capacity`), and what of it is free.
     func poolUsage() -> (total: UInt64, used: UInt64, free: UInt64) {
@@ -502,8 +528,11 @@ public final class MemoryFileSystem: FileSystemOperations {
         var total = nodes.reduce(UInt64(0)) { $0 + $1.memTotal }
         var free = nodes.reduce(UInt64(0)) { $0 + $1.memFree }
         if let capacity = configuration.capacity {
+            let committed = state.withLock { ns in
+                ns.inodes.values.reduce(UInt64(0)) { sum, record in sum + (record.backing.map(Self.committedBytes) ?? 0) }
+            }
             total = min(total, capacity)
-            free = min(free, capacity > used ? capacity - used : 0)
+            free = min(free, capacity > committed ? capacity - committed : 0)
         }
         return (total, used, free)
     }
