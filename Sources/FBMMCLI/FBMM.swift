@@ -1,5 +1,8 @@
 import ArgumentParser
-import FBMMPolicy
+// Re-exported so that a package building its own fbmm needs only `import FBMMCLI`
+// to see the policy protocol, options, topology and kernel policy types.
+@_exported import FBMMCore
+@_exported import FBMMPolicy
 import Synchronization
 
 /// The `fbmm` command line. A package that adds its own policies builds its
@@ -11,6 +14,11 @@ public enum FBMM {
     /// The policies this executable knows (built-ins plus those given to `main`).
     public static var registry: PolicyRegistry { registryStore.withLock { $0 } }
 
+    /// Runs the `fbmm` command line with `policies` registered besides the
+    /// built-ins (a policy whose name is already taken is ignored). Never
+    /// returns normally: exits with the command's status. `fbmm mount` starts
+    /// its daemon by re-executing this same binary, so the daemon knows the
+    /// same policies.
     public static func main(policies: [any MemoryManagementPolicy.Type] = []) {
         registryStore.withLock { $0 = PolicyRegistry(adding: policies) }
         FBMMCommand.main()
