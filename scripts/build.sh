@@ -9,4 +9,5 @@ swift build -c "$config" >/dev/null   # fail loudly if the build failed
 make -s -C shim
 bin=$(swift build -c "$config" --show-bin-path)
 cp shim/build/libfbmm-shim.so "$bin/libfbmm-shim.so"
+make -s -C Benchmarks/workloads && cp Benchmarks/workloads/.build/fbmm-workload "$bin/fbmm-workload"   # for `fbmm bench`
 echo "$bin/fbmm"
