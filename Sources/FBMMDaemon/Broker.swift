@@ -215,7 +215,7 @@ final class Broker: Sendable {
             if range == nil {
                 let spec = FBMMPolicy.PolicySpec(name: "preferred", options: .init([("nodes", String(node))]))
                 let policy = try filesystem.registry.make(spec, topology: filesystem.topology)
-                try backing.replacePolicy(policy, context: .init(inode: record.number, name: record.name, size: backing.memory.size()))
+                try backing.replacePolicy(policy, context: .init(inode: record.number, name: record.name.description, size: backing.memory.size()))
                 filesystem.state.withLock { _ in record.policySpec = spec }
             }
             let moved = try backing.migrate(range, to: node)

@@ -107,7 +107,21 @@ public final class Daemon: Sendable {
         // is in /proc/self/mountinfo already.
         broker.setMountDevice(Self.mountDevice(of: filesystem.configuration.mountpoint) ?? 0)
         broker.start()
+        Self.protectFromOOMKiller(logger)
         logger.info("mounted \(filesystem.configuration.mountpoint) policy=\(filesystem.mountPolicy.description) broker=\(broker.path)")
+    }
+
+    /// The daemon holds every file of the mount: the OOM killer must pick the
+    /// programs that use the memory, never the daemon (their mappings would
+    /// survive, but the mount would die). Needs CAP_SYS_RESOURCE; best effort.
+    static func protectFromOOMKiller(_ logger: Logger) {
+        let fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        let value = Array("-1000".utf8)
+        if write(fd, value, value.count) != value.count {
+            logger.notice("cannot lower the daemon's OOM score: \(Errno(rawValue: errno))")
+        }
     }
 
     /// Serves until unmounted or signalled, then cleans up.

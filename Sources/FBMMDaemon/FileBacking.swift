@@ -10,6 +10,10 @@ import Synchronization
 /// on any page — by the daemon's pwrite or by an application's mapping —
 /// already lands where the policy says.
 final class FileBacking: Sendable {
+    /// The largest window the daemon maps at once to apply a policy.
+    private static var maxWindow: UInt64 { 64 << 30 }
+    private var maxWindow: UInt64 { Self.maxWindow }
+
     let memory: MemoryFile
     private struct PlacementState {
         var policy: any MemoryManagementPolicy
@@ -52,14 +56,24 @@ final class FileBacking: Sendable {
 
     private static func apply(_ policy: any MemoryManagementPolicy, to range: Range<UInt64>,
                               of memory: MemoryFile, context: FileContext) throws(SystemError) -> Int {
-        let placements = policy.place(range, of: context)
-        guard !placements.isEmpty else { return 0 }
-        let window = try memory.map(range)
-        for placement in placements {
-            let clipped = placement.range.clamped(to: range)
-            try window.bind(clipped, policy: placement.policy)
+        // Windows of bounded size: a file may be sparse and terabytes long.
+        var count = 0
+        var start = range.lowerBound
+        while start < range.upperBound {
+            let end = min(range.upperBound, start + maxWindow)
+            let part = start..<end
+            let placements = policy.place(part, of: context)
+            if !placements.isEmpty {
+                let window = try memory.map(part)
+                for placement in placements {
+                    let clipped = placement.range.clamped(to: part)
+                    try window.bind(clipped, policy: placement.policy)
+                }
+                count += placements.count
+            }
+            start = end
         }
-        return placements.count
+        return count
     }
 
     /// Bytes resident per node, found page by page with move_pages on a

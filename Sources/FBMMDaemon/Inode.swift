@@ -11,7 +11,7 @@ import Glibc
 /// Mutable state; only ever touched under `MemoryFileSystem.state`'s lock.
 final class InodeRecord: @unchecked Sendable {
     enum Content {
-        case directory(children: [String: InodeNumber])
+        case directory(children: [FileName: InodeNumber])
         case regular(FileBacking)
         case special(device: UInt64)
     }
@@ -41,10 +41,10 @@ final class InodeRecord: @unchecked Sendable {
     var policySpec: PolicySpec?
     /// Directory parent (for "..") and the name under which it was created.
     var parent: InodeNumber
-    var name: String
+    var name: FileName
 
     init(number: InodeNumber, content: Content, mode: UInt32, uid: UInt32, gid: UInt32,
-         parent: InodeNumber, name: String, creatorPID: Int32) {
+         parent: InodeNumber, name: FileName, creatorPID: Int32) {
         self.number = number
         self.content = content
         self.mode = mode
@@ -63,7 +63,7 @@ final class InodeRecord: @unchecked Sendable {
     var isDirectory: Bool { if case .directory = content { return true } else { return false } }
     var backing: FileBacking? { if case .regular(let b) = content { return b } else { return nil } }
 
-    var children: [String: InodeNumber] {
+    var children: [FileName: InodeNumber] {
         get { if case .directory(let c) = content { return c } else { return [:] } }
         set { if isDirectory { content = .directory(children: newValue) } }
     }

@@ -65,11 +65,11 @@ public final class MemoryFileSystem: FileSystemOperations {
     }
 
     private func fileContext(_ record: InodeRecord, size: UInt64) -> FileContext {
-        FileContext(inode: record.number, name: record.name, size: size)
+        FileContext(inode: record.number, name: record.name.description, size: size)
     }
 
     /// Creates a node under `parent`; called with the lock held.
-    private func makeNode(_ ns: inout Namespace, _ ctx: RequestContext, parent: InodeNumber, name: String,
+    private func makeNode(_ ns: inout Namespace, _ ctx: RequestContext, parent: InodeNumber, name: FileName,
                           mode: UInt32) throws(Errno) -> InodeRecord {
         try validateName(name)
         let dir = try ns.directory(parent)
@@ -87,7 +87,7 @@ public final class MemoryFileSystem: FileSystemOperations {
             let (policy, spec) = inheritedPolicy(ns, parent: parent)
             inheritedSpec = spec
             do {
-                content = .regular(try FileBacking(name: name, policy: policy))
+                content = .regular(try FileBacking(name: name.description, policy: policy))
             } catch {
                 logger.error("create \(name): \(error)")
                 throw error.errno
@@ -115,7 +115,7 @@ public final class MemoryFileSystem: FileSystemOperations {
 
     // MARK: Namespace operations
 
-    public func lookup(_ ctx: RequestContext, parent: InodeNumber, name: String, reply: consuming EntryReply) {
+    public func lookup(_ ctx: RequestContext, parent: InodeNumber, name: FileName, reply: consuming EntryReply) {
         let result = transact { (ns) throws(Errno) -> Entry in
             let record = try ns.child(parent, name)
             record.lookups += 1
@@ -158,7 +158,7 @@ public final class MemoryFileSystem: FileSystemOperations {
             return
         }
         if let size = changes.size, let backing {
-            if !withinCapacity(backing, growingTo: size) { reply.error(.noSpace); return }
+            if let refusal = admitGrowth(backing, to: size) { reply.error(refusal); return }
             do {
                 let count = try backing.ensurePlaced(upTo: size, context: fileContext(record, size: size))
                 try backing.memory.resize(to: size)
@@ -190,7 +190,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         reply.attributes(attributes)
     }
 
-    public func mknod(_ ctx: RequestContext, parent: InodeNumber, name: String, mode: UInt32, device: UInt64,
+    public func mknod(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, device: UInt64,
                       reply: consuming EntryReply) {
         let result = transact { (ns) throws(Errno) -> Entry in
             let record = try makeNode(&ns, ctx, parent: parent, name: name, mode: mode)
@@ -203,7 +203,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         }
     }
 
-    public func mkdir(_ ctx: RequestContext, parent: InodeNumber, name: String, mode: UInt32, reply: consuming EntryReply) {
+    public func mkdir(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, reply: consuming EntryReply) {
         let result = transact { (ns) throws(Errno) -> Entry in
             entry(try makeNode(&ns, ctx, parent: parent, name: name, mode: S_IFDIR | (mode & 0o7777)))
         }
@@ -213,7 +213,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         }
     }
 
-    public func create(_ ctx: RequestContext, parent: InodeNumber, name: String, mode: UInt32, flags: Int32,
+    public func create(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, flags: Int32,
                        reply: consuming CreateReply) {
         let result = transact { (ns) throws(Errno) -> (Entry, UInt64) in
             let record = try makeNode(&ns, ctx, parent: parent, name: name, mode: S_IFREG | (mode & 0o7777))
@@ -230,7 +230,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         }
     }
 
-    public func unlink(_ ctx: RequestContext, parent: InodeNumber, name: String, reply: consuming StatusReply) {
+    public func unlink(_ ctx: RequestContext, parent: InodeNumber, name: FileName, reply: consuming StatusReply) {
         let result = transact { (ns) throws(Errno) in
             let dir = try ns.directory(parent)
             let record = try ns.child(parent, name)
@@ -248,7 +248,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         }
     }
 
-    public func rmdir(_ ctx: RequestContext, parent: InodeNumber, name: String, reply: consuming StatusReply) {
+    public func rmdir(_ ctx: RequestContext, parent: InodeNumber, name: FileName, reply: consuming StatusReply) {
         let result = transact { (ns) throws(Errno) in
             let dir = try ns.directory(parent)
             let record = try ns.child(parent, name)
@@ -275,7 +275,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         }
     }
 
-    public func rename(_ ctx: RequestContext, parent: InodeNumber, name: String, newParent: InodeNumber, newName: String,
+    public func rename(_ ctx: RequestContext, parent: InodeNumber, name: FileName, newParent: InodeNumber, newName: FileName,
                        flags: UInt32, reply: consuming StatusReply) {
         let renameNoReplace: UInt32 = 1, renameExchange: UInt32 = 2
         let result = transact { (ns) throws(Errno) in
@@ -395,7 +395,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         do {
             if file.flags & O_APPEND != 0 { start = try backing.memory.size() }
             let end = start + UInt64(data.count)
-            if !withinCapacity(backing, growingTo: end) { reply.error(.noSpace); return }
+            if let refusal = admitGrowth(backing, to: end) { reply.error(refusal); return }
             let count = try backing.ensurePlaced(upTo: end, context: fileContext(record, size: end))
             try backing.memory.write(data, at: start)
             state.withLock { ns in
@@ -419,7 +419,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         let (end, overflow) = UInt64(offset).addingReportingOverflow(UInt64(length))
         guard !overflow else { reply.error(.fileTooLarge); return }
         do {
-            if !withinCapacity(backing, growingTo: end) { reply.error(.noSpace); return }
+            if let refusal = admitGrowth(backing, to: end) { reply.error(refusal); return }
             try backing.ensurePlaced(upTo: end, context: fileContext(record, size: end))
             try backing.memory.allocate(mode: mode, offset: UInt64(offset), length: UInt64(length))
             state.withLock { _ in record.touchModified() }
@@ -505,14 +505,16 @@ public final class MemoryFileSystem: FileSystemOperations {
     /// bytes because pages that programs fault through their own mappings never
     /// pass through the daemon; they can only fault within a file's size, and
     /// sizes only grow through here.
-    func withinCapacity(_ backing: FileBacking, growingTo size: UInt64) -> Bool {
-        guard let capacity = configuration.capacity else { return true }
+    /// Also refuses sizes past `max-file-size` (EFBIG).
+    func admitGrowth(_ backing: FileBacking, to size: UInt64) -> Errno? {
+        if size > configuration.maxFileSize { return .fileTooLarge }
+        guard let capacity = configuration.capacity else { return nil }
         let current = Self.committedBytes(backing)
-        guard size > current else { return true }
+        guard size > current else { return nil }
         let total = state.withLock { ns in
             ns.inodes.values.reduce(UInt64(0)) { sum, record in sum + (record.backing.map(Self.committedBytes) ?? 0) }
         }
-        return total - min(total, current) + size <= capacity
+        return total - min(total, current) + size <= capacity ? nil : .noSpace
     }
 
     /// The pool `df` shows: the memory of the nodes the mount's policy may use

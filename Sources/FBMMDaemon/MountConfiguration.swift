@@ -13,6 +13,9 @@ public struct MountConfiguration: Sendable {
     public var allowOther = false
     /// `-o capacity=SIZE`: the most memory the mount's files may hold (df shows it).
     public var capacity: UInt64?
+    /// `-o max-file-size=SIZE`: no file grows past this (EFBIG); bounds the
+    /// daemon's work to place a sparse file truncated to a huge size.
+    public var maxFileSize: UInt64 = 4 << 40
     /// `-o max-files=N`
     public var maxFiles: Int?
     public var rootUID: UInt32 = getuid()
@@ -24,6 +27,7 @@ public struct MountConfiguration: Sendable {
         PolicyKey("allow_other", default: "off", "let other users use the mount (modes still apply)"),
         PolicyKey("capacity", default: "unlimited", "most memory the mount's files may hold, e.g. 4G"),
         PolicyKey("max-files", default: "1048576", "most files and directories"),
+        PolicyKey("max-file-size", default: "4T", "largest size a file may grow to"),
         PolicyKey("mode", default: "1777", "permissions of the mount's root directory (octal)"),
     ]
 
@@ -43,6 +47,11 @@ public struct MountConfiguration: Sendable {
         if let value = policyOptions.remove("capacity") {
             do { capacity = try ByteSize(parsing: value).bytes } catch {
                 throw .invalidValue(key: "capacity", value: value, reason: error.description)
+            }
+        }
+        if let value = policyOptions.remove("max-file-size") {
+            do { maxFileSize = try ByteSize(parsing: value).bytes } catch {
+                throw .invalidValue(key: "max-file-size", value: value, reason: error.description)
             }
         }
         if let value = policyOptions.remove("max-files") {

@@ -35,7 +35,7 @@ struct Namespace: ~Copyable {
 
     init(rootUID: UInt32, rootGID: UInt32, rootMode: UInt32) {
         let root = InodeRecord(number: 1, content: .directory(children: [:]), mode: S_IFDIR | rootMode,
-                               uid: rootUID, gid: rootGID, parent: 1, name: "/", creatorPID: getpid())
+                               uid: rootUID, gid: rootGID, parent: 1, name: FileName("/"), creatorPID: getpid())
         root.lookups = 1 << 40  // the root is never forgotten
         inodes[1] = root
     }
@@ -51,7 +51,7 @@ struct Namespace: ~Copyable {
         return record
     }
 
-    func child(_ parent: InodeNumber, _ name: String) throws(Errno) -> InodeRecord {
+    func child(_ parent: InodeNumber, _ name: FileName) throws(Errno) -> InodeRecord {
         guard let inode = try directory(parent).children[name], let record = inodes[inode] else {
             throw .noSuchFileOrDirectory
         }
@@ -78,7 +78,7 @@ struct Namespace: ~Copyable {
         var current = inode
         var guardCount = 0
         while current != 1, let record = inodes[current], guardCount < 4096 {
-            parts.append(record.name)
+            parts.append(record.name.description)
             current = record.parent
             guardCount += 1
         }
@@ -88,7 +88,10 @@ struct Namespace: ~Copyable {
 
 /// A file name the filesystem accepts: what Linux accepts (no '/', no NUL,
 /// not "." or "..", at most 255 bytes).
-func validateName(_ name: String) throws(Errno) {
-    if name.isEmpty || name == "." || name == ".." || name.contains("/") { throw .invalidArgument }
-    if name.utf8.count > 255 { throw .fileNameTooLong }
+func validateName(_ name: FileName) throws(Errno) {
+    let bytes = name.bytes
+    if bytes.isEmpty || bytes == [46] || bytes == [46, 46] || bytes.contains(47) || bytes.contains(0) {
+        throw .invalidArgument
+    }
+    if bytes.count > 255 { throw .fileNameTooLong }
 }

@@ -60,7 +60,7 @@ extension MemoryFileSystem {
             let byNode = (try? backing.residentByNode()) ?? [:]
             for (node, bytes) in byNode { nodeTotals[node, default: 0] += bytes }
             files.append(MountStatistics.FileUsage(
-                name: record.name, path: path,
+                name: record.name.description, path: path,
                 size: (try? backing.memory.size()) ?? 0,
                 allocated_bytes: (try? backing.memory.allocatedBytes()) ?? 0,
                 resident_bytes: byNode.values.reduce(0, +),

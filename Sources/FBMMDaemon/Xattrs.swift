@@ -89,7 +89,7 @@ extension MemoryFileSystem {
             if let backing = record.backing {
                 do {
                     let size = try backing.memory.size()
-                    try backing.replacePolicy(policy, context: FileContext(inode: inode, name: record.name, size: size))
+                    try backing.replacePolicy(policy, context: FileContext(inode: inode, name: record.name.description, size: size))
                 } catch {
                     reply.error(error.errno)
                     return
@@ -124,7 +124,7 @@ extension MemoryFileSystem {
             }
             guard let record = found else { reply.error(Errno(rawValue: ENODATA)); return }
             if let backing = record.backing, let size = try? backing.memory.size() {
-                try? backing.replacePolicy(mountPolicy, context: FileContext(inode: inode, name: record.name, size: size))
+                try? backing.replacePolicy(mountPolicy, context: FileContext(inode: inode, name: record.name.description, size: size))
             }
             reply.ok()
             return

@@ -115,6 +115,14 @@ public struct InterleavePolicy: MemoryManagementPolicy {
         // owner[k]: the node of chunk k within a period.
         var owner: [Int] = []
         for (node, weight) in zip(allowedNodes, weights) { owner += Array(repeating: node, count: weight) }
+        // A huge range (a sparse file truncated to terabytes) would need millions
+        // of mbind calls at `unit`; lay the same pattern out with a proportionally
+        // larger unit instead, which keeps the ratios exact.
+        var unit = self.unit
+        let chunks = UInt64(range.count) / unit
+        if chunks > Self.maxChunksPerRange {
+            unit *= (chunks + Self.maxChunksPerRange - 1) / Self.maxChunksPerRange
+        }
         var placements: [Placement] = []
         var chunk = range.lowerBound / unit
         while chunk * unit < range.upperBound {
@@ -129,6 +137,9 @@ public struct InterleavePolicy: MemoryManagementPolicy {
         }
         return placements
     }
+
+    /// The most chunks one `place` call lays out at the configured unit.
+    static let maxChunksPerRange: UInt64 = 65536
 
     public var description: String {
         var text = "interleave,nodes=\(allowedNodes.map(String.init).joined(separator: ":"))"

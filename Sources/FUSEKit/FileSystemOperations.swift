@@ -12,17 +12,17 @@ import Glibc
 /// Every method has a default that answers ENOSYS (or the conventional
 /// success), so a filesystem implements only what it supports.
 public protocol FileSystemOperations: AnyObject, Sendable {
-    func lookup(_ ctx: RequestContext, parent: InodeNumber, name: String, reply: consuming EntryReply)
+    func lookup(_ ctx: RequestContext, parent: InodeNumber, name: FileName, reply: consuming EntryReply)
     func forget(inode: InodeNumber, count: UInt64)
     func getattr(_ ctx: RequestContext, inode: InodeNumber, reply: consuming AttrReply)
     func setattr(_ ctx: RequestContext, inode: InodeNumber, changes: SetAttributes, file: OpenFile?, reply: consuming AttrReply)
-    func mknod(_ ctx: RequestContext, parent: InodeNumber, name: String, mode: UInt32, device: UInt64, reply: consuming EntryReply)
-    func mkdir(_ ctx: RequestContext, parent: InodeNumber, name: String, mode: UInt32, reply: consuming EntryReply)
-    func unlink(_ ctx: RequestContext, parent: InodeNumber, name: String, reply: consuming StatusReply)
-    func rmdir(_ ctx: RequestContext, parent: InodeNumber, name: String, reply: consuming StatusReply)
-    func rename(_ ctx: RequestContext, parent: InodeNumber, name: String, newParent: InodeNumber, newName: String, flags: UInt32, reply: consuming StatusReply)
+    func mknod(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, device: UInt64, reply: consuming EntryReply)
+    func mkdir(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, reply: consuming EntryReply)
+    func unlink(_ ctx: RequestContext, parent: InodeNumber, name: FileName, reply: consuming StatusReply)
+    func rmdir(_ ctx: RequestContext, parent: InodeNumber, name: FileName, reply: consuming StatusReply)
+    func rename(_ ctx: RequestContext, parent: InodeNumber, name: FileName, newParent: InodeNumber, newName: FileName, flags: UInt32, reply: consuming StatusReply)
     func open(_ ctx: RequestContext, inode: InodeNumber, flags: Int32, reply: consuming OpenReply)
-    func create(_ ctx: RequestContext, parent: InodeNumber, name: String, mode: UInt32, flags: Int32, reply: consuming CreateReply)
+    func create(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, flags: Int32, reply: consuming CreateReply)
     func read(_ ctx: RequestContext, inode: InodeNumber, size: Int, offset: Int64, file: OpenFile, reply: consuming DataReply)
     func write(_ ctx: RequestContext, inode: InodeNumber, data: UnsafeRawBufferPointer, offset: Int64, file: OpenFile, reply: consuming WriteReply)
     func flush(_ ctx: RequestContext, inode: InodeNumber, file: OpenFile, reply: consuming StatusReply)
@@ -44,17 +44,17 @@ public protocol FileSystemOperations: AnyObject, Sendable {
 }
 
 extension FileSystemOperations {
-    public func lookup(_ ctx: RequestContext, parent: InodeNumber, name: String, reply: consuming EntryReply) { reply.error(.noFunction) }
+    public func lookup(_ ctx: RequestContext, parent: InodeNumber, name: FileName, reply: consuming EntryReply) { reply.error(.noFunction) }
     public func forget(inode: InodeNumber, count: UInt64) {}
     public func getattr(_ ctx: RequestContext, inode: InodeNumber, reply: consuming AttrReply) { reply.error(.noFunction) }
     public func setattr(_ ctx: RequestContext, inode: InodeNumber, changes: SetAttributes, file: OpenFile?, reply: consuming AttrReply) { reply.error(.noFunction) }
-    public func mknod(_ ctx: RequestContext, parent: InodeNumber, name: String, mode: UInt32, device: UInt64, reply: consuming EntryReply) { reply.error(.noFunction) }
-    public func mkdir(_ ctx: RequestContext, parent: InodeNumber, name: String, mode: UInt32, reply: consuming EntryReply) { reply.error(.noFunction) }
-    public func unlink(_ ctx: RequestContext, parent: InodeNumber, name: String, reply: consuming StatusReply) { reply.error(.noFunction) }
-    public func rmdir(_ ctx: RequestContext, parent: InodeNumber, name: String, reply: consuming StatusReply) { reply.error(.noFunction) }
-    public func rename(_ ctx: RequestContext, parent: InodeNumber, name: String, newParent: InodeNumber, newName: String, flags: UInt32, reply: consuming StatusReply) { reply.error(.noFunction) }
+    public func mknod(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, device: UInt64, reply: consuming EntryReply) { reply.error(.noFunction) }
+    public func mkdir(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, reply: consuming EntryReply) { reply.error(.noFunction) }
+    public func unlink(_ ctx: RequestContext, parent: InodeNumber, name: FileName, reply: consuming StatusReply) { reply.error(.noFunction) }
+    public func rmdir(_ ctx: RequestContext, parent: InodeNumber, name: FileName, reply: consuming StatusReply) { reply.error(.noFunction) }
+    public func rename(_ ctx: RequestContext, parent: InodeNumber, name: FileName, newParent: InodeNumber, newName: FileName, flags: UInt32, reply: consuming StatusReply) { reply.error(.noFunction) }
     public func open(_ ctx: RequestContext, inode: InodeNumber, flags: Int32, reply: consuming OpenReply) { reply.opened(handle: 0) }
-    public func create(_ ctx: RequestContext, parent: InodeNumber, name: String, mode: UInt32, flags: Int32, reply: consuming CreateReply) { reply.error(.noFunction) }
+    public func create(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, flags: Int32, reply: consuming CreateReply) { reply.error(.noFunction) }
     public func read(_ ctx: RequestContext, inode: InodeNumber, size: Int, offset: Int64, file: OpenFile, reply: consuming DataReply) { reply.error(.noFunction) }
     public func write(_ ctx: RequestContext, inode: InodeNumber, data: UnsafeRawBufferPointer, offset: Int64, file: OpenFile, reply: consuming WriteReply) { reply.error(.noFunction) }
     public func flush(_ ctx: RequestContext, inode: InodeNumber, file: OpenFile, reply: consuming StatusReply) { reply.ok() }

@@ -35,7 +35,7 @@ func makeOperationTable() -> fuse_lowlevel_ops {
         Unmanaged<SessionContext>.fromOpaque(userdata!).takeUnretainedValue().operations.destroyed()
     }
     ops.lookup = { req, parent, name in
-        fs(req).lookup(RequestContext(req!), parent: parent, name: string(name), reply: EntryReply(req!))
+        fs(req).lookup(RequestContext(req!), parent: parent, name: FileName(cString: name), reply: EntryReply(req!))
     }
     ops.forget = { req, ino, nlookup in
         fs(req).forget(inode: ino, count: nlookup)
@@ -57,26 +57,26 @@ func makeOperationTable() -> fuse_lowlevel_ops {
                         file: fi.map { OpenFile($0) }, reply: AttrReply(req!))
     }
     ops.mknod = { req, parent, name, mode, rdev in
-        fs(req).mknod(RequestContext(req!), parent: parent, name: string(name), mode: mode, device: UInt64(rdev), reply: EntryReply(req!))
+        fs(req).mknod(RequestContext(req!), parent: parent, name: FileName(cString: name), mode: mode, device: UInt64(rdev), reply: EntryReply(req!))
     }
     ops.mkdir = { req, parent, name, mode in
-        fs(req).mkdir(RequestContext(req!), parent: parent, name: string(name), mode: mode, reply: EntryReply(req!))
+        fs(req).mkdir(RequestContext(req!), parent: parent, name: FileName(cString: name), mode: mode, reply: EntryReply(req!))
     }
     ops.unlink = { req, parent, name in
-        fs(req).unlink(RequestContext(req!), parent: parent, name: string(name), reply: StatusReply(req!))
+        fs(req).unlink(RequestContext(req!), parent: parent, name: FileName(cString: name), reply: StatusReply(req!))
     }
     ops.rmdir = { req, parent, name in
-        fs(req).rmdir(RequestContext(req!), parent: parent, name: string(name), reply: StatusReply(req!))
+        fs(req).rmdir(RequestContext(req!), parent: parent, name: FileName(cString: name), reply: StatusReply(req!))
     }
     ops.rename = { req, parent, name, newParent, newName, flags in
-        fs(req).rename(RequestContext(req!), parent: parent, name: string(name), newParent: newParent,
-                       newName: string(newName), flags: flags, reply: StatusReply(req!))
+        fs(req).rename(RequestContext(req!), parent: parent, name: FileName(cString: name), newParent: newParent,
+                       newName: FileName(cString: newName), flags: flags, reply: StatusReply(req!))
     }
     ops.open = { req, ino, fi in
         fs(req).open(RequestContext(req!), inode: ino, flags: fi?.pointee.flags ?? 0, reply: OpenReply(req!, fi))
     }
     ops.create = { req, parent, name, mode, fi in
-        fs(req).create(RequestContext(req!), parent: parent, name: string(name), mode: mode,
+        fs(req).create(RequestContext(req!), parent: parent, name: FileName(cString: name), mode: mode,
                        flags: fi?.pointee.flags ?? 0, reply: CreateReply(req!, fi))
     }
     ops.read = { req, ino, size, offset, fi in

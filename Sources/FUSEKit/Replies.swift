@@ -186,7 +186,9 @@ public struct DirectoryReply: ~Copyable {
             st.st_ino = ino_t(entry.inode)
             st.st_mode = entry.mode
             let needed = buffer.withUnsafeMutableBufferPointer { raw in
-                fuse_add_direntry(req, raw.baseAddress! + used, size - used, entry.name, &st, off_t(index + 1))
+                entry.name.withCString { name in
+                    fuse_add_direntry(req, raw.baseAddress! + used, size - used, name, &st, off_t(index + 1))
+                }
             }
             if needed > size - used { break }
             used += needed

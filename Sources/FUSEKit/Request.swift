@@ -1,5 +1,9 @@
 import CFuse3
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A FUSE inode number (1 is the root).
 public typealias InodeNumber = UInt64
 
@@ -106,10 +110,10 @@ public struct FilesystemStatistics: Sendable, Hashable {
 
 /// A directory entry for `readdir`.
 public struct DirectoryEntry: Sendable, Hashable {
-    public var name: String
+    public var name: FileName
     public var inode: InodeNumber
     public var mode: UInt32
-    public init(name: String, inode: InodeNumber, mode: UInt32) {
+    public init(name: FileName, inode: InodeNumber, mode: UInt32) {
         self.name = name
         self.inode = inode
         self.mode = mode
@@ -125,5 +129,34 @@ public struct Entry: Sendable {
         self.inode = inode
         self.attributes = attributes
         self.timeout = timeout
+    }
+}
+
+/// A directory entry name exactly as the kernel gave it: Linux names are
+/// bytes (anything but '/' and NUL), not necessarily UTF-8, so they are kept
+/// as bytes and only rendered as text for display.
+public struct FileName: Hashable, Sendable, Comparable, CustomStringConvertible, ExpressibleByStringLiteral {
+    public let bytes: [UInt8]
+
+    public init(bytes: [UInt8]) { self.bytes = bytes }
+    public init(_ text: String) { self.bytes = Array(text.utf8) }
+    public init(stringLiteral value: String) { self.init(value) }
+
+    init(cString: UnsafePointer<CChar>?) {
+        guard let cString else { self.bytes = []; return }
+        self.bytes = Array(UnsafeBufferPointer(start: UnsafeRawPointer(cString).assumingMemoryBound(to: UInt8.self),
+                                               count: strlen(cString)))
+    }
+
+    /// For display (invalid UTF-8 shows as U+FFFD).
+    public var description: String { String(decoding: bytes, as: UTF8.self) }
+
+    public static func < (a: FileName, b: FileName) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
+
+    /// The name NUL-terminated, for C calls.
+    func withCString<R>(_ body: (UnsafePointer<CChar>) -> R) -> R {
+        (bytes + [0]).withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { body($0.baseAddress!) }
+        }
     }
 }
