@@ -45,6 +45,13 @@ for n in 0 1 2; do
 done
 
 work=$(mktemp -d /tmp/fbmm-placement.XXXXXX) || die "mktemp failed"
+# Run private copies of fbmm and its shim from the guest's RAM: the host's files
+# come over 9p without caching (slow at every exec), and a build on the host
+# that relinks .build/debug/fbmm while the guest runs it makes it crash.
+shim=$(dirname "$fbmm")/libfbmm-shim.so
+[ -r "$shim" ] || die "no libfbmm-shim.so next to $fbmm (scripts/build.sh puts it there)"
+mkdir -p "$work/bin" && cp "$fbmm" "$shim" "$work/bin/" || die "cannot copy fbmm to $work/bin"
+fbmm_src=$fbmm fbmm=$work/bin/fbmm
 app=${PLACEMENT_APP:-}
 if [ -z "$app" ]; then
     app=$work/placement_app
@@ -74,7 +81,7 @@ mount_fs() {
     [ -n "${3:-}" ] && args+=(-o "$3")
     local err
     if ! err=$("${args[@]}" 2>&1); then
-        fail "$1" "fbmm mount --policy $2 ${3:+-o $3} failed: $err"
+        fail "$1" "fbmm mount --policy $2 ${3:+-o $3} failed: $err; daemon log: $(tail -c 800 "$work/$1.log" 2>/dev/null | tr '\n' ' ')"
         return 1
     fi
     mounts+=("$mnt")
@@ -195,7 +202,7 @@ simple_check() {
 
 free_mib() { awk '/MemFree/ { printf "%d", $4 / 1024 }' "/sys/devices/system/node/node$1/meminfo"; }
 
-echo "placement checks: fbmm $fbmm, app $app, tolerance ${tol} points, node MemFree: 0=$(free_mib 0)M 1=$(free_mib 1)M 2=$(free_mib 2)M" >&2
+echo "placement checks: fbmm $fbmm_src (run from a copy), app $app, tolerance ${tol} points, node MemFree: 0=$(free_mib 0)M 1=$(free_mib 1)M 2=$(free_mib 2)M" >&2
 
 # ---- bind, to each node (a malloc'd buffer and an anonymous mmap) ----------------------
 for n in 0 1 2; do
