@@ -1,0 +1,120 @@
+/*
+ * Small probe for the shim's integration tests (Tests/IntegrationTests/ShimTests.swift).
+ *
+ *   probe alloc MB
+ *       malloc(MB) and an anonymous mmap(MB); fills, checks, and prints
+ *       "malloc ok|errno NAME", "mmap ok|errno NAME", then "RssShmem KB" and
+ *       "RssAnon KB" from /proc/self/status. Exit 0 when both succeeded,
+ *       3 when both failed with ENOMEM, 1 otherwise.
+ *
+ *   probe hold MB READY GO
+ *       mallocs MB, fills it with a pattern, writes its pid to READY, waits
+ *       (up to 60 s) for the file GO to exist, then checks the pattern,
+ *       rewrites and re-checks it, allocates 4*MB more (which needs the
+ *       arena to grow) and checks that too. Prints "data ok", "new ok",
+ *       the Rss lines, and exits 0 when all data read back correctly.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static long status_kb(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    size_t n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, n) && line[n] == ':') v = atol(line + n + 1);
+    if (f) fclose(f);
+    return v;
+}
+
+static void print_rss(void)
+{
+    printf("RssShmem %ld\nRssAnon %ld\n", status_kb("RssShmem"), status_kb("RssAnon"));
+    fflush(stdout);
+}
+
+static void fill(uint64_t *p, size_t bytes, uint64_t seed)
+{
+    for (size_t i = 0; i < bytes / 8; i++) p[i] = (i * 0x9E3779B97F4A7C15ull) ^ seed;
+}
+
+static int check(const uint64_t *p, size_t bytes, uint64_t seed)
+{
+    for (size_t i = 0; i < bytes / 8; i++)
+        if (p[i] != ((i * 0x9E3779B97F4A7C15ull) ^ seed)) return 0;
+    return 1;
+}
+
+static int alloc(size_t mb)
+{
+    size_t bytes = mb << 20;
+    int ok = 0, enomem = 0;
+    errno = 0;
+    uint64_t *m = malloc(bytes);
+    if (m) {
+        fill(m, bytes, 1);
+        printf("malloc %s\n", check(m, bytes, 1) ? "ok" : "corrupt");
+        ok++;
+    } else {
+        printf("malloc errno %s\n", strerrorname_np(errno));
+        enomem += errno == ENOMEM;
+    }
+    errno = 0;
+    uint64_t *a = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (a != MAP_FAILED) {
+        fill(a, bytes, 2);
+        printf("mmap %s\n", check(a, bytes, 2) ? "ok" : "corrupt");
+        ok++;
+    } else {
+        printf("mmap errno %s\n", strerrorname_np(errno));
+        enomem += errno == ENOMEM;
+    }
+    print_rss();
+    return ok == 2 ? 0 : enomem == 2 ? 3 : 1;
+}
+
+static int hold(size_t mb, const char *ready, const char *go)
+{
+    size_t bytes = mb << 20;
+    uint64_t *m = malloc(bytes);
+    if (!m) { printf("malloc failed\n"); return 1; }
+    fill(m, bytes, 7);
+    print_rss();
+    FILE *f = fopen(ready, "w");
+    if (!f) { perror(ready); return 1; }
+    fprintf(f, "%d\n", (int)getpid());
+    fclose(f);
+    for (int i = 0; i < 6000 && access(go, F_OK) != 0; i++) usleep(10000);
+    if (access(go, F_OK) != 0) { printf("timed out waiting for %s\n", go); return 1; }
+    int ok = check(m, bytes, 7);
+    fill(m, bytes, 8);
+    ok = ok && check(m, bytes, 8);
+    printf("data %s\n", ok ? "ok" : "corrupt");
+    uint64_t *more = malloc(4 * bytes);
+    int ok2 = more != NULL;
+    if (more) {
+        fill(more, 4 * bytes, 9);
+        ok2 = check(more, 4 * bytes, 9) && check(m, bytes, 8);
+    }
+    printf("new %s\n", ok2 ? "ok" : "failed");
+    print_rss();
+    free(more);
+    free(m);
+    return ok && ok2 ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && !strcmp(argv[1], "alloc")) return alloc(strtoul(argv[2], NULL, 0));
+    if (argc == 5 && !strcmp(argv[1], "hold")) return hold(strtoul(argv[2], NULL, 0), argv[3], argv[4]);
+    fprintf(stderr, "usage: probe alloc MB | probe hold MB READY GO\n");
+    return 2;
+}
