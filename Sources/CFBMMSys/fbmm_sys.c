@@ -126,3 +126,6 @@ short fbmm_posix_spawn_setsid(void) { return POSIX_SPAWN_SETSID; }
 int fbmm_spawn_close_from(void *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np((posix_spawn_file_actions_t *)actions, from);
 }
+int fbmm_setxattr(const char *path, const char *name, const void *value, size_t size, int flags) {
+    return setxattr(path, name, value, size, flags);
+}

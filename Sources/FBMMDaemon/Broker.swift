@@ -26,6 +26,10 @@ final class Broker: Sendable {
     private let filesystem: MemoryFileSystem
     private let logger: Logger
     private let stopping = Atomic<Bool>(false)
+    /// Connections being handled right now.
+    private let active = Atomic<Int>(0)
+    static let maxConcurrent = 64
+    static let maxWaiting = 4096
     /// The mount's st_dev, learnt once mounted (files are recognised by (dev, ino)).
     private let mountDevice = Atomic<UInt64>(0)
 
@@ -72,25 +76,73 @@ final class Broker: Sendable {
         unlink(path)
     }
 
+    /// One thread multiplexes the listener and every connection that has not
+    /// sent its request yet (poll with deadlines), so silent peers cost a slot
+    /// in a table, not a thread, and never delay others. A connection whose
+    /// request has arrived is answered on its own short-lived thread.
     private func serve() {
+        _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
+        var waiting: [(fd: Int32, deadline: timespec)] = []
         while !stopping.load(ordering: .relaxed) {
-            let client = fbmm_accept_cloexec(listener)
-            if client < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                if stopping.load(ordering: .relaxed) { break }
-                if errno == EMFILE || errno == ENFILE { usleep(10_000); continue }
-                logger.error("broker accept: \(Errno(rawValue: errno))")
-                usleep(10_000)
-                continue
+            var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+            fds += waiting.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            let ready = poll(&fds, nfds_t(fds.count), 250)
+            if ready < 0 && errno != EINTR { logger.error("broker poll: \(Errno(rawValue: errno))"); usleep(10_000) }
+            let now = monotonicNow()
+            var still: [(fd: Int32, deadline: timespec)] = []
+            for (index, entry) in waiting.enumerated() {
+                let events = fds[index + 1].revents
+                if events & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                    dispatch(entry.fd)
+                } else if isBefore(entry.deadline, now) {
+                    refuse(entry.fd, .timedOut, "peer sent no request in time")
+                    close(entry.fd)
+                } else {
+                    still.append(entry)
+                }
             }
-            // A peer that connects and says nothing must not stall the broker.
-            var timeout = timeval(tv_sec: 2, tv_usec: 0)
-            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            handle(client)
-            close(client)
+            waiting = still
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                while true {
+                    let client = fbmm_accept_cloexec(listener)
+                    if client < 0 {
+                        if errno == EMFILE || errno == ENFILE {
+                            logger.warning("broker: out of file descriptors")
+                            usleep(20_000)  // the listener stays readable: do not spin
+                        }
+                        break
+                    }
+                    guard waiting.count < Self.maxWaiting else {
+                        refuse(client, .resourceTemporarilyUnavailable, "too many connections waiting")
+                        close(client)
+                        continue
+                    }
+                    var timeout = timeval(tv_sec: 2, tv_usec: 0)
+                    setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+                    var deadline = now
+                    deadline.tv_sec += 2
+                    waiting.append((client, deadline))
+                }
+            }
         }
+        waiting.forEach { close($0.fd) }
         close(listener)
+    }
+
+    /// Answers a connection whose request has arrived, on its own thread
+    /// while fewer than `maxConcurrent` are busy (stat and migrate can take a while).
+    private func dispatch(_ client: Int32) {
+        if active.wrappingAdd(1, ordering: .relaxed).newValue <= Self.maxConcurrent,
+           startThread({ [self] in
+               handle(client)
+               close(client)
+               active.wrappingSubtract(1, ordering: .relaxed)
+           }) {
+            return
+        }
+        handle(client)
+        close(client)
+        active.wrappingSubtract(1, ordering: .relaxed)
     }
 
     private func handle(_ client: Int32) {
@@ -230,4 +282,14 @@ final class Broker: Sendable {
             reply(client, status: Errno.invalidArgument.rawValue)
         }
     }
+}
+
+private func monotonicNow() -> timespec {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now
+}
+
+private func isBefore(_ a: timespec, _ b: timespec) -> Bool {
+    a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec)
 }

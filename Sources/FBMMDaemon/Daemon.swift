@@ -108,6 +108,7 @@ public final class Daemon: Sendable {
         broker.setMountDevice(Self.mountDevice(of: filesystem.configuration.mountpoint) ?? 0)
         broker.start()
         Self.protectFromOOMKiller(logger)
+        Self.raiseFileLimit()
         logger.info("mounted \(filesystem.configuration.mountpoint) policy=\(filesystem.mountPolicy.description) broker=\(broker.path)")
     }
 
@@ -121,6 +122,16 @@ public final class Daemon: Sendable {
         let value = Array("-1000".utf8)
         if write(fd, value, value.count) != value.count {
             logger.notice("cannot lower the daemon's OOM score: \(Errno(rawValue: errno))")
+        }
+    }
+
+    /// Every file holds a memfd and every waiting broker peer a socket: take
+    /// the hard limit on descriptors, not the 1024 soft default.
+    static func raiseFileLimit() {
+        var limit = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         }
     }
 

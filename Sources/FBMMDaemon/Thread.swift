@@ -5,7 +5,9 @@ import Glibc
 /// Starts a detached OS thread. The daemon's few long-lived loops (broker,
 /// policy timers) are plain threads: they block in accept/poll, which must
 /// never happen on Swift's cooperative pool.
-func startThread(_ body: @escaping @Sendable () -> Void) {
+/// Returns false when the system has no thread to give (the caller decides).
+@discardableResult
+func startThread(_ body: @escaping @Sendable () -> Void) -> Bool {
     final class Box: @unchecked Sendable { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
     let box = Unmanaged.passRetained(Box(body))
     var thread = pthread_t()
@@ -14,5 +16,7 @@ func startThread(_ body: @escaping @Sendable () -> Void) {
         box.body()
         return nil
     }, box.toOpaque())
-    if result == 0 { pthread_detach(thread) } else { box.release(); fatalError("pthread_create failed: \(result)") }
+    if result == 0 { pthread_detach(thread); return true }
+    box.release()
+    return false
 }

@@ -74,7 +74,7 @@ struct CommandLineTests {
         defer { mount.close() }
         let holder = Process()
         holder.executableURL = URL(fileURLWithPath: "/bin/sh")
-        holder.arguments = ["-c", "exec 3>'\(mount.file("held"))'; exec sleep 30"]
+        holder.arguments = ["-c", "exec 3>'\(mount.file("held"))'; exec sleep 8"]
         try holder.run()
         defer { holder.terminate(); holder.waitUntilExit() }
         for _ in 0..<100 where !FileManager.default.fileExists(atPath: mount.file("held")) { usleep(20_000) }

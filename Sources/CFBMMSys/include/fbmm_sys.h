@@ -45,6 +45,8 @@ int fbmm_broker_call(const char *path, const struct fbmm_request *request,
 ssize_t fbmm_getxattr(const char *path, const char *name, void *value, size_t size);
 /* POSIX_SPAWN_SETSID, hidden behind _GNU_SOURCE. */
 short fbmm_posix_spawn_setsid(void);
+/* setxattr(2). */
+int fbmm_setxattr(const char *path, const char *name, const void *value, size_t size, int flags);
 /* posix_spawn_file_actions_addclosefrom_np: close every fd >= from in the child,
  * so a daemon never holds a caller's pipes open. */
 int fbmm_spawn_close_from(void *actions, int from);
