@@ -34,7 +34,7 @@ struct FBMMCommand: ParsableCommand {
             anonymous memory in it, and see where every page went.
             """,
         subcommands: [MountCommand.self, UmountCommand.self, RunCommand.self, StatCommand.self,
-                      PoliciesCommand.self, MigrateCommand.self])
+                      PoliciesCommand.self, MigrateCommand.self, BenchCommand.self, SetCommand.self, TrackCommand.self])
 }
 
 /// A failure the user caused or must fix: printed as one line, exit status 1.
