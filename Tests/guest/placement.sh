@@ -61,8 +61,11 @@ fi
 
 passed=0 failed=0
 mounts=()
-pass() { echo "PASS $1: $2"; passed=$((passed + 1)); }
-fail() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
+# Each line says how long the check took (guest seconds, since the previous line).
+t_last=$SECONDS
+took() { local t=$((SECONDS - t_last)); t_last=$SECONDS; echo "${t}s"; }
+pass() { echo "PASS $1: $2 [$(took)]"; passed=$((passed + 1)); }
+fail() { echo "FAIL $1: $2 [$(took)]"; failed=$((failed + 1)); }
 
 cleanup() {
     app_quit 2>/dev/null
@@ -359,7 +362,7 @@ if mount_fs migrate bind nodes=0; then
                 judge migrate-range-other-buffer-stays "2=100" "$other" - || ok=0
                 # The whole file against fbmm stat: 64+16+16 MiB on node 2, 16 MiB on node 1.
                 app_cmd check all; all=$reply
-                judge migrate-range-stat "1=12.5 2=87.5" "$all" "$(stat_file_nodes "$m" "/${arena##*/}")"
+                judge migrate-range-stat "1=14.286 2=85.714" "$all" "$(stat_file_nodes "$m" "/${arena##*/}")"
             fi
         else
             fail migrate-range "alloc: $reply"
@@ -371,5 +374,5 @@ if mount_fs migrate bind nodes=0; then
     umount_fs "$m"
 fi
 
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed (${SECONDS}s)"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
