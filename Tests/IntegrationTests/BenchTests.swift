@@ -1,0 +1,130 @@
+import Foundation
+import Testing
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `fbmm bench --quick`: real mounts, the project's own workloads natively and
+/// under two policies. Checks the shape of what it writes, never its timings.
+@Suite(.serialized)
+struct BenchTests {
+    static let workloads = ["gups", "stream", "churn", "latency"]
+    static let policies = ["local", "interleave,nodes=0"]
+
+    /// Counts `<rect class="bar">` elements and checks the document is well-formed XML.
+    final class BarCounter: NSObject, XMLParserDelegate {
+        var bars = [(workload: String, policy: String)]()
+        var rootName: String?
+        func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?,
+                    qualifiedName: String?, attributes: [String: String] = [:]) {
+            if rootName == nil { rootName = name }
+            if name == "rect", attributes["class"] == "bar" {
+                bars.append((attributes["data-workload"] ?? "", attributes["data-policy"] ?? ""))
+            }
+        }
+    }
+
+    @Test func quickBenchWritesResultsAndLeavesNothingMounted() throws {
+        try requireFUSE()
+        let workloadBinary = (Artefacts.fbmm as NSString).deletingLastPathComponent + "/fbmm-workload"
+        try #require(FileManager.default.isExecutableFile(atPath: workloadBinary),
+                     "fbmm-workload is not built at \(workloadBinary): run scripts/build.sh first")
+        let out = "/tmp/fbmm-bench-test-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let mountsBefore = Set(fbmmMountPoints())
+
+        var arguments = [Artefacts.fbmm, "bench", "--quick", "--workloads", Self.workloads.joined(separator: ","), "--out", out]
+        for policy in Self.policies { arguments += ["--policy", policy] }
+        let result = try run(arguments, timeout: 240)
+        #expect(result.ok, "fbmm bench failed (\(result.status)): \(result.stderr.suffix(2000))")
+        #expect(result.stderr.contains("bench ["), "progress goes to stderr")
+        #expect(Set(fbmmMountPoints()).subtracting(mountsBefore).isEmpty, "the bench unmounted everything it mounted")
+        try #require(result.ok)
+
+        // The table names every policy.
+        for policy in Self.policies { #expect(result.stdout.contains(policy)) }
+
+        // results.json: every workload x {native, policies}, with the documented keys.
+        let data = try Data(contentsOf: URL(fileURLWithPath: "\(out)/results.json"))
+        let rows = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]])
+        let variants = ["native"] + Self.policies
+        for row in rows {
+            for key in ["workload", "policy", "metric", "value", "ratio_to_native", "spread", "unit", "repetitions"] {
+                #expect(row[key] != nil, "row lacks \(key): \(row)")
+            }
+            let value = (row["value"] as? NSNumber)?.doubleValue ?? -1
+            let ratio = (row["ratio_to_native"] as? NSNumber)?.doubleValue ?? -1
+            #expect(value > 0 && value.isFinite, "positive value: \(row)")
+            #expect(ratio > 0 && ratio.isFinite, "positive ratio: \(row)")
+            if row["policy"] as? String == "native" { #expect(ratio == 1.0, "native rows are 1.0: \(row)") }
+            #expect((row["repetitions"] as? Int ?? 0) >= 1)
+            let spread = row["spread"] as? [String: Any]
+            let low = (spread?["min"] as? NSNumber)?.doubleValue ?? .nan
+            let high = (spread?["max"] as? NSNumber)?.doubleValue ?? .nan
+            #expect(low <= value && value <= high, "median within min-max: \(row)")
+        }
+        var metricsPerWorkload = [String: Set<String>]()
+        for workload in Self.workloads {
+            for variant in variants {
+                let matching = rows.filter { $0["workload"] as? String == workload && $0["policy"] as? String == variant }
+                #expect(!matching.isEmpty, "rows for \(workload) / \(variant)")
+                let metrics = Set(matching.compactMap { $0["metric"] as? String })
+                if let expected = metricsPerWorkload[workload] {
+                    #expect(metrics == expected, "\(workload): the same metrics for every variant")
+                } else {
+                    metricsPerWorkload[workload] = metrics
+                }
+            }
+        }
+        #expect(Set(rows.compactMap { $0["workload"] as? String }) == Set(Self.workloads))
+        #expect(Set(rows.compactMap { $0["policy"] as? String }) == Set(variants))
+
+        // results.csv: a header and one line per JSON row.
+        let csv = try String(contentsOfFile: "\(out)/results.csv", encoding: .utf8)
+        let lines = csv.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("workload,policy,metric,value,ratio_to_native") == true)
+        #expect(lines.count == rows.count + 1)
+
+        // chart.svg: well-formed XML, one bar per (workload, policy).
+        let svg = try Data(contentsOf: URL(fileURLWithPath: "\(out)/chart.svg"))
+        let parser = XMLParser(data: svg)
+        let counter = BarCounter()
+        parser.delegate = counter
+        #expect(parser.parse(), "chart.svg is well-formed XML: \(String(describing: parser.parserError))")
+        #expect(counter.rootName == "svg")
+        #expect(counter.bars.count == Self.workloads.count * Self.policies.count)
+        for workload in Self.workloads {
+            for policy in Self.policies {
+                #expect(counter.bars.filter { $0.workload == workload && $0.policy == policy }.count == 1,
+                        "one bar for \(workload) / \(policy)")
+            }
+        }
+    }
+
+    @Test func badPolicyMountsNothingAndSaysWhy() throws {
+        try requireFUSE()
+        let out = "/tmp/fbmm-bench-test-bad-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let mountsBefore = Set(fbmmMountPoints())
+        let result = try run([Artefacts.fbmm, "bench", "--quick", "--policy", "local", "--policy", "bind,nodes=97",
+                              "--workloads", "gups", "--out", out])
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("bind,nodes=97"), "names the policy: \(result.stderr)")
+        #expect(Set(fbmmMountPoints()).subtracting(mountsBefore).isEmpty, "nothing left mounted")
+        let unknown = try run([Artefacts.fbmm, "bench", "--policy", "local", "--workloads", "gups,nosuch", "--out", out])
+        #expect(unknown.status != 0 && unknown.stderr.contains("unknown workload 'nosuch'"))
+    }
+
+    /// Mount points of fbmm filesystems right now.
+    func fbmmMountPoints() -> [String] {
+        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 4 && line.contains(" - fuse.fbmm ") ? String(fields[4]) : nil
+        }.filter { isMounted($0) }
+    }
+}
