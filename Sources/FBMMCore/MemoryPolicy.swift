@@ -50,7 +50,9 @@ public struct MemoryPolicy: Sendable, Hashable, CustomStringConvertible {
 
 /// A decided placement: file byte range -> kernel policy.
 public struct Placement: Sendable, Hashable {
+    /// File offsets; start and end on page boundaries (mbind works on whole pages).
     public var range: Range<UInt64>
+    /// The kernel policy pages faulted in `range` will follow.
     public var policy: MemoryPolicy
     public init(_ range: Range<UInt64>, _ policy: MemoryPolicy) {
         self.range = range

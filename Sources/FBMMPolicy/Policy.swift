@@ -2,7 +2,9 @@ import FBMMCore
 
 /// What a policy knows about the file it places.
 public struct FileContext: Sendable, Hashable {
+    /// The file's inode number in the mount: stable for the file's life.
     public var inode: UInt64
+    /// The file's name (the shim names its arenas `COMM.PID.SEQ`).
     public var name: String
     /// The file's size after the change being placed.
     public var size: UInt64
@@ -16,11 +18,14 @@ public struct FileContext: Sendable, Hashable {
 
 /// One option a policy accepts, for validation and for `fbmm policies`.
 public struct PolicyKey: Sendable, Hashable {
+    /// The key as written in `-o KEY=VALUE`.
     public var name: String
     /// The default as the user would write it, or nil when the key is required.
     public var defaultValue: String?
+    /// What the key means, for `fbmm policies`.
     public var help: String
 
+    /// A key; without `default:` it is required (the policy's `init` enforces that).
     public init(_ name: String, default defaultValue: String? = nil, _ help: String) {
         self.name = name
         self.defaultValue = defaultValue
@@ -62,5 +67,7 @@ public protocol MemoryManagementPolicy: Sendable, CustomStringConvertible {
 }
 
 extension MemoryManagementPolicy {
+    /// The policy's name; override it with the canonical spec, defaults filled in
+    /// (`bind,nodes=0:1`), which `fbmm stat` and `user.fbmm.policy` show.
     public var description: String { Self.name }
 }

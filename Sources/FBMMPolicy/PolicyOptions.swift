@@ -3,12 +3,19 @@ import FBMMCore
 /// Why a policy specification was refused; each case renders as the one line
 /// the user sees.
 public enum PolicyError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// No registered policy has this name.
     case unknownPolicy(String, known: [String])
+    /// The policy does not list this key in its `keys` (checked by the registry).
     case unknownKey(policy: String, key: String, known: [String])
+    /// A required key is absent: thrown by a policy's `init`.
     case missingKey(policy: String, key: String)
+    /// The value parses badly or is out of range; `reason` says why, in a few words.
     case invalidValue(key: String, value: String, reason: String)
+    /// A node number that the machine does not have.
     case noSuchNode(key: String, node: Int, available: [Int])
+    /// A node without memory (CPUs only), where no page can go.
     case nodeWithoutMemory(key: String, node: Int)
+    /// Text that is not `KEY=VALUE[,KEY=VALUE...]`.
     case malformed(String)
 
     public var description: String {
@@ -36,10 +43,12 @@ public enum PolicyError: Error, CustomStringConvertible, Equatable, Sendable {
 /// List values use `:` inside a value (`nodes=0:1,weights=3:1`) because `,`
 /// separates options, as in mount(8).
 public struct PolicyOptions: Sendable, Hashable, CustomStringConvertible {
+    /// Every value by key (spaces around keys and values trimmed).
     public private(set) var values: [String: String]
     /// Keys in the order given, for canonical printing.
     public private(set) var order: [String]
 
+    /// Options from pairs, in order (a repeated key keeps its first position and last value).
     public init(_ values: [(String, String)] = []) {
         self.values = [:]
         self.order = []
@@ -60,24 +69,31 @@ public struct PolicyOptions: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Sets a key, keeping its first position if it was already there.
     public mutating func set(_ key: String, _ value: String) {
         if values[key] == nil { order.append(key) }
         values[key] = value
     }
 
+    /// Removes a key, returning its value.
     public mutating func remove(_ key: String) -> String? {
         order.removeAll { $0 == key }
         return values.removeValue(forKey: key)
     }
 
+    /// The raw value of a key, or nil.
     public subscript(key: String) -> String? { values[key] }
     public var isEmpty: Bool { values.isEmpty }
+    /// The keys in the order given.
     public var keys: [String] { order }
 
+    /// `k=v,k=v` in the order given.
     public var description: String { order.map { "\($0)=\(values[$0]!)" }.joined(separator: ",") }
 
     // MARK: Typed accessors
 
+    /// A list of nodes (`0`, `0:1`, `0-3`, `0:2-3`), each of which must exist in
+    /// `topology` and have memory, none twice; nil when the key is absent.
     public func nodes(_ key: String, in topology: Topology) throws(PolicyError) -> [Int]? {
         guard let text = values[key] else { return nil }
         var nodes: [Int] = []
@@ -104,6 +120,7 @@ public struct PolicyOptions: Sendable, Hashable, CustomStringConvertible {
         return nodes
     }
 
+    /// Exactly one node, checked as `nodes(_:in:)` does; nil when the key is absent.
     public func node(_ key: String, in topology: Topology) throws(PolicyError) -> Int? {
         guard let nodes = try nodes(key, in: topology) else { return nil }
         guard nodes.count == 1 else {
@@ -112,6 +129,7 @@ public struct PolicyOptions: Sendable, Hashable, CustomStringConvertible {
         return nodes[0]
     }
 
+    /// Whole numbers from 1 to 255 separated by `:` (weights); nil when the key is absent.
     public func integers(_ key: String) throws(PolicyError) -> [Int]? {
         guard let text = values[key] else { return nil }
         var result: [Int] = []
@@ -124,6 +142,7 @@ public struct PolicyOptions: Sendable, Hashable, CustomStringConvertible {
         return result
     }
 
+    /// A size with an optional K/M/G/T (binary) suffix; nil when the key is absent.
     public func size(_ key: String) throws(PolicyError) -> ByteSize? {
         guard let text = values[key] else { return nil }
         do { return try ByteSize(parsing: text) } catch {
@@ -131,6 +150,7 @@ public struct PolicyOptions: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// A positive duration, `5s`, `500ms` or `2` (seconds); nil when the key is absent.
     public func seconds(_ key: String) throws(PolicyError) -> Double? {
         guard let text = values[key] else { return nil }
         var body = Substring(text)
@@ -146,7 +166,9 @@ public struct PolicyOptions: Sendable, Hashable, CustomStringConvertible {
 /// A policy chosen by name with its options: `interleave,nodes=0:1,weights=3:1`
 /// (or with a space after the name, as `fbmm mount --policy NAME -o ...` reads).
 public struct PolicySpec: Sendable, Hashable, CustomStringConvertible {
+    /// The policy's registered name.
     public var name: String
+    /// Its options, not yet validated (the registry and the policy's `init` do that).
     public var options: PolicyOptions
 
     public init(name: String, options: PolicyOptions = PolicyOptions()) {
@@ -154,6 +176,7 @@ public struct PolicySpec: Sendable, Hashable, CustomStringConvertible {
         self.options = options
     }
 
+    /// Parses `NAME[,KEY=VALUE...]` or `NAME KEY=VALUE ...`.
     public init(parsing text: String) throws(PolicyError) {
         let trimmed = text.trimmingSpaces
         guard let cut = trimmed.firstIndex(where: { $0 == "," || $0 == " " }) else {
