@@ -63,9 +63,8 @@ passed=0 failed=0
 mounts=()
 # Each line says how long the check took (guest seconds, since the previous line).
 t_last=$SECONDS
-took() { local t=$((SECONDS - t_last)); t_last=$SECONDS; echo "${t}s"; }
-pass() { echo "PASS $1: $2 [$(took)]"; passed=$((passed + 1)); }
-fail() { echo "FAIL $1: $2 [$(took)]"; failed=$((failed + 1)); }
+pass() { echo "PASS $1: $2 [$((SECONDS - t_last))s]"; t_last=$SECONDS; passed=$((passed + 1)); }
+fail() { echo "FAIL $1: $2 [$((SECONDS - t_last))s]"; t_last=$SECONDS; failed=$((failed + 1)); }
 
 cleanup() {
     app_quit 2>/dev/null
