@@ -2,6 +2,10 @@ import FBMMCore
 import FBMMPolicy
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The memory behind one regular file: its memfd, and how far its placement
 /// policy has been applied.
 ///
@@ -101,7 +105,12 @@ final class FileBacking: Sendable {
             let window = try memory.map(aligned)
             try window.populateRead(aligned)
             let before = try window.nodesOfPages(aligned)
-            let after = try window.migrate(aligned, to: Int32(node))
+            var after = try window.migrate(aligned, to: Int32(node))
+            // A page being written at that instant may report EBUSY/EAGAIN:
+            // try those again a few times rather than leave them behind.
+            for _ in 0..<3 where after.contains(where: { $0 == -EBUSY || $0 == -EAGAIN }) {
+                after = try window.migrate(aligned, to: Int32(node))
+            }
             for (old, new) in zip(before, after) where old >= 0 && new == Int32(node) && old != new {
                 moved += page
             }
