@@ -15,6 +15,8 @@ struct PoliciesCommand: ParsableCommand {
                 print("    \(pad(key.name, 14))\(key.help) (\(value))")
             }
         }
+        let trackers = TrackerKind.available.map(\.rawValue)
+        print("    access trackers on this kernel: \(trackers.isEmpty ? "none" : trackers.joined(separator: ", ")) (auto: \(TrackerKind.resolveAuto() == .auto ? "none" : TrackerKind.resolveAuto().rawValue))")
         print("")
         print("mount options (any policy):")
         for key in MountConfiguration.mountKeys {

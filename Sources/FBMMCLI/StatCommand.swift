@@ -53,6 +53,9 @@ struct StatCommand: ParsableCommand {
         let c = stats.counters
         print("")
         print("counters: files_created=\(c.files_created) placements=\(c.placements) broker_handouts=\(c.broker_handouts) broker_refusals=\(c.broker_refusals) migrations=\(c.migrations) migrated_bytes=\(c.migrated_bytes)")
+        if let policyCounters = stats.policy_counters, !policyCounters.isEmpty {
+            print("policy: " + policyCounters.keys.sorted().map { "\($0)=\(policyCounters[$0]!)" }.joined(separator: " "))
+        }
     }
 }
 

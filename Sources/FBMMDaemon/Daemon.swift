@@ -107,6 +107,7 @@ public final class Daemon: Sendable {
         // is in /proc/self/mountinfo already.
         broker.setMountDevice(Self.mountDevice(of: filesystem.configuration.mountpoint) ?? 0)
         broker.start()
+        filesystem.startMaintenance()
         Self.protectFromOOMKiller(logger)
         Self.raiseFileLimit()
         logger.info("mounted \(filesystem.configuration.mountpoint) policy=\(filesystem.mountPolicy.description) broker=\(broker.path)")
@@ -139,6 +140,7 @@ public final class Daemon: Sendable {
     public func run() throws(DaemonError) {
         session.installSignalHandlers()
         defer {
+            filesystem.stopMaintenance()
             broker.stop()
             session.unmount()
         }

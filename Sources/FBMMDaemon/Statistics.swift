@@ -35,6 +35,8 @@ public struct MountStatistics: Codable, Sendable {
     public var files: [FileUsage]
     public var pool: [String: UInt64]
     public var counters: Counters
+    /// The policy's own counters (tiered: migrations, scans, tracker); empty for others.
+    public var policy_counters: [String: PolicyCounter]? = nil
 
     public func json(pretty: Bool = true) throws -> Data {
         let encoder = JSONEncoder()
@@ -76,12 +78,14 @@ extension MemoryFileSystem {
         }
         let pool = poolUsage()
         let c = snapshot.1
-        return MountStatistics(
+        var statistics = MountStatistics(
             mountpoint: configuration.mountpoint, daemon_pid: getpid(), policy: mountPolicy.description,
             nodes: nodes, files: files,
             pool: ["total_bytes": pool.total, "used_bytes": pool.used, "free_bytes": pool.free],
             counters: .init(files_created: c.filesCreated, placements: c.placements,
                             broker_handouts: c.brokerHandouts, broker_refusals: c.brokerRefusals,
                             migrations: c.migrations, migrated_bytes: c.migratedBytes))
+        statistics.policy_counters = policyCounters
+        return statistics
     }
 }

@@ -96,6 +96,8 @@ extension MemoryFileSystem {
                 }
             }
             reply.ok()
+        case _ where inode == 1 && name.hasPrefix(Self.knobPrefix):
+            if let errno = setKnob(name: name, value: value) { reply.error(errno) } else { reply.ok() }
         default:
             guard name.hasPrefix("user.") else { reply.error(.notSupported); return }
             guard value.count <= 65536 else { reply.error(Errno(rawValue: E2BIG)); return }

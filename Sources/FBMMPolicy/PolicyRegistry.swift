@@ -6,7 +6,7 @@ public struct PolicyRegistry: Sendable {
     public private(set) var types: [any MemoryManagementPolicy.Type]
 
     public static let builtins: [any MemoryManagementPolicy.Type] = [
-        LocalPolicy.self, BindPolicy.self, PreferredPolicy.self, InterleavePolicy.self,
+        LocalPolicy.self, BindPolicy.self, PreferredPolicy.self, InterleavePolicy.self, TieredPolicy.self,
     ]
 
     public init(adding extra: [any MemoryManagementPolicy.Type] = []) {

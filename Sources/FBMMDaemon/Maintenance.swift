@@ -1,0 +1,85 @@
+import FBMMCore
+import FBMMPolicy
+import Logging
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The mount policy's periodic pass (policies conforming to
+/// `MaintainingPolicy`, such as `tiered`), and knobs changed while mounted.
+///
+/// Knobs: `setfattr -n user.fbmm.knob.KEY -v VALUE MOUNT` on the mount's root
+/// (what `fbmm set MOUNT KEY=VALUE` does). The policy validates the value; a
+/// refused one answers EINVAL and the daemon log says why. The kernel allows
+/// user.* xattrs on the (sticky, 1777) root only to its owner and root.
+extension MemoryFileSystem {
+    static let knobPrefix = "user.fbmm.knob."
+
+    /// Starts one maintenance thread for the mount's policy, if it maintains.
+    func startMaintenance() {
+        guard let policy = mountPolicy as? any MaintainingPolicy else { return }
+        logger.info("maintenance every \(policy.maintenanceInterval)s for \(policy.description)")
+        startThread { [self] in
+            while !policy.isShutDown {
+                let started = monotonicNow()
+                policy.maintain(files: maintainedFiles(of: policy))
+                // Sleep out the interval in short steps, so shutdown and a
+                // shortened interval take effect soon.
+                while !policy.isShutDown, monotonicNow() - started < policy.maintenanceInterval {
+                    usleep(useconds_t(min(0.05, max(0.001, policy.maintenanceInterval - (monotonicNow() - started))) * 1e6))
+                }
+            }
+        }
+    }
+
+    func stopMaintenance() {
+        (mountPolicy as? any MaintainingPolicy)?.shutdown()
+    }
+
+    /// The files that use this very policy instance (not those with an
+    /// override of their own), with the process that maps each.
+    func maintainedFiles(of policy: any MaintainingPolicy) -> [MaintainedFile] {
+        let candidates = state.withLock { ns in
+            ns.inodes.values.compactMap { record -> (UInt64, String, FileBacking, Int32?)? in
+                guard let backing = record.backing else { return nil }
+                return (record.number, record.name.description, backing, record.processOwned ? record.creatorPID : nil)
+            }
+        }
+        let identity = ObjectIdentifier(policy as AnyObject)
+        return candidates.compactMap { inode, name, backing, pid in
+            guard ObjectIdentifier(backing.policy as AnyObject) == identity else { return nil }
+            return MaintainedFile(inode: inode, name: name, memory: backing.memory, ownerPID: pid)
+        }
+    }
+
+    /// Handles `user.fbmm.knob.KEY` set on the root. Returns the errno to answer.
+    func setKnob(name: String, value: [UInt8]) -> Errno? {
+        let key = String(name.dropFirst(Self.knobPrefix.count))
+        let text = String(decoding: value, as: UTF8.self)
+        guard let policy = mountPolicy as? any MaintainingPolicy else {
+            logger.notice("refused knob \(key)=\(text): policy \(mountPolicy.description) has no knobs")
+            return .notSupported
+        }
+        do throws(PolicyError) {
+            try policy.setKnob(key, text)
+        } catch {
+            logger.notice("refused knob \(key)=\(text): \(error)")
+            return .invalidArgument
+        }
+        logger.info("knob \(key)=\(text): now \(policy.description)")
+        return nil
+    }
+
+    /// The policy's counters for `fbmm stat` (empty for a policy without).
+    var policyCounters: [String: PolicyCounter] {
+        (mountPolicy as? any MaintainingPolicy)?.counters ?? [:]
+    }
+}
+
+private func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

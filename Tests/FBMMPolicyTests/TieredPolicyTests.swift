@@ -1,0 +1,199 @@
+import FBMMCore
+import Testing
+@testable import FBMMPolicy
+
+@Suite struct TieredPolicyTests {
+    static let page = UInt64(pageSize)
+    static let mib: UInt64 = 1 << 20
+
+    func tiered(_ options: String = "fast=0,slow=2,fast-capacity=48M") throws -> TieredPolicy {
+        try #require(try Fixtures.make("tiered,\(options)", Fixtures.threeNodes) as? TieredPolicy)
+    }
+
+    func file(_ inode: UInt64, size: UInt64 = 1 << 30) -> FileContext {
+        FileContext(inode: inode, name: "f\(inode)", size: size)
+    }
+
+    // MARK: options and knobs
+
+    @Test func defaultsAndDescription() throws {
+        let policy = try tiered()
+        let k = policy.currentKnobs
+        #expect(k.fastCapacity == 48 * Self.mib)
+        #expect(k.scanInterval == 1)
+        #expect(k.promoteThreshold == 2)
+        #expect(k.rateLimit == 128 * Self.mib)
+        #expect(k.tracker == .auto)
+        // 2% of 48 MiB, page aligned.
+        #expect(k.watermark == UInt64(Double(48 * Self.mib) * 0.02) / Self.page * Self.page)
+        #expect(k.fastLimit == 48 * Self.mib - k.watermark)
+        #expect(policy.allowedNodes == [0, 2])
+        #expect(policy.description.hasPrefix("tiered,fast=0,slow=2,fast-capacity=48"))
+        #expect(policy.maintenanceInterval == 1)
+    }
+
+    @Test func badOptionsAreRefused() {
+        #expect(Fixtures.policyError { _ = try Fixtures.make("tiered,fast=0,fast-capacity=1G", Fixtures.threeNodes) }
+                == .missingKey(policy: "tiered", key: "slow"))
+        #expect(Fixtures.policyError { _ = try Fixtures.make("tiered,fast=0,slow=2", Fixtures.threeNodes) }
+                == .missingKey(policy: "tiered", key: "fast-capacity"))
+        #expect(Fixtures.policyError { _ = try Fixtures.make("tiered,fast=0,slow=0,fast-capacity=1G", Fixtures.threeNodes) } != nil)
+        #expect(Fixtures.policyError { _ = try Fixtures.make("tiered,fast=0,slow=7,fast-capacity=1G", Fixtures.threeNodes) } != nil)
+        for bad in ["promote-threshold=0", "scan-interval=0", "demote-watermark=150%", "rate-limit=0", "tracker=psychic",
+                    "fast-capacity=12"] {
+            #expect(Fixtures.policyError { _ = try Fixtures.make("tiered,fast=0,slow=2,fast-capacity=1G,\(bad)", Fixtures.threeNodes) } != nil,
+                    "\(bad) accepted")
+        }
+        #expect(Fixtures.policyError { _ = try Fixtures.make("tiered,fast=0,slow=2,fast-capacity=1G,colour=red", Fixtures.threeNodes) }
+                == .unknownKey(policy: "tiered", key: "colour", known: TieredPolicy.keys.map(\.name)))
+    }
+
+    @Test func knobsChangeWhileMounted() throws {
+        let policy = try tiered()
+        try policy.setKnob("scan-interval", "250ms")
+        try policy.setKnob("promote-threshold", "3")
+        try policy.setKnob("demote-watermark", "4M")
+        try policy.setKnob("rate-limit", "1G")
+        let k = policy.currentKnobs
+        #expect(k.scanInterval == 0.25 && policy.maintenanceInterval == 0.25)
+        #expect(k.promoteThreshold == 3)
+        #expect(k.watermark == 4 * Self.mib && k.fastLimit == 44 * Self.mib)
+        #expect(k.rateLimit == 1 << 30)
+        #expect(throws: PolicyError.self) { try policy.setKnob("promote-threshold", "zero") }
+        #expect(throws: PolicyError.self) { try policy.setKnob("fast", "1") }  // not a knob
+        #expect(policy.currentKnobs.promoteThreshold == 3, "a refused value leaves the knob alone")
+        #expect(policy.description.contains("rate-limit=1"))
+    }
+
+    // MARK: placement budget
+
+    @Test func newPagesFillTheFastBudgetThenGoSlow() throws {
+        let policy = try tiered("fast=0,slow=2,fast-capacity=48M,demote-watermark=1M")
+        let fast = MemoryPolicy(.preferred, nodes: [0]), slow = MemoryPolicy(.preferred, nodes: [2])
+        // 32 MiB fits in the 47 MiB budget.
+        #expect(policy.place(0..<32 * Self.mib, of: file(2)) == [Placement(0..<32 * Self.mib, fast)])
+        // A second file gets the remaining 15 MiB fast, the rest slow.
+        #expect(policy.place(0..<64 * Self.mib, of: file(3)) == [
+            Placement(0..<15 * Self.mib, fast), Placement(15 * Self.mib..<64 * Self.mib, slow),
+        ])
+        // The budget is spent: the first file's growth goes slow.
+        #expect(policy.place(32 * Self.mib..<40 * Self.mib, of: file(2)) == [Placement(32 * Self.mib..<40 * Self.mib, slow)])
+        #expect(policy.placedFastBytes == 47 * Self.mib)
+    }
+
+    @Test func deletedFilesGiveTheirBudgetBack() throws {
+        let policy = try tiered("fast=0,slow=2,fast-capacity=8M,demote-watermark=0,tracker=auto")
+        _ = policy.place(0..<8 * Self.mib, of: file(2))
+        #expect(policy.place(0..<Self.mib, of: file(3)).map(\.policy.nodes) == [[2]])
+        policy.maintain(files: [])  // file 2 and 3 are gone
+        #expect(policy.placedFastBytes == 0)
+        #expect(policy.place(0..<Self.mib, of: file(4)).map(\.policy.nodes) == [[0]])
+        policy.shutdown()
+    }
+
+    // MARK: page history
+
+    @Test func hotCutFollowsTheHottestPage() {
+        #expect(TieredPolicy.hotCut(maxHeat: 255) == 127)
+        #expect(TieredPolicy.hotCut(maxHeat: 120) == 60)
+        #expect(TieredPolicy.hotCut(maxHeat: 10) == 26)
+    }
+
+    @Test func historyCountsHotAndColdStreaks() {
+        var heat: [UInt8] = [0, 0, 0], hot: [UInt8] = [0, 0, 0], cold: [UInt8] = [0, 0, 0]
+        TieredPolicy.record([255, 60, 0], into: &heat, &hot, &cold)
+        TieredPolicy.record([255, 200, 0], into: &heat, &hot, &cold)
+        #expect(hot == [2, 1, 0])
+        #expect(cold == [0, 0, 2])
+        #expect(heat[0] > heat[1] && heat[1] > heat[2])
+        TieredPolicy.record([0, 0, 255], into: &heat, &hot, &cold)
+        #expect(hot == [0, 0, 1] && cold == [1, 1, 0])
+    }
+
+    // MARK: promotion and demotion selection
+
+    /// One file of `nodes` (0 fast, 2 slow, -1 absent) with per-page streaks and heat.
+    func view(_ nodes: [Int32], hot: [UInt8], cold: [UInt8], heat: [UInt8], key: UInt64 = 7) -> TieredPlanner.FileView {
+        TieredPlanner.FileView(key: key, nodes: nodes, hotStreak: hot, coldStreak: cold, heat: heat)
+    }
+
+    func planner(limit: Int, capacity: Int? = nil, threshold: Int = 2, budget: Int = 1000) -> TieredPlanner {
+        TieredPlanner(fastNode: 0, slowNode: 2, limitPages: limit, capacityPages: capacity ?? limit + 1,
+                      promoteThreshold: threshold, budgetPages: budget)
+    }
+
+    @Test func promotesSlowPagesHotLongEnoughIntoFreeRoom() {
+        // Pages: 0 fast; 1 slow hot 2 scans; 2 slow hot 1 scan (too short); 3 slow cold; 4 absent.
+        let v = view([0, 2, 2, 2, -1], hot: [0, 2, 1, 0, 5], cold: [3, 0, 0, 4, 0], heat: [0, 255, 255, 0, 255])
+        let plan = planner(limit: 4).plan([v])
+        #expect(plan.promote == [7: [1]])
+        #expect(plan.demote.isEmpty)
+    }
+
+    @Test func makesRoomByDemotingTheColdestFastPages() {
+        // The fast node is full (limit 3): pages 0-2 fast, 0 cold for 5 scans, 1 for 2, 2 hot now.
+        // Slow pages 3 and 4 are hot (heat 250 and 200), 5 is hot but only for one scan.
+        let v = view([0, 0, 0, 2, 2, 2], hot: [0, 0, 3, 2, 4, 1], cold: [5, 2, 0, 0, 0, 0],
+                     heat: [10, 20, 255, 250, 200, 255])
+        let plan = planner(limit: 3).plan([v])
+        #expect(plan.promote == [7: [3, 4]])
+        #expect(plan.demote == [7: [0, 1]])
+    }
+
+    @Test func doesNotDemotePagesColdForFewerScansThanTheThreshold() {
+        // Fast page 0 was hot until the last scan (cold streak 1 < threshold 2): it stays.
+        let v = view([0, 2], hot: [0, 3], cold: [1, 0], heat: [120, 255])
+        let plan = planner(limit: 1).plan([v])
+        #expect(plan.promote.isEmpty && plan.demote.isEmpty)
+    }
+
+    @Test func rateLimitBoundsPagesMovedPerPass() {
+        // Room for everything, but a budget of 3 pages.
+        let v = view([2, 2, 2, 2, 2], hot: [2, 2, 2, 2, 2], cold: [0, 0, 0, 0, 0], heat: [100, 250, 150, 200, 120])
+        let plan = planner(limit: 10, budget: 3).plan([v])
+        #expect(plan.promote == [7: [1, 2, 3]], "hottest first")
+        // Swaps cost two moves each.
+        let full = view([0, 0, 2, 2], hot: [0, 0, 2, 2], cold: [4, 4, 0, 0], heat: [0, 0, 200, 250])
+        let swap = planner(limit: 2, budget: 3).plan([full])
+        #expect(swap.promotedCount == 1 && swap.demotedCount == 1)
+        #expect(swap.promote == [7: [3]])
+    }
+
+    @Test func aboveTheLimitDemotesDownToIt() {
+        // 5 fast pages, limit 3, capacity 4: two cold pages go even with nothing to promote.
+        let v = view([0, 0, 0, 0, 0], hot: [0, 1, 0, 1, 0], cold: [1, 0, 6, 0, 2], heat: [50, 255, 5, 255, 40])
+        let plan = planner(limit: 3, capacity: 4).plan([v])
+        #expect(plan.demote == [7: [2, 4]], "coldest (longest cold streak) first")
+        // Above capacity with only hot pages: the least hot go anyway.
+        let hot = view([0, 0, 0], hot: [3, 3, 3], cold: [0, 0, 0], heat: [255, 130, 200])
+        #expect(planner(limit: 1, capacity: 2).plan([hot]).demote == [7: [1]])
+    }
+
+    @Test func selectionSpansFiles() {
+        let a = view([0, 0], hot: [0, 0], cold: [9, 3], heat: [0, 30], key: 1)
+        let b = view([2, 2], hot: [2, 5], cold: [0, 0], heat: [180, 255], key: 2)
+        let plan = planner(limit: 2).plan([a, b])
+        #expect(plan.promote == [2: [0, 1]])
+        #expect(plan.demote == [1: [0, 1]])
+    }
+
+    @Test func memfdMappingsAreFoundInProcMaps() {
+        let maps = """
+            55d0c0a00000-55d0c0a21000 r--p 00000000 fd:01 1234                       /usr/bin/cat
+            7f41aa7a9000-7f41b27a9000 rw-s 00200000 00:01 582                        /memfd:hotset (deleted)
+            7f41b27a9000-7f41b27aa000 rw-p 00000000 00:00 0 
+            7ffd1000-7ffd2000 rw-s 00000000 00:01 77                         /memfd:fbmm arena (deleted)
+            """
+        let vmas = VMA.memfdMappings(inMaps: maps)
+        #expect(vmas.count == 2)
+        #expect(vmas[0].start == 0x7f41aa7a9000 && vmas[0].end == 0x7f41b27a9000)
+        #expect(vmas[0].fileOffset == 0x200000 && vmas[0].inode == 582 && vmas[0].path == "/memfd:hotset (deleted)")
+        #expect(vmas[1].inode == 77)
+    }
+
+    @Test func registryKnowsTiered() throws {
+        #expect(PolicyRegistry().names.contains("tiered"))
+        let policy = try Fixtures.make("tiered,fast=0,slow=1,fast-capacity=1G,tracker=auto", Fixtures.twoNodes)
+        #expect(policy is any MaintainingPolicy)
+    }
+}
