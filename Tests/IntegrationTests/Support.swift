@@ -39,8 +39,11 @@ struct CommandResult {
 func run(_ arguments: [String], environment: [String: String] = [:], input: Data? = nil,
          timeout: TimeInterval = 300) throws -> CommandResult {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: arguments[0].hasPrefix("/") ? arguments[0] : "/usr/bin/env")
-    process.arguments = arguments[0].hasPrefix("/") ? Array(arguments.dropFirst()) : arguments
+    // coreutils timeout puts the command in its own process group and kills the
+    // whole group when time is up, so grandchildren holding our pipes open
+    // cannot hang the test run.
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
+    process.arguments = ["-k", "5", "\(Int(timeout.rounded(.up)))s"] + (arguments[0].hasPrefix("/") ? [] : ["/usr/bin/env"]) + arguments
     var env = ProcessInfo.processInfo.environment
     for (k, v) in environment { env[k] = v }
     process.environment = env
@@ -64,9 +67,6 @@ func run(_ arguments: [String], environment: [String: String] = [:], input: Data
     }
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     group.wait()
-    let deadline = Date().addingTimeInterval(timeout)
-    while process.isRunning && Date() < deadline { usleep(10_000) }
-    if process.isRunning { process.terminate(); process.waitUntilExit() }
     process.waitUntilExit()
     return CommandResult(status: process.terminationStatus,
                          stdout: String(decoding: outData, as: UTF8.self),
