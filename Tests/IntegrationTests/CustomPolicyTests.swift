@@ -167,3 +167,24 @@ struct FstabHelperTests {
         }
     }
 }
+
+/// docs/policies.md documents every policy and key that `fbmm policies` lists.
+struct PolicyDocsTests {
+    @Test func everyPolicyAndKeyIsDocumented() throws {
+        let listing = try run([Artefacts.fbmm, "policies"])
+        try #require(listing.ok, "\(listing.stderr)")
+        let doc = try String(contentsOfFile: "\(Artefacts.packageRoot)/docs/policies.md", encoding: .utf8)
+        var missing: [String] = []
+        for line in listing.stdout.split(separator: "\n") {
+            if !line.hasPrefix(" "), let colon = line.firstIndex(of: ":"), !line.hasPrefix("mount options") {
+                let name = line[..<colon]
+                if !doc.contains("`\(name)`") { missing.append("policy \(name)") }
+            } else if line.hasPrefix("    "), line.hasSuffix("(required)") || line.contains("(default "),
+                      let key = line.split(separator: " ").first {
+                // A key line: "    KEY  help (required|default X)"; other indented lines are notes.
+                if !doc.contains("`\(key)`") { missing.append("key \(key)") }
+            }
+        }
+        #expect(missing.isEmpty, "docs/policies.md lacks: \(missing.joined(separator: ", "))")
+    }
+}
