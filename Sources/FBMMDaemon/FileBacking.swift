@@ -69,8 +69,13 @@ final class FileBacking: Sendable {
             let placements = policy.place(part, of: context)
             if !placements.isEmpty {
                 let window = try memory.map(part)
+                let page = UInt64(pageSize)
                 for placement in placements {
-                    let clipped = placement.range.clamped(to: part)
+                    // mbind works on whole pages: a third-party policy's unaligned
+                    // bounds are widened to the pages they touch.
+                    let lower = placement.range.lowerBound / page * page
+                    let upper = (placement.range.upperBound + page - 1) / page * page
+                    let clipped = (lower..<max(lower, upper)).clamped(to: part)
                     try window.bind(clipped, policy: placement.policy)
                 }
                 count += placements.count
