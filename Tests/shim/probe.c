@@ -13,9 +13,16 @@
  *       rewrites and re-checks it, allocates 4*MB more (which needs the
  *       arena to grow) and checks that too. Prints "data ok", "new ok",
  *       the Rss lines, and exits 0 when all data read back correctly.
+ *
+ *   probe unblock CMD [ARGS...]
+ *       unblocks all signals and restores default dispositions of the
+ *       catchable ones, then execs CMD. Test runners (Swift concurrency
+ *       threads) spawn children with most signals blocked; programs that
+ *       rely on SIGALRM/SIGCHLD/SIGTERM (stress-ng) then never stop.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,10 +118,23 @@ static int hold(size_t mb, const char *ready, const char *go)
     return ok && ok2 ? 0 : 1;
 }
 
+static int unblock(char **argv)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
+    execvp(argv[0], argv);
+    perror(argv[0]);
+    return 127;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 3 && !strcmp(argv[1], "unblock")) return unblock(argv + 2);
     if (argc == 3 && !strcmp(argv[1], "alloc")) return alloc(strtoul(argv[2], NULL, 0));
     if (argc == 5 && !strcmp(argv[1], "hold")) return hold(strtoul(argv[2], NULL, 0), argv[3], argv[4]);
-    fprintf(stderr, "usage: probe alloc MB | probe hold MB READY GO\n");
+    fprintf(stderr, "usage: probe alloc MB | probe hold MB READY GO | probe unblock CMD [ARGS...]\n");
     return 2;
 }

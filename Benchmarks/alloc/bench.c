@@ -1,0 +1,76 @@
+/*
+ * Allocation micro-benchmarks for the fbmm shim (run natively and under
+ * `fbmm run` by scripts/bench-shim.sh, which reports the ratios).
+ *
+ *   bench table MiB UPDATES   random 8-byte read-modify-writes over a malloc'ed
+ *                             table (GUPS-like); prints "updates_per_s N".
+ *                             The table is touched once before timing.
+ *   bench mmap PAGES ITERS    mmap(PAGES pages, anonymous private) + write one
+ *                             byte per page + munmap, ITERS times; prints
+ *                             "ns_per_iter N".
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int table(size_t mib, uint64_t updates)
+{
+    size_t n = (mib << 20) / sizeof(uint64_t);   /* a power of two for MiB powers of two */
+    uint64_t *t = malloc(n * sizeof *t);
+    if (!t) { perror("malloc"); return 1; }
+    for (size_t i = 0; i < n; i++) t[i] = i;
+    uint64_t x = 0x9E3779B97F4A7C15ull, mask = n - 1;
+    if (n & (n - 1)) { fprintf(stderr, "table size must be a power of two\n"); return 2; }
+    double start = now();
+    for (uint64_t i = 0; i < updates; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;   /* xorshift64 */
+        t[x & mask] ^= x;
+    }
+    double elapsed = now() - start;
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; i += 4096) sum += t[i];
+    printf("updates_per_s %.0f\nchecksum %llu\n", updates / elapsed, (unsigned long long)sum);
+    free(t);
+    return 0;
+}
+
+static int maps(size_t pages, long iters)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), len = pages * page;
+    /* warm up: first mmap initialises the shim's arena */
+    for (int w = 0; w < 100; w++) {
+        volatile char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) { perror("mmap"); return 1; }
+        for (size_t o = 0; o < len; o += page) p[o] = 1;
+        munmap((void *)p, len);
+    }
+    double start = now();
+    for (long i = 0; i < iters; i++) {
+        volatile char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) { perror("mmap"); return 1; }
+        for (size_t o = 0; o < len; o += page) p[o] = (char)i;
+        if (munmap((void *)p, len)) { perror("munmap"); return 1; }
+    }
+    printf("ns_per_iter %.1f\n", (now() - start) * 1e9 / iters);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4 && !strcmp(argv[1], "table")) return table(strtoul(argv[2], NULL, 0), strtoull(argv[3], NULL, 0));
+    if (argc == 4 && !strcmp(argv[1], "mmap")) return maps(strtoul(argv[2], NULL, 0), strtol(argv[3], NULL, 0));
+    fprintf(stderr, "usage: bench table MiB UPDATES | bench mmap PAGES ITERS\n");
+    return 2;
+}

@@ -1,0 +1,445 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The LD_PRELOAD shim against the real daemon (broker mode): real programs
+/// under `fbmm run` compared with native runs, where their memory lands, what
+/// happens when the app or the daemon dies, fallback and strict mode without
+/// a mount, and a broker that must refuse everything but honest requests.
+@Suite(.serialized)
+struct ShimTests {
+    // MARK: semantics
+
+    @Test func semanticsProgramNativeAndUnderShim() throws {
+        try ShimPrograms.build()
+        let native = try run(unblocked([ShimPrograms.semantics]), environment: ["LD_PRELOAD": "", "FBMM_MOUNT": ""], timeout: 120)
+        #expect(native.ok && !native.stdout.contains("FAIL"), "native semantics:\n\(failures(native))")
+        #expect(native.stdout.contains("# semantics: native checks"))
+        let passes = native.stdout.split(separator: "\n").filter { $0.hasPrefix("PASS ") }.count
+        #expect(passes > 40, "native semantics ran \(passes) checks")
+
+        let mount = try TestMount()
+        defer { mount.close() }
+        for allocator in ["system", "jemalloc"] {
+            let shimmed = try run(fbmmRun(mount, ["--allocator", allocator, "--verbose"], [ShimPrograms.semantics]),
+                                  timeout: 180)
+            #expect(shimmed.ok && !shimmed.stdout.contains("FAIL"), "semantics under the shim (\(allocator)) exited \(shimmed.status):\n\(failures(shimmed))")
+            #expect(shimmed.stdout.contains("# semantics: under the shim, checking the mount"))
+            #expect(shimmed.stdout.contains("PASS RssShmem grows with malloc"), "memory is in the mount (\(allocator))")
+            #expect(shimmed.stderr.contains("fbmm: using fbmm mount \(mount.path)"), "\(shimmed.stderr)")
+            #expect(!shimmed.stderr.contains("falling back"), "\(shimmed.stderr)")
+            let count = shimmed.stdout.split(separator: "\n").filter { $0.hasPrefix("PASS ") }.count
+            #expect(count >= passes, "under the shim \(count) checks passed, natively \(passes)")
+            #expect(try mountEmpties(mount), "no arena file left behind after the semantics program")
+        }
+    }
+
+    // MARK: real programs, compared with native runs
+
+    static let pythonProgram = """
+        import hashlib, os, sys, time
+        n = 256 << 20
+        b = bytearray(range(256)) * (n // 256)
+        b[12345] = 7
+        print(len(b), hashlib.sha256(b).hexdigest(), flush=True)
+        kb = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssShmem:')][0]
+        ready, go = sys.argv[1], sys.argv[2]
+        with open(ready + '.tmp', 'w') as f:
+            f.write('%d %d\\n' % (os.getpid(), kb))
+        os.rename(ready + '.tmp', ready)
+        for _ in range(3000):
+            if os.path.exists(go):
+                break
+            time.sleep(0.01)
+        b[0:4096] = bytes(4096)
+        print(hashlib.sha256(b).hexdigest(), sum(b[::65536]))
+        """
+
+    @Test func pythonBytearrayLandsInTheMount() throws {
+        try ShimPrograms.build()
+        let work = try TemporaryDirectory()
+        // Natively: `go` exists from the start, so it does not wait.
+        FileManager.default.createFile(atPath: work.file("go-native"), contents: nil)
+        let native = try run(unblocked(["python3", "-c", Self.pythonProgram, work.file("ready-native"), work.file("go-native")]),
+                             timeout: 120)
+        try #require(native.ok, "native python3: \(native.stderr)")
+
+        let mount = try TestMount()
+        defer { mount.close() }
+        let app = try Background(fbmmRun(mount, ["--verbose"],
+                                         ["python3", "-c", Self.pythonProgram, work.file("ready"), work.file("go")]))
+        defer { app.stop() }
+        let ready = try #require(waitForFile(work.file("ready"), seconds: 60), "python3 under the shim never got ready: \(app.output)")
+        let fields = ready.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        try #require(fields.count == 2)
+        let (pid, shmemKB) = (fields[0], fields[1])
+        #expect(pid == Int(app.pid), "fbmm run execs the program (same pid)")
+        let arrayKB = 256 * 1024
+        print("python3 (system allocator): RssShmem \(shmemKB) kB for a \(arrayKB) kB bytearray: \(percent(shmemKB, arrayKB)) in the mount")
+        #expect(Double(shmemKB) >= 0.9 * Double(arrayKB), "RssShmem \(shmemKB) kB")
+        let files = try mountFiles(mount)
+        let mine = files.filter { ($0["name"] as? String)?.hasPrefix("python3.\(pid).") == true }
+        #expect(mine.count == 1, "one arena file named python3.\(pid).N: \(files)")
+        let resident = mine.reduce(UInt64(0)) { $0 + number($1["resident_bytes"]) }
+        #expect(resident >= 256 << 20, "resident_bytes of python3's file: \(resident)")
+        FileManager.default.createFile(atPath: work.file("go"), contents: nil)
+        let status = app.wait(seconds: 60)
+        #expect(status == 0, "python3 under the shim: \(app.output)")
+        #expect(app.stdout == native.stdout, "same output as native:\n\(app.stdout)\nvs\n\(native.stdout)")
+        #expect(app.stderr.contains("using fbmm mount"), "\(app.stderr)")
+        #expect(try mountEmpties(mount), "python3's file is gone after it exits")
+    }
+
+    static let sqliteScript = """
+        PRAGMA cache_size=-1000000;
+        CREATE TABLE t(a INTEGER PRIMARY KEY, b TEXT, c INTEGER);
+        WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 600000)
+        INSERT INTO t SELECT x, printf('%08d-%s', (x * 7919) % 1000003, hex(x * x)), x % 97 FROM s;
+        CREATE INDEX tb ON t(b);
+        SELECT count(*), sum(length(b)), sum(c) FROM t;
+        SELECT a, b FROM t ORDER BY b LIMIT 3;
+        SELECT c, count(*) FROM t GROUP BY c ORDER BY 2 DESC, 1 LIMIT 3;
+        DELETE FROM t WHERE c < 50;
+        SELECT count(*), max(b) FROM t;
+        """
+
+    @Test func sqliteInMemoryDatabase() throws {
+        try ShimPrograms.build()
+        let native = try run(unblocked(["sqlite3", ":memory:", Self.sqliteScript]), timeout: 120)
+        try #require(native.ok && native.stdout.contains("600000|"), "native sqlite3: \(native.stderr)")
+        let mount = try TestMount()
+        defer { mount.close() }
+        var fractions: [String: Double] = [:]
+        for allocator in ["jemalloc", "system"] {
+            let sampled = try runSampled(fbmmRun(mount, ["--allocator", allocator, "--verbose"],
+                                                 ["sqlite3", ":memory:", Self.sqliteScript]))
+            #expect(sampled.result.ok, "sqlite3 (\(allocator)): \(sampled.result.stderr)")
+            #expect(sampled.result.stdout == native.stdout, "sqlite3 (\(allocator)) output differs:\n\(sampled.result.stdout)")
+            #expect(!sampled.result.stderr.contains("falling back"), "\(sampled.result.stderr)")
+            fractions[allocator] = sampled.fraction
+            print("sqlite3 (\(allocator)): peak RssShmem \(sampled.shmemKB) kB, RssAnon \(sampled.anonKB) kB: \(percent(sampled.shmemKB, sampled.shmemKB + sampled.anonKB)) in the mount")
+            #expect(try mountEmpties(mount))
+        }
+        #expect((fractions["jemalloc"] ?? 0) >= 0.9, "with jemalloc most of sqlite3's memory is in the mount: \(fractions)")
+    }
+
+    @Test func sortWithLargeBuffer() throws {
+        try ShimPrograms.build()
+        let work = try TemporaryDirectory()
+        let generate = try run(["awk", "-v", "out=\(work.file("in"))", """
+            BEGIN { srand(7); for (i = 0; i < 1500000; i++) printf "%d %x line %d\\n", int(rand() * 1e9), i * 2654435761 % 4294967296, i > out }
+            """])
+        try #require(generate.ok, "\(generate.stderr)")
+        let native = try run(unblocked(["sh", "-c", "LC_ALL=C exec sort -S 200M \"$1\" > \"$2\"", "sh", work.file("in"), work.file("native")]))
+        try #require(native.ok, "\(native.stderr)")
+        let mount = try TestMount()
+        defer { mount.close() }
+        let sampled = try runSampled(fbmmRun(mount, ["--verbose"], ["sh", "-c", "LC_ALL=C exec sort -S 200M \"$1\" > \"$2\"",
+                                                                    "sh", work.file("in"), work.file("shim")]))
+        #expect(sampled.result.ok, "\(sampled.result.stderr)")
+        let same = try run(["cmp", work.file("native"), work.file("shim")])
+        #expect(same.ok, "sort output differs: \(same.stdout)")
+        print("sort -S 200M: peak RssShmem \(sampled.shmemKB) kB, RssAnon \(sampled.anonKB) kB: \(percent(sampled.shmemKB, sampled.shmemKB + sampled.anonKB)) in the mount")
+        #expect(sampled.fraction >= 0.8 && sampled.shmemKB > 50 * 1024, "sort's buffer is in the mount")
+        #expect(try mountEmpties(mount))
+    }
+
+    @Test(arguments: [
+        ("--vm 1 --vm-bytes 128M --verify", true),
+        ("--mmap 1 --mmap-bytes 64M --verify", true),
+        ("--mremap 1 --verify", true),
+        ("--madvise 1 --verify", true),
+        ("--malloc 1 --verify", true),
+        ("--fork 2", false),
+        ("--mmapfork 1 --mmapfork-ops 1", false),
+    ])
+    func stressNG(_ stressor: String, _ usesMount: Bool) throws {
+        try ShimPrograms.build()
+        // Stressors run unprivileged (as root, --madvise may MADV_HWPOISON host
+        // pages), so the mount lets other users in; modes still apply.
+        let mount = try TestMount(options: ["allow_other"], name: "stressNG")
+        defer { mount.close() }
+        let work = try TemporaryDirectory()
+        chmod(work.path, 0o1777)
+        let arguments = stressor.split(separator: " ").map(String.init)
+            + ["--timeout", "3s", "--metrics", "--temp-path", work.path]
+        let started = Date()
+        // In the background with a deadline: a stressor that never stops fails the test, never hangs it.
+        let app = try Background(["sh", "-c", "cd \"$1\" && shift && exec \"$@\"", "sh", work.path]
+                                 + fbmmRun(mount, ["--verbose"], ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                                                  "stress-ng"] + arguments))
+        defer { app.stop() }
+        let status = app.wait(seconds: 90)
+        let result = CommandResult(status: status, stdout: app.stdout, stderr: app.stderr)
+        let output = result.stdout + result.stderr
+        #expect(result.ok, "stress-ng \(stressor) exited \(result.status):\n\(output)")
+        #expect(!output.lowercased().contains("fail"), "stress-ng \(stressor):\n\(output)")
+        #expect(output.contains("metrc:"), "metrics printed")
+        #expect(!output.contains("falling back"), "stress-ng \(stressor) fell back:\n\(output)")
+        if usesMount { #expect(output.contains("fbmm: using fbmm mount"), "stress-ng \(stressor) used the mount:\n\(output)") }
+        print("stress-ng \(stressor): \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+        #expect(try mountEmpties(mount), "stress-ng \(stressor) left files behind")
+    }
+
+    // MARK: lifecycle
+
+    @Test func appExitOrKillLeavesNothingBehind() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount()
+        defer { mount.close() }
+        // A normal exit.
+        let exited = try run(fbmmRun(mount, [], [ShimPrograms.probe, "alloc", "64"]))
+        #expect(exited.ok && exited.stdout.contains("malloc ok") && exited.stdout.contains("mmap ok"), "\(exited.stdout)")
+        #expect(kb(exited.stdout, "RssShmem") >= 120 * 1024, "the probe's memory was in the mount: \(exited.stdout)")
+        #expect(try mountEmpties(mount), "file and memory freed after exit")
+
+        // SIGKILL while holding memory.
+        let work = try TemporaryDirectory()
+        let app = try Background(fbmmRun(mount, [], [ShimPrograms.probe, "hold", "96", work.file("ready"), work.file("go")]))
+        defer { app.stop() }
+        try #require(waitForFile(work.file("ready"), seconds: 30) != nil, "\(app.output)")
+        let files = try mountFiles(mount)
+        let mine = files.filter { ($0["name"] as? String)?.hasPrefix("probe.\(app.pid).") == true }
+        #expect(mine.count == 1, "\(files)")
+        #expect(mine.reduce(UInt64(0)) { $0 + number($1["resident_bytes"]) } >= 96 << 20, "\(files)")
+        kill(app.pid, SIGKILL)
+        _ = app.wait(seconds: 10)
+        let gone = try mountEmpties(mount, within: 1.0)
+        #expect(gone, "a killed app's file and memory are gone within 1 s: \((try? mountFiles(mount)) ?? [])")
+    }
+
+    @Test func daemonDeathDoesNotKillTheApp() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount()
+        defer { mount.close() }
+        let work = try TemporaryDirectory()
+        let app = try Background(fbmmRun(mount, ["--verbose"],
+                                         [ShimPrograms.probe, "hold", "64", work.file("ready"), work.file("go")]))
+        defer { app.stop() }
+        try #require(waitForFile(work.file("ready"), seconds: 30) != nil, "\(app.output)")
+        let daemon = try #require((try mount.statistics()["daemon_pid"] as? NSNumber)?.int32Value)
+        #expect(kill(daemon, SIGKILL) == 0)
+        for _ in 0..<100 where processAlive(daemon) { usleep(20_000) }
+        #expect(!processAlive(daemon), "the daemon is dead")
+        FileManager.default.createFile(atPath: work.file("go"), contents: nil)
+        let status = app.wait(seconds: 60)
+        let out = app.stdout
+        #expect(status == 0, "the app survives the daemon: \(app.output)")
+        #expect(out.contains("data ok"), "its data in the mount still reads and writes correctly: \(out)")
+        #expect(out.contains("new ok"), "new allocations work: \(out)")
+        #expect(app.stderr.contains("falling back to anonymous memory"), "new allocations fell back: \(app.stderr)")
+        // The 256 MiB allocated after the daemon died are ordinary memory.
+        let anon = out.split(separator: "\n").filter { $0.hasPrefix("RssAnon ") }.compactMap { Int($0.dropFirst(8)) }
+        #expect((anon.last ?? 0) >= 230 * 1024, "RssAnon after the daemon died: \(anon)")
+        // The dead mount is cleaned up.
+        let umount = try run([Artefacts.fbmm, "umount", "--force", mount.path])
+        #expect(umount.ok || !isMounted(mount.path), "\(umount.stderr)")
+        if isMounted(mount.path) { _ = try run(["umount", "-l", mount.path]) }
+        #expect(!isMounted(mount.path), "the dead mount is gone")
+    }
+
+    // MARK: no mount, strict mode
+
+    @Test func noMountFallsBackOrFailsInStrictMode() throws {
+        try ShimPrograms.build()
+        let plain = try TemporaryDirectory()
+        let missing = plain.file("not-there")
+        for directory in [plain.path, missing] {
+            let shim = ["LD_PRELOAD": Artefacts.shim, "FBMM_MOUNT": directory, "FBMM_VERBOSE": "1"]
+            let fallback = try run([ShimPrograms.probe, "alloc", "64"], environment: shim)
+            #expect(fallback.ok && fallback.stdout.contains("malloc ok") && fallback.stdout.contains("mmap ok"),
+                    "\(directory): \(fallback.stdout)\(fallback.stderr)")
+            #expect(kb(fallback.stdout, "RssShmem") < 8 * 1024, "ordinary memory: \(fallback.stdout)")
+            #expect(kb(fallback.stdout, "RssAnon") >= 120 * 1024, "ordinary memory: \(fallback.stdout)")
+            #expect(fallback.stderr.contains("fbmm: falling back to anonymous memory"), "\(fallback.stderr)")
+
+            var strictEnv = shim
+            strictEnv["FBMM_STRICT"] = "1"
+            let strict = try run([ShimPrograms.probe, "alloc", "64"], environment: strictEnv)
+            #expect(strict.status == 3, "strict: both allocations fail: \(strict.stdout)\(strict.stderr)")
+            #expect(strict.stdout.contains("malloc errno ENOMEM") && strict.stdout.contains("mmap errno ENOMEM"), "\(strict.stdout)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: plain.path).isEmpty,
+                "nothing is created in a directory that is not an fbmm mount")
+        // fbmm run says so, runs the program on ordinary memory, or refuses in strict mode.
+        let cli = try run([Artefacts.fbmm, "run", "--mount", plain.path, "--verbose", "--", ShimPrograms.probe, "alloc", "16"])
+        #expect(cli.ok && cli.stderr.contains("is not an fbmm mount"), "\(cli.stderr)")
+        let cliStrict = try run([Artefacts.fbmm, "run", "--mount", plain.path, "--strict", "--", ShimPrograms.probe, "alloc", "16"])
+        #expect(!cliStrict.ok && cliStrict.stderr.contains("not an fbmm mount"), "\(cliStrict.stderr)")
+    }
+
+    // MARK: the broker
+
+    @Test func brokerRefusesAndKeepsAnswering() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount()
+        defer { mount.close() }
+        let before = try mount.statistics()
+        let client = try run(["python3", "\(Artefacts.packageRoot)/Tests/shim/broker_client.py", mount.path], timeout: 60)
+        #expect(client.ok, "broker client:\n\(client.stdout)\(client.stderr)")
+        #expect(client.stdout.contains("# 0 failure(s)"), "\(client.stdout)")
+        let counters = try mount.statistics()["counters"] as? [String: Any]
+        let refusals = number(counters?["broker_refusals"]) - number((before["counters"] as? [String: Any])?["broker_refusals"])
+        #expect(refusals >= 15, "refusals are counted: \(refusals)")
+        // And the shim still gets its backing afterwards.
+        let probe = try run(fbmmRun(mount, ["--verbose"], [ShimPrograms.probe, "alloc", "32"]))
+        #expect(probe.ok && kb(probe.stdout, "RssShmem") >= 60 * 1024, "\(probe.stdout)\(probe.stderr)")
+        #expect(try mountEmpties(mount))
+    }
+}
+
+// MARK: - helpers
+
+/// The shim's C test programs, built by `make -C shim test-programs` (scripts/build.sh does it too).
+enum ShimPrograms {
+    static var semantics: String { "\(Artefacts.packageRoot)/shim/build/semantics" }
+    static var probe: String { "\(Artefacts.packageRoot)/shim/build/probe" }
+
+    static func build() throws {
+        let make = try run(["make", "-s", "-C", "\(Artefacts.packageRoot)/shim", "all", "test-programs"], timeout: 120)
+        try #require(make.ok, "cannot build the shim's test programs: \(make.stderr)")
+        try #require(FileManager.default.fileExists(atPath: Artefacts.shim), "the shim is not next to fbmm: run scripts/build.sh")
+    }
+}
+
+/// `fbmm run` of `command` on `mount`, started with an ordinary signal mask (see `unblocked`).
+func fbmmRun(_ mount: TestMount, _ options: [String], _ command: [String]) -> [String] {
+    unblocked([Artefacts.fbmm, "run", "--mount", mount.path] + options + ["--"] + command)
+}
+
+/// `command` with all signals unblocked and default dispositions: Foundation's
+/// Process hands its children the signal mask of the test's worker thread,
+/// which blocks SIGALRM, SIGCHLD, SIGTERM... (stress-ng then never stops).
+func unblocked(_ command: [String]) -> [String] {
+    [ShimPrograms.probe, "unblock"] + command
+}
+
+/// The check lines that failed, and stderr, for a failure message.
+private func failures(_ result: CommandResult) -> String {
+    result.stdout.split(separator: "\n").filter { !$0.hasPrefix("PASS") }.joined(separator: "\n") + "\n" + result.stderr
+}
+
+private func number(_ value: Any?) -> UInt64 { (value as? NSNumber)?.uint64Value ?? 0 }
+
+private func percent(_ part: Int, _ whole: Int) -> String {
+    String(format: "%.1f%%", whole > 0 ? 100 * Double(part) / Double(whole) : 0)
+}
+
+/// The value of "KEY N" in the probe's output (kB).
+private func kb(_ output: String, _ key: String) -> Int {
+    output.split(separator: "\n").last { $0.hasPrefix(key + " ") }.flatMap { Int($0.dropFirst(key.count + 1)) } ?? -1
+}
+
+private func mountFiles(_ mount: TestMount) throws -> [[String: Any]] {
+    try mount.statistics()["files"] as? [[String: Any]] ?? []
+}
+
+/// Whether, within `seconds`, the mount lists no file and holds no memory.
+private func mountEmpties(_ mount: TestMount, within seconds: Double = 1.0) throws -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    repeat {
+        let stats = try mount.statistics()
+        let files = stats["files"] as? [[String: Any]] ?? []
+        let used = number((stats["pool"] as? [String: Any])?["used_bytes"])
+        let nodes = stats["nodes"] as? [String: [String: Any]] ?? [:]
+        let resident = nodes.values.reduce(UInt64(0)) { $0 + number($1["resident_bytes"]) }
+        let listed = (try? FileManager.default.contentsOfDirectory(atPath: mount.path)) ?? ["?"]
+        if files.isEmpty && used == 0 && resident == 0 && listed.isEmpty { return true }
+        usleep(20_000)
+    } while Date() < deadline
+    return false
+}
+
+private func processAlive(_ pid: pid_t) -> Bool {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return false }
+    return !status.contains("State:\tZ")
+}
+
+/// The file's contents once it exists (polling), or nil after `seconds`.
+private func waitForFile(_ path: String, seconds: Double) -> String? {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if let text = try? String(contentsOfFile: path, encoding: .utf8) { return text }
+        usleep(20_000)
+    }
+    return nil
+}
+
+private func statusKB(_ pid: pid_t, _ key: String) -> Int? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+    return text.split(separator: "\n").first { $0.hasPrefix(key + ":") }
+        .flatMap { Int($0.dropFirst(key.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "") }
+}
+
+/// A scratch directory removed when the value goes away.
+final class TemporaryDirectory {
+    let path: String
+    init() throws {
+        path = "\(FileManager.default.temporaryDirectory.path)/fbmm-shimtest-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    func file(_ name: String) -> String { "\(path)/\(name)" }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// A command running in the background, its output going to files.
+final class Background {
+    let process = Process()
+    private let scratch: TemporaryDirectory
+
+    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+        scratch = try TemporaryDirectory()
+        process.executableURL = URL(fileURLWithPath: arguments[0].hasPrefix("/") ? arguments[0] : "/usr/bin/env")
+        process.arguments = arguments[0].hasPrefix("/") ? Array(arguments.dropFirst()) : arguments
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        FileManager.default.createFile(atPath: scratch.file("out"), contents: nil)
+        FileManager.default.createFile(atPath: scratch.file("err"), contents: nil)
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: scratch.file("out")))
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: scratch.file("err")))
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    var pid: pid_t { process.processIdentifier }
+    var stdout: String { (try? String(contentsOfFile: scratch.file("out"), encoding: .utf8)) ?? "" }
+    var stderr: String { (try? String(contentsOfFile: scratch.file("err"), encoding: .utf8)) ?? "" }
+    var output: String { stdout + stderr }
+
+    /// The exit status (or terminating signal), killing the command after `seconds`.
+    func wait(seconds: Double) -> Int32 {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { kill(pid, SIGKILL) }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    func stop() { if process.isRunning { kill(pid, SIGKILL); process.waitUntilExit() } }
+    deinit { stop() }
+}
+
+/// Runs a command to completion while sampling its RssShmem and RssAnon
+/// (the pid is the program's own: `fbmm run` execs it); reports the sample
+/// where their sum peaked.
+func runSampled(_ arguments: [String], timeout: Double = 180) throws
+    -> (result: CommandResult, shmemKB: Int, anonKB: Int, fraction: Double) {
+    let app = try Background(arguments)
+    defer { app.stop() }
+    var best = (shmem: 0, anon: 0)
+    let deadline = Date().addingTimeInterval(timeout)
+    while app.process.isRunning && Date() < deadline {
+        if let s = statusKB(app.pid, "RssShmem"), let a = statusKB(app.pid, "RssAnon"), s + a > best.shmem + best.anon {
+            best = (s, a)
+        }
+        usleep(20_000)
+    }
+    let status = app.wait(seconds: 0)
+    let total = best.shmem + best.anon
+    return (CommandResult(status: status, stdout: app.stdout, stderr: app.stderr), best.shmem, best.anon,
+            total > 0 ? Double(best.shmem) / Double(total) : 0)
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Allocation micro-benchmarks of the shim on a real fbmm mount, against native
+# anonymous memory measured in the same run (Benchmarks/alloc/bench.c):
+#   (a) random 8-byte updates over a malloc'ed table (throughput; goal >= 0.97 of native)
+#   (b) mmap + touch + munmap of 1 page and of 128 pages (ns per iteration)
+# Native and fbmm runs alternate; each figure is the median of REPS runs.
+# Usage: scripts/bench-shim.sh   (root, /dev/fuse; after scripts/build.sh)
+# Knobs: REPS=5 TABLE_MIB=1024 UPDATES=50000000 ITERS_1=50000 ITERS_128=20000
+#        FBMM=.build/debug/fbmm POLICY=local ALLOCATOR=system
+set -eu -o pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-5}
+TABLE_MIB=${TABLE_MIB:-1024}
+UPDATES=${UPDATES:-50000000}
+ITERS_1=${ITERS_1:-50000}
+ITERS_128=${ITERS_128:-20000}
+POLICY=${POLICY:-local}
+ALLOCATOR=${ALLOCATOR:-system}
+FBMM=${FBMM:-$( [ -x .build/release/fbmm ] && [ -f .build/release/libfbmm-shim.so ] && echo .build/release/fbmm || echo .build/debug/fbmm )}
+[ -x "$FBMM" ] || { echo "no fbmm at $FBMM: run scripts/build.sh" >&2; exit 1; }
+make -s -C Benchmarks/alloc
+BENCH=$PWD/Benchmarks/alloc/.build/bench
+
+mnt=$(mktemp -d /tmp/fbmm-bench-shim.XXXXXX)
+cleanup() { "$FBMM" umount "$mnt" 2>/dev/null || "$FBMM" umount --force "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true; }
+trap cleanup EXIT
+"$FBMM" mount "$mnt" --policy "$POLICY"
+
+# one MODE KEY ARGS...: one run, prints the value of KEY
+one() {
+    local mode=$1 key=$2; shift 2
+    local out
+    if [ "$mode" = native ]; then out=$("$BENCH" "$@")
+    else out=$("$FBMM" run --mount "$mnt" --allocator "$ALLOCATOR" --verbose -- "$BENCH" "$@" 2>"$mnt.err") || { cat "$mnt.err" >&2; exit 1; }
+        if grep -q "falling back" "$mnt.err"; then cat "$mnt.err" >&2; echo "the shim fell back: not measuring fbmm" >&2; exit 1; fi
+    fi
+    echo "$out" | awk -v k="$key" '$1 == k { print $2 }'
+}
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# bench NAME KEY ARGS...: REPS alternating native/fbmm runs; sets NATIVE and SHIM (medians)
+bench() {
+    local name=$1 key=$2; shift 2
+    local n=() s=() i
+    for ((i = 0; i < REPS; i++)); do
+        n+=("$(one native "$key" "$@")")
+        s+=("$(one fbmm "$key" "$@")")
+    done
+    NATIVE=$(printf '%s\n' "${n[@]}" | median)
+    SHIM=$(printf '%s\n' "${s[@]}" | median)
+    echo "# $name: native ${n[*]}" >&2
+    echo "# $name: fbmm   ${s[*]}" >&2
+}
+
+echo "fbmm shim allocation benchmarks: $FBMM, policy $POLICY, allocator $ALLOCATOR, $REPS repetitions (medians), $(nproc) CPUs"
+bench "table" updates_per_s table "$TABLE_MIB" "$UPDATES"
+printf '%-34s native %12.0f  fbmm %12.0f  ratio fbmm/native %.3f (throughput; goal >= 0.97)\n' \
+    "random updates, ${TABLE_MIB} MiB table (upd/s)" "$NATIVE" "$SHIM" "$(echo "$SHIM / $NATIVE" | bc -l)"
+for spec in "1 $ITERS_1" "128 $ITERS_128"; do
+    set -- $spec
+    bench "mmap $1" ns_per_iter mmap "$1" "$2"
+    printf '%-34s native %12.1f  fbmm %12.1f  ratio fbmm/native %.3f (time)\n' \
+        "mmap+touch+munmap, $1 page(s) (ns)" "$NATIVE" "$SHIM" "$(echo "$SHIM / $NATIVE" | bc -l)"
+done
+rm -f "$mnt.err"
