@@ -87,6 +87,8 @@ struct TrackCommand: ParsableCommand {
             }
             let tracked = files.map { TrackedFile(key: $0.key, pid: pid, memfdInode: $0.key, pageCount: $0.value) }
             let sample = instance.scan(tracked)
+            // The same rule as the tiered policy: hot relative to the hottest page of the scan.
+            let cut = TieredPolicy.hotCut(maxHeat: sample.values.reduce(0) { max($0, $1.max() ?? 0) })
             var hot: [String: [[Int]]] = [:]
             var trackedBytes: UInt64 = 0
             for file in tracked {
@@ -96,7 +98,7 @@ struct TrackCommand: ParsableCommand {
                 if streak.count < heat.count { streak += [UInt8](repeating: 0, count: heat.count - streak.count) }
                 var runs: [[Int]] = []
                 for (i, value) in heat.enumerated() {
-                    streak[i] = value >= TieredPolicy.hotHeat ? min(255, streak[i] + 1) : 0
+                    streak[i] = value >= cut ? min(255, streak[i] + 1) : 0
                     if Int(streak[i]) >= threshold {
                         if let last = runs.last, last[1] == i { runs[runs.count - 1][1] = i + 1 } else { runs.append([i, i + 1]) }
                     }
