@@ -30,7 +30,7 @@ struct SoakTests {
         let seconds = Int(ProcessInfo.processInfo.environment["FBMM_SOAK_SECONDS"] ?? "") ?? 20
         func churn(_ duration: Int) throws -> CommandResult {
             try run([Artefacts.fbmm, "run", "--mount", mount.path, "--", "stress-ng",
-                     "--vm", "2", "--vm-bytes", "24M", "--malloc", "2", "--malloc-bytes", "4M",
+                     "--vm", "2", "--vm-bytes", "24M", "--malloc", "2", "--malloc-bytes", "1M", "--malloc-max", "2048",
                      "--mremap", "1", "--mremap-bytes", "8M", "--fork", "2", "--mmapfork", "1",
                      "--pthread", "1", "--pthread-max", "8",
                      "--timeout", "\(duration)s", "--verify", "--metrics-brief"],
