@@ -22,7 +22,16 @@ func spawnProcess(_ arguments: [String], stdinPath: String, stdoutFD: Int32, std
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
-    if newSession { posix_spawnattr_setflags(&attributes, fbmm_posix_spawn_setsid()) }
+    // The child starts with no signal blocked and default dispositions, whatever
+    // the caller's threads had: a daemon must hear SIGTERM.
+    var none = sigset_t(), all = sigset_t()
+    sigemptyset(&none)
+    sigfillset(&all)
+    posix_spawnattr_setsigmask(&attributes, &none)
+    posix_spawnattr_setsigdefault(&attributes, &all)
+    var flags = Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
+    if newSession { flags |= fbmm_posix_spawn_setsid() }
+    posix_spawnattr_setflags(&attributes, flags)
     var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0

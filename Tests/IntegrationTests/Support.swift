@@ -52,6 +52,13 @@ func run(_ arguments: [String], environment: [String: String] = [:], input: Data
     process.standardError = err
     let inPipe = Pipe()
     process.standardInput = input == nil ? FileHandle.nullDevice : inPipe
+    // Swift Testing's worker threads block most signals and a spawned child
+    // inherits that mask: stress-ng would never see its SIGALRM, nor timeout
+    // its own. Spawn with nothing blocked.
+    var empty = sigset_t(), saved = sigset_t()
+    sigemptyset(&empty)
+    pthread_sigmask(SIG_SETMASK, &empty, &saved)
+    defer { pthread_sigmask(SIG_SETMASK, &saved, nil) }
     try process.run()
     if let input {
         inPipe.fileHandleForWriting.write(input)
@@ -129,6 +136,16 @@ final class TestMount {
     func close() {
         guard !closed else { return }
         closed = true
+        // A daemon that died under a test leaves a dead mount: show its log in
+        // the test output (and keep the file) so the failure can be diagnosed.
+        var fs = statvfs()
+        if isMounted(path) && statvfs(path, &fs) != 0 && errno == ENOTCONN {
+            let log = (try? String(contentsOfFile: "\(path).log", encoding: .utf8)) ?? "(no log)"
+            FileHandle.standardError.write(Data("fbmm daemon of \(path) died; its log:\n\(log.suffix(4000))\n".utf8))
+            _ = try? run([Artefacts.fbmm, "umount", "--force", path])
+            rmdir(path)
+            return
+        }
         if isMounted(path) {
             _ = try? run([Artefacts.fbmm, "umount", path])
             if isMounted(path) { _ = try? run([Artefacts.fbmm, "umount", "--force", path]) }
