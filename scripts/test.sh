@@ -9,14 +9,17 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash scripts/setup.sh
 bash scripts/build.sh debug >/dev/null
+log=$(mktemp)
+if ! swift build --build-tests >"$log" 2>&1; then grep -E 'error' "$log" >&2 || cat "$log" >&2; rm -f "$log"; exit 1; fi
+rm -f "$log"
 echo "test: built in $(( $(date +%s) - start ))s; running swift test" >&2
-# Clean up any mount a previous interrupted run left behind.
-for m in $(awk '$3 == "fuse.fbmm" && $2 ~ /fbmm-test-/ {print $2}' /proc/mounts); do umount -l "$m" || true; done
+test_mounts() { awk '$3 == "fuse.fbmm" && $2 ~ /fbmm-test-/ {print $2}' /proc/mounts | sort; }
+before=$(test_mounts)
 set +e
 swift test --skip-build --no-parallel 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] |^Building for|^Build complete|^Compiling|^Planning'
 status=${PIPESTATUS[0]}
 set -e
-leftover=$(awk '$3 == "fuse.fbmm" && $2 ~ /fbmm-test-/ {print $2}' /proc/mounts)
+leftover=$(comm -13 <(echo "$before") <(test_mounts) | grep . || true)
 if [ -n "$leftover" ]; then
     echo "test: FAIL: mounts left behind: $leftover" >&2
     for m in $leftover; do umount -l "$m" || true; done
