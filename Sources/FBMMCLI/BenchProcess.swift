@@ -45,37 +45,13 @@ enum BenchProcesses {
         let errFD = stderrPath == stdoutPath ? outFD : open(stderrPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         defer { close(outFD); if errFD != outFD { close(errFD) } }
         guard outFD >= 0, errFD >= 0 else { throw CLIError("cannot write \(stdoutPath): \(String(cString: strerror(errno)))") }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, stdinPath, O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, outFD, 1)
-        posix_spawn_file_actions_adddup2(&actions, errFD, 2)
-        _ = fbmm_spawn_close_from(&actions, 3)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // Own process group; default dispositions and an empty mask (the bench ignores SIGINT).
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-        posix_spawnattr_setpgroup(&attributes, 0)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for s in [SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGQUIT] { sigaddset(&defaults, s) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        posix_spawnattr_setsigmask(&attributes, &mask)
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        var envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
-        var pid: pid_t = 0
-        let result = live.withLock { pids -> Int32 in
-            let r = posix_spawnp(&pid, arguments[0], &actions, &attributes, &argv, &envp)
-            if r == 0 && !cleanup { pids.insert(pid) }
-            return r
+        // Registered under the lock, so an interrupt arriving meanwhile still finds it.
+        return try live.withLock { pids in
+            let pid = try spawnProcess(arguments, stdinPath: stdinPath, stdoutFD: outFD, stderrFD: errFD,
+                                       grouping: .newProcessGroup, environment: environment, searchPath: true)
+            if !cleanup { pids.insert(pid) }
+            return pid
         }
-        guard result == 0 else { throw CLIError("cannot start \(arguments[0]): \(String(cString: strerror(result)))") }
-        return pid
     }
 
     /// A cleanup step (umount): runs even after an interrupt, and a signal does not stop it.

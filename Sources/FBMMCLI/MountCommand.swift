@@ -119,7 +119,7 @@ struct MountCommand: ParsableCommand {
         let pid: pid_t
         do {
             pid = try spawnProcess(arguments, stdinPath: "/dev/null", stdoutFD: logFD, stderrFD: logFD,
-                                   extraFD: (writeEnd, 3), newSession: true)
+                                   extraFD: (writeEnd, 3), grouping: .newSession)
         } catch {
             close(logFD); close(readEnd); close(writeEnd)
             throw error

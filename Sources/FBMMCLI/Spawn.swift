@@ -4,11 +4,22 @@ import CFBMMSys
 import Glibc
 #endif
 
+/// How a spawned child starts its process life.
+enum SpawnGrouping {
+    /// The caller's session and process group.
+    case inherit
+    /// A process group of its own (so a whole workload can be signalled).
+    case newProcessGroup
+    /// A session of its own (so a background daemon survives its terminal).
+    case newSession
+}
+
 /// posix_spawn with the plumbing fbmm needs: stdio redirection, one extra fd
-/// passed at a fixed number, and optionally a new session (so a background
-/// daemon survives its terminal).
+/// passed at a fixed number, every other fd closed, a clean signal state, an
+/// optional environment and PATH lookup. The one place fbmm starts processes.
 func spawnProcess(_ arguments: [String], stdinPath: String, stdoutFD: Int32, stderrFD: Int32,
-                  extraFD: (Int32, Int32)? = nil, newSession: Bool = false) throws -> pid_t {
+                  extraFD: (Int32, Int32)? = nil, grouping: SpawnGrouping = .inherit,
+                  environment: [String: String]? = nil, searchPath: Bool = false) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -23,19 +34,34 @@ func spawnProcess(_ arguments: [String], stdinPath: String, stdoutFD: Int32, std
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
     // The child starts with no signal blocked and default dispositions, whatever
-    // the caller's threads had: a daemon must hear SIGTERM.
+    // the caller's threads had: a daemon must hear SIGTERM, a workload SIGALRM.
     var none = sigset_t(), all = sigset_t()
     sigemptyset(&none)
     sigfillset(&all)
     posix_spawnattr_setsigmask(&attributes, &none)
     posix_spawnattr_setsigdefault(&attributes, &all)
     var flags = Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
-    if newSession { flags |= fbmm_posix_spawn_setsid() }
+    switch grouping {
+    case .inherit: break
+    case .newProcessGroup:
+        flags |= Int16(POSIX_SPAWN_SETPGROUP)
+        posix_spawnattr_setpgroup(&attributes, 0)
+    case .newSession:
+        flags |= fbmm_posix_spawn_setsid()
+    }
     posix_spawnattr_setflags(&attributes, flags)
     var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
+    let envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+    defer { argv.forEach { free($0) }; envp?.forEach { free($0) } }
     var pid: pid_t = 0
-    let result = posix_spawn(&pid, arguments[0], &actions, &attributes, &argv, environ)
+    let result: Int32
+    if var envp {
+        result = searchPath ? posix_spawnp(&pid, arguments[0], &actions, &attributes, &argv, &envp)
+                            : posix_spawn(&pid, arguments[0], &actions, &attributes, &argv, &envp)
+    } else {
+        result = searchPath ? posix_spawnp(&pid, arguments[0], &actions, &attributes, &argv, environ)
+                            : posix_spawn(&pid, arguments[0], &actions, &attributes, &argv, environ)
+    }
     guard result == 0 else { throw CLIError("cannot start \(arguments[0]): \(String(cString: strerror(result)))") }
     return pid
 }
