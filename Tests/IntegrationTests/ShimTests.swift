@@ -329,7 +329,7 @@ private func percent(_ part: Int, _ whole: Int) -> String {
 }
 
 /// The value of "KEY N" in the probe's output (kB).
-private func kb(_ output: String, _ key: String) -> Int {
+func kb(_ output: String, _ key: String) -> Int {
     output.split(separator: "\n").last { $0.hasPrefix(key + " ") }.flatMap { Int($0.dropFirst(key.count + 1)) } ?? -1
 }
 
@@ -359,7 +359,7 @@ private func processAlive(_ pid: pid_t) -> Bool {
 }
 
 /// The file's contents once it exists (polling), or nil after `seconds`.
-private func waitForFile(_ path: String, seconds: Double) -> String? {
+func waitForFile(_ path: String, seconds: Double) -> String? {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
         if let text = try? String(contentsOfFile: path, encoding: .utf8) { return text }

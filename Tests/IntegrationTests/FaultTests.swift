@@ -1,0 +1,63 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Faults around the daemon: a full pool, and a daemon that died and is
+/// started again on the same mount point.
+@Suite(.serialized)
+struct FaultTests {
+    /// `-o capacity`: when the pool is full the shim's arena cannot grow, so
+    /// allocations fall back to ordinary memory, or fail with ENOMEM in strict
+    /// mode — never a SIGBUS, never a crash.
+    @Test func fullPoolFallsBackOrFailsInStrictMode() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount(options: ["capacity=32M"])
+        defer { mount.close() }
+        let fallback = try run(fbmmRun(mount, ["--verbose"], [ShimPrograms.probe, "alloc", "96"]))
+        #expect(fallback.ok, "the program runs: \(fallback.stdout)\(fallback.stderr)")
+        #expect(fallback.stdout.contains("malloc ok") && fallback.stdout.contains("mmap ok"), "\(fallback.stdout)")
+        #expect(fallback.stderr.contains("falling back"), "it says it fell back: \(fallback.stderr)")
+        let strict = try run(fbmmRun(mount, ["--strict"], [ShimPrograms.probe, "alloc", "96"]))
+        #expect(strict.stdout.contains("malloc errno ENOMEM"), "strict: ENOMEM: \(strict.stdout)\(strict.stderr)")
+        #expect(strict.status != 0 && strict.status < 128, "an error exit, not a signal: \(strict.status)")
+        // The mount is intact and empty afterwards.
+        let files = try mount.statistics()["files"] as? [[String: Any]] ?? []
+        #expect(files.isEmpty, "no file left: \(files)")
+    }
+
+    /// A daemon killed with SIGKILL leaves a dead mount; `fbmm mount` on the
+    /// same path detaches it and a new daemon serves new programs, while a
+    /// program started before keeps its memory.
+    @Test func restartedDaemonServesTheSameMountPoint() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount()
+        defer { mount.close() }
+        let work = try TemporaryDirectory()
+        let old = try Background(fbmmRun(mount, [], [ShimPrograms.probe, "hold", "32", work.file("ready"), work.file("go")]))
+        defer { old.stop() }
+        try #require(waitForFile(work.file("ready"), seconds: 30) != nil, "\(old.output)")
+        let daemon = try #require((try mount.statistics()["daemon_pid"] as? NSNumber)?.int32Value)
+        #expect(kill(daemon, SIGKILL) == 0)
+        for _ in 0..<100 where kill(daemon, 0) == 0 { usleep(20_000) }
+        let again = try run([Artefacts.fbmm, "mount", mount.path, "--log-file", "\(mount.path).log"])
+        #expect(again.ok, "remount on the dead mount point: \(again.stderr)")
+        #expect(again.stderr.contains("detached the dead mount"), "\(again.stderr)")
+        let newDaemon = try #require((try mount.statistics()["daemon_pid"] as? NSNumber)?.int32Value)
+        #expect(newDaemon != daemon)
+        let fresh = try run(fbmmRun(mount, [], [ShimPrograms.probe, "alloc", "48"]))
+        #expect(fresh.ok && fresh.stdout.contains("malloc ok"), "\(fresh.stdout)\(fresh.stderr)")
+        #expect(kb(fresh.stdout, "RssShmem") >= 40 * 1024, "a new program's memory is in the new mount: \(fresh.stdout)")
+        let counters = try mount.statistics()["counters"] as? [String: Int] ?? [:]
+        #expect((counters["broker_handouts"] ?? 0) >= 1, "\(counters)")
+        // The program from before the crash still has its data.
+        FileManager.default.createFile(atPath: work.file("go"), contents: nil)
+        #expect(old.wait(seconds: 60) == 0, "the old program survived: \(old.output)")
+        #expect(old.stdout.contains("data ok"), "\(old.stdout)")
+        // Now the mount is idle and unmounts cleanly.
+        let umount = try run([Artefacts.fbmm, "umount", mount.path])
+        #expect(umount.ok, "\(umount.stderr)")
+    }
+}
