@@ -57,6 +57,6 @@ struct SoakTests {
         #expect(fdsAfter <= fdsBefore, "daemon fds flat: \(fdsBefore) -> \(fdsAfter)")
         #expect(rssAfter - rssBefore < 16 * 1024, "daemon memory flat: \(rssBefore) KiB -> \(rssAfter) KiB")
         let counters = try mount.statistics()["counters"] as? [String: Int] ?? [:]
-        #expect((counters["broker_handouts"] ?? 0) > 10, "the soak really ran under the shim: \(counters)")
+        #expect((counters["broker_handouts"] ?? 0) >= 5, "the soak really ran under the shim (one arena per stressor process at least): \(counters)")
     }
 }
