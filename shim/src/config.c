@@ -17,6 +17,9 @@
  * free; smaller blocks would turn cheap heap allocations into system calls
  * and VMAs. Small objects reach the mount through --allocator instead. */
 #define DEFAULT_MIN_SIZE (128u * 1024u)
+/* Freed large malloc blocks kept mapped for reuse, at most this many bytes
+ * (glibc keeps up to 64 MiB of freed heap at its largest trim threshold). */
+#define DEFAULT_CACHE_MAX (64ul << 20)
 
 struct fbmm_config fbmm_cfg;
 size_t fbmm_page = 4096;
@@ -77,6 +80,15 @@ void fbmm_config_load(void)
             fbmm_cfg.min_size = v;
         else
             fbmm_say("ignoring FBMM_MIN_SIZE=", ms, " (not a size; using 128K)");
+    }
+    fbmm_cfg.cache_max = DEFAULT_CACHE_MAX;
+    const char *mc = getenv("FBMM_MALLOC_CACHE");
+    if (mc && *mc) {
+        size_t v;
+        if (fbmm_parse_size(mc, &v) == 0)
+            fbmm_cfg.cache_max = v;
+        else
+            fbmm_say("ignoring FBMM_MALLOC_CACHE=", mc, " (not a size; using 64M)");
     }
     /* A region is at least one page; 0 would redirect every malloc(1). */
     if (fbmm_cfg.min_size < fbmm_page) fbmm_cfg.min_size = fbmm_page;

@@ -100,6 +100,7 @@ static void child_fixup(void)
 {
     struct fbmm_arena old = fbmm_arena;
     int any = 0;
+    fbmm_cache_drop_child();  /* freed blocks: not worth a copy */
     for (size_t i = 0; i < fbmm_rt_n; i++) any |= !(fbmm_rt[i].flags & P_ANON);
     if (old.state != ARENA_READY || !any) {
         /* Nothing of the parent's file is mapped here: start afresh. */

@@ -82,13 +82,142 @@ static int want_big(size_t n)
     return fbmm_cfg.active && !fbmm_depth && n >= fbmm_cfg.min_size;
 }
 
-/* A page-aligned block of `n` bytes from the arena, or NULL. */
-static void *big_alloc(size_t n, size_t align)
+/* ---- cache of freed blocks ---------------------------------------------
+ *
+ * Natively, glibc serves freed large blocks again from its heap: after a
+ * block is freed, its mmap threshold rises to that size (up to 32 MiB) and
+ * up to twice that (64 MiB) of freed heap stays resident (trim threshold).
+ * Through the arena every large malloc would cost an mmap, first-touch
+ * faults on shared memory, and at free a munmap and a hole punch. So free()
+ * keeps a bounded number of blocks mapped and resident, and the malloc
+ * family hands them out again:
+ *
+ *  - only malloc blocks (never mmap()ed regions, which must read zero), only
+ *    whole, unchanged ones (one piece, PROT_READ|PROT_WRITE, no fork
+ *    advice), at most CACHE_BLOCK_MAX each, CACHE_SLOTS blocks and
+ *    FBMM_MALLOC_CACHE bytes (default 64 MiB; 0 disables) in all; the
+ *    oldest is freed as before (munmap + hole punch) to make room;
+ *  - a request of `need` page-rounded bytes takes the smallest cached block
+ *    of need..need+need/4 bytes (ties: the most recently freed, whose pages
+ *    are warmest), suitably aligned; malloc_usable_size then says the
+ *    block's full length, which the program may use. calloc never takes
+ *    from the cache (its memory must read zero) but gives blocks to it;
+ *  - a cached block stays in the region table, flagged P_CACHED (free,
+ *    realloc and malloc_usable_size do not take it for a live block), so
+ *    munmap/MAP_FIXED/mremap over it keep table and cache consistent, and
+ *    a fork child unmaps it rather than copying it.
+ *
+ * Entries are ordered oldest first. All of it under the lock. */
+#define CACHE_SLOTS     64
+#define CACHE_BLOCK_MAX (32ul << 20)
+
+static struct cached { uintptr_t addr; size_t len; } cache[CACHE_SLOTS];
+static size_t cache_n, cache_bytes;
+
+static void cache_del(size_t i)
+{
+    cache_bytes -= cache[i].len;
+    memmove(&cache[i], &cache[i + 1], (cache_n - i - 1) * sizeof cache[0]);
+    cache_n--;
+}
+
+void fbmm_cache_forget(uintptr_t a)
+{
+    for (size_t i = 0; i < cache_n; i++)
+        if (cache[i].addr == a) {
+            cache_del(i);
+            return;
+        }
+}
+
+/* Frees a cached block for real (oldest first when making room). */
+static void cache_evict(size_t i)
+{
+    struct cached c = cache[i];
+    cache_del(i);
+    fbmm_vm_unmap(c.addr, c.len);  /* drops the piece (and P_CACHED) */
+}
+
+/* Keeps our block at p (head piece *pc, length blk) for reuse instead of
+ * freeing it; 0 when it was taken. */
+static int cache_put(uintptr_t p, struct fbmm_piece *pc, size_t blk)
+{
+    size_t max = fbmm_cfg.cache_max < CACHE_BLOCK_MAX ? fbmm_cfg.cache_max : CACHE_BLOCK_MAX;
+    if (blk > max || pc->flags != P_HEAD || pc->prot != (PROT_READ | PROT_WRITE) ||
+        pc->len < blk || fbmm_arena.state != ARENA_READY)
+        return -1;
+    /* The head piece may have merged with a mapping right behind it. */
+    if (pc->len > blk) {
+        if (fbmm_rt_split(p + blk) < 0) return -1;
+        pc = fbmm_rt_find(p);  /* the table may have moved */
+    }
+    while (cache_n && (cache_n == CACHE_SLOTS || cache_bytes + blk > fbmm_cfg.cache_max))
+        cache_evict(0);
+    pc = fbmm_rt_find(p);      /* evicting moved table entries */
+    pc->flags |= P_CACHED;
+    cache[cache_n].addr = p;
+    cache[cache_n].len = blk;
+    cache_n++;
+    cache_bytes += blk;
+    return 0;
+}
+
+/* A cached block for `len` bytes (page-rounded) aligned to `align`, or NULL. */
+static void *cache_take(size_t len, size_t align)
+{
+    size_t best = SIZE_MAX;
+    for (size_t i = cache_n; i-- > 0;) {
+        const struct cached *c = &cache[i];
+        if (c->len >= len && c->len - len <= len / 4 && !(c->addr & (align - 1)) &&
+            (best == SIZE_MAX || c->len < cache[best].len))
+            best = i;
+    }
+    if (best == SIZE_MAX) return NULL;
+    uintptr_t a = cache[best].addr;
+    size_t blk = cache[best].len;
+    struct fbmm_piece *pc = fbmm_rt_find(a);
+    if (!pc || pc->addr != a || pc->flags != (P_HEAD | P_CACHED) || pc->len != blk ||
+        pc->blk != blk || pc->prot != (PROT_READ | PROT_WRITE)) {
+        /* Changed behind our back (mprotect/madvise of freed memory). */
+        cache_evict(best);
+        return NULL;
+    }
+    cache_del(best);
+    pc->flags &= ~P_CACHED;
+    fbmm_rt_merge_around(a);
+    return (void *)a;
+}
+
+void fbmm_cache_drop_child(void)
+{
+    /* The kernel copied these MAP_SHARED mappings of the parent's file:
+     * unmap them (never punch: the file is the parent's). Their offsets are
+     * holes in the child's new file, so they go back to the allocator. */
+    while (cache_n) {
+        struct cached c = cache[--cache_n];
+        sys_munmap((void *)c.addr, c.len);
+        size_t i = fbmm_rt_lower(c.addr);
+        if (i < fbmm_rt_n && fbmm_rt[i].addr == c.addr && (fbmm_rt[i].flags & P_CACHED)) {
+            fbmm_heads_del(c.addr);
+            fbmm_off_free(fbmm_rt[i].off, fbmm_rt[i].len);
+            fbmm_rt_remove(i, 1);
+        }
+    }
+    cache_bytes = 0;
+}
+
+/* A page-aligned block of `n` bytes from the arena, or NULL. `zero`: the
+ * memory must read zero (calloc), so not from the cache. */
+static void *big_alloc(size_t n, size_t align, int zero)
 {
     if (n > PTRDIFF_MAX - (align > fbmm_page ? align : fbmm_page)) return NULL;
     size_t len = ROUND_UP(n, fbmm_page);
     void *p;
     fbmm_lock();
+    if (!zero && cache_n && (p = cache_take(len, align > fbmm_page ? align : fbmm_page))) {
+        fbmm_unlock();
+        return p;
+    }
     if (align <= fbmm_page) {
         p = fbmm_vm_map(NULL, len, PROT_READ | PROT_WRITE, 0, P_HEAD);
     } else {
@@ -112,12 +241,13 @@ static void *big_alloc(size_t n, size_t align)
     return p == MAP_FAILED ? NULL : p;
 }
 
-/* Length of our block at p (under the lock), 0 when p is not ours. */
+/* Length of our live block at p (under the lock), 0 when p is not ours
+ * or already freed into the cache. */
 static size_t our_block(void *p, int *anon)
 {
     if (((uintptr_t)p & (fbmm_page - 1)) || !fbmm_heads_maybe((uintptr_t)p)) return 0;
     struct fbmm_piece *pc = fbmm_rt_find((uintptr_t)p);
-    if (!pc || pc->addr != (uintptr_t)p || !(pc->flags & P_HEAD)) return 0;
+    if (!pc || pc->addr != (uintptr_t)p || (pc->flags & (P_HEAD | P_CACHED)) != P_HEAD) return 0;
     if (anon) *anon = !!(pc->flags & P_ANON);
     return pc->blk;
 }
@@ -127,10 +257,16 @@ static int big_free(void *p)
 {
     if (((uintptr_t)p & (fbmm_page - 1)) || !fbmm_heads_maybe((uintptr_t)p)) return 0;
     fbmm_lock();
-    size_t blk = our_block(p, NULL);
-    if (blk) fbmm_vm_unmap((uintptr_t)p, blk);
+    int ours = 0;
+    struct fbmm_piece *pc = fbmm_rt_find((uintptr_t)p);
+    if (pc && pc->addr == (uintptr_t)p && (pc->flags & P_HEAD)) {
+        ours = 1;
+        /* A cached block freed again (double free): nothing to do. */
+        if (!(pc->flags & P_CACHED) && cache_put((uintptr_t)p, pc, pc->blk) < 0)
+            fbmm_vm_unmap((uintptr_t)p, pc->blk);
+    }
     fbmm_unlock();
-    return blk != 0;
+    return ours;
 }
 
 /* Failure policy for a big block: fall back to the next allocator, or in
@@ -146,7 +282,7 @@ FBMM_EXPORT void *malloc(size_t n)
 {
     fbmm_init();
     if (!next.malloc) return boot_alloc(n, 16);
-    if (want_big(n)) BIG_OR_FALLBACK(big_alloc(n, 0), next.malloc(n));
+    if (want_big(n)) BIG_OR_FALLBACK(big_alloc(n, 0, 0), next.malloc(n));
     return next.malloc(n);
 }
 
@@ -167,7 +303,7 @@ FBMM_EXPORT void *calloc(size_t n, size_t m)
     fbmm_init();
     if (!next.calloc) return boot_alloc(t, 16);  /* static storage: zero */
     /* Fresh arena ranges are zero: freed ranges are punched before reuse. */
-    if (want_big(t)) BIG_OR_FALLBACK(big_alloc(t, 0), next.calloc(n, m));
+    if (want_big(t)) BIG_OR_FALLBACK(big_alloc(t, 0, 1), next.calloc(n, m));
     return next.calloc(n, m);
 }
 
@@ -214,7 +350,7 @@ FBMM_EXPORT void *realloc(void *p, size_t n)
     if (want_big(n) && next.usable) {
         size_t old = next.usable(p);
         if (old < n) {
-            void *q = big_alloc(n, 0);
+            void *q = big_alloc(n, 0, 0);
             if (q) {
                 memcpy(q, p, old);
                 next.free(p);
@@ -250,7 +386,7 @@ FBMM_EXPORT int posix_memalign(void **out, size_t align, size_t n)
         return *out ? 0 : ENOMEM;
     }
     if (want_big(n)) {
-        void *q = big_alloc(n, align);
+        void *q = big_alloc(n, align, 0);
         if (q) {
             *out = q;
             return 0;
@@ -264,7 +400,7 @@ FBMM_EXPORT void *aligned_alloc(size_t align, size_t n)
 {
     fbmm_init();
     if (!next.aligned_alloc) return boot_alloc(n, align);
-    if (want_big(n) && pow2(align)) BIG_OR_FALLBACK(big_alloc(n, align), next.aligned_alloc(align, n));
+    if (want_big(n) && pow2(align)) BIG_OR_FALLBACK(big_alloc(n, align, 0), next.aligned_alloc(align, n));
     return next.aligned_alloc(align, n);
 }
 
@@ -275,7 +411,7 @@ FBMM_EXPORT void *memalign(size_t align, size_t n)
     if (want_big(n)) {
         size_t a = 1;
         while (a < align && a) a <<= 1;  /* glibc rounds up to a power of 2 */
-        if (a) BIG_OR_FALLBACK(big_alloc(n, a), next.memalign(align, n));
+        if (a) BIG_OR_FALLBACK(big_alloc(n, a, 0), next.memalign(align, n));
     }
     return next.memalign(align, n);
 }
@@ -284,7 +420,7 @@ FBMM_EXPORT void *valloc(size_t n)
 {
     fbmm_init();
     if (!next.valloc) return boot_alloc(n, fbmm_page);
-    if (want_big(n)) BIG_OR_FALLBACK(big_alloc(n, 0), next.valloc(n));
+    if (want_big(n)) BIG_OR_FALLBACK(big_alloc(n, 0, 0), next.valloc(n));
     return next.valloc(n);
 }
 
@@ -293,7 +429,7 @@ FBMM_EXPORT void *pvalloc(size_t n)
     fbmm_init();
     if (!next.pvalloc) return boot_alloc(ROUND_UP(n ? n : 1, fbmm_page), fbmm_page);
     size_t r = ROUND_UP(n ? n : 1, fbmm_page);
-    if (r >= n && want_big(r)) BIG_OR_FALLBACK(big_alloc(r, 0), next.pvalloc(n));
+    if (r >= n && want_big(r)) BIG_OR_FALLBACK(big_alloc(r, 0, 0), next.pvalloc(n));
     return next.pvalloc(n);
 }
 

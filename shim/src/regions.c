@@ -92,7 +92,7 @@ int fbmm_rt_split(uintptr_t a)
     right.addr = a;
     right.len -= cut;
     if (!(right.flags & P_ANON)) right.off += cut;
-    right.flags &= ~P_HEAD;
+    right.flags &= ~(P_HEAD | P_CACHED);
     right.blk = 0;
     p->len = cut;
     return fbmm_rt_insert(&right) < 0 ? -1 : 0;

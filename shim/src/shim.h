@@ -26,6 +26,7 @@ struct fbmm_config {
     int    strict;             /* FBMM_STRICT=1 */
     int    verbose;            /* FBMM_VERBOSE=1 */
     size_t min_size;           /* FBMM_MIN_SIZE, bytes */
+    size_t cache_max;          /* FBMM_MALLOC_CACHE, bytes (0: no cache) */
     char   mount[PATH_MAX];    /* FBMM_MOUNT */
 };
 extern struct fbmm_config fbmm_cfg;
@@ -112,6 +113,7 @@ enum {
     P_DONTFORK  = 1u << 1,     /* MADV_DONTFORK: absent in fork children */
     P_WIPEFORK  = 1u << 2,     /* MADV_WIPEONFORK: zero in fork children */
     P_ANON      = 1u << 3,     /* private anonymous (fork copy fell back) */
+    P_CACHED    = 1u << 4,     /* freed malloc block kept in the cache */
 };
 
 extern struct fbmm_piece *fbmm_rt;
@@ -161,5 +163,11 @@ void fbmm_fork_register(void);
 
 /* ---- malloc_hooks.c --------------------------------------------------- */
 void fbmm_malloc_resolve(void);
+/* The cache of freed malloc blocks (locked). A piece flagged P_CACHED that
+ * leaves the table or moves (munmap, MAP_FIXED, mremap of freed memory) must
+ * leave the cache: fbmm_cache_forget. The fork child drops the cached
+ * blocks (unmaps them, frees their offsets) before it copies anything. */
+void fbmm_cache_forget(uintptr_t a);
+void fbmm_cache_drop_child(void);
 
 #endif

@@ -26,8 +26,10 @@ static void release(const struct fbmm_piece *p)
 
 static void drop(size_t i, size_t n)
 {
-    for (size_t k = i; k < i + n; k++)
+    for (size_t k = i; k < i + n; k++) {
+        if (fbmm_rt[k].flags & P_CACHED) fbmm_cache_forget(fbmm_rt[k].addr);
         if (fbmm_rt[k].flags & P_HEAD) fbmm_heads_del(fbmm_rt[k].addr);
+    }
     fbmm_rt_remove(i, n);
 }
 
@@ -151,6 +153,11 @@ static void refile(uintptr_t a, size_t len, uintptr_t dst)
     while ((i = fbmm_rt_lower(a)) < fbmm_rt_n && fbmm_rt[i].addr < a + len) {
         struct fbmm_piece e = fbmm_rt[i];
         fbmm_rt_remove(i, 1);
+        if (e.flags & P_CACHED) {
+            /* mremap of freed memory: the block is no longer ours to reuse. */
+            fbmm_cache_forget(e.addr);
+            e.flags &= ~P_CACHED;
+        }
         if (e.flags & P_HEAD) fbmm_heads_del(e.addr);
         e.addr = dst + (e.addr - a);
         if (e.flags & P_HEAD) fbmm_heads_add(e.addr);
