@@ -15,10 +15,15 @@ rm -f "$log"
 echo "test: built in $(( $(date +%s) - start ))s; running swift test" >&2
 test_mounts() { awk '$3 == "fuse.fbmm" && $2 ~ /fbmm-test-/ {print $2}' /proc/mounts | sort; }
 before=$(test_mounts)
+out=$(mktemp)
 set +e
-swift test --skip-build --no-parallel 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] |^Building for|^Build complete|^Compiling|^Planning'
+swift test --skip-build --no-parallel 2>&1 | grep --line-buffered -vE '^\[[0-9]+/[0-9]+\] |^Building for|^Build complete|^Compiling|^Planning' | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
+# One plain summary line (Swift Testing's own; XCTest, which has no tests here, prints "Executed 0").
+total=$(sed -nE 's/^.*Test run with ([0-9]+) tests? in .*/\1/p' "$out" | tail -n 1)
+failed=$(grep -cE '^✘ Test .* failed after' "$out" || true)
+rm -f "$out"
 leftover=$(comm -13 <(echo "$before") <(test_mounts) | grep . || true)
 if [ -n "$leftover" ]; then
     echo "test: FAIL: mounts left behind: $leftover" >&2
@@ -26,4 +31,5 @@ if [ -n "$leftover" ]; then
     status=1
 fi
 echo "test: finished in $(( $(date +%s) - start ))s, exit $status" >&2
+[ -n "$total" ] && echo "$(( total - failed )) passed, $failed failed"
 exit "$status"
