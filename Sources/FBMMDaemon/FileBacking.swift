@@ -89,26 +89,33 @@ final class FileBacking: Sendable {
     /// short-lived window over the file's data ranges (holes are never touched).
     func residentByNode() throws(SystemError) -> [Int: UInt64] {
         var result: [Int: UInt64] = [:]
-        let page = UInt64(pageSize)
-        for data in try memory.dataRanges() {
-            let aligned = (data.lowerBound / page * page)..<((data.upperBound + page - 1) / page * page)
-            let window = try memory.map(aligned)
-            try window.populateRead(aligned)
-            for status in try window.nodesOfPages(aligned) where status >= 0 {
-                result[Int(status), default: 0] += page
+        try forEachDataWindow(in: nil) { (window, pages) throws(SystemError) in
+            for status in try window.nodesOfPages(pages) where status >= 0 {
+                result[Int(status), default: 0] += UInt64(pageSize)
             }
         }
         return result
+    }
+
+    /// Calls `body` with a populated window over each data range (widened to
+    /// whole pages) of the file within `range` (nil: all of it). Holes are never
+    /// mapped in, so looking allocates nothing.
+    private func forEachDataWindow(in range: Range<UInt64>?,
+                                   _ body: (FileMapping, Range<UInt64>) throws(SystemError) -> Void) throws(SystemError) {
+        let page = UInt64(pageSize)
+        for data in try memory.dataRanges(in: range) {
+            let aligned = (data.lowerBound / page * page)..<((data.upperBound + page - 1) / page * page)
+            let window = try memory.map(aligned)
+            try window.populateRead(aligned)
+            try body(window, aligned)
+        }
     }
 
     /// Moves resident pages in `range` (nil: all) to `node`. Returns bytes moved.
     func migrate(_ range: Range<UInt64>?, to node: Int) throws(SystemError) -> UInt64 {
         var moved: UInt64 = 0
         let page = UInt64(pageSize)
-        for data in try memory.dataRanges(in: range) {
-            let aligned = (data.lowerBound / page * page)..<((data.upperBound + page - 1) / page * page)
-            let window = try memory.map(aligned)
-            try window.populateRead(aligned)
+        try forEachDataWindow(in: range) { (window, aligned) throws(SystemError) in
             let before = try window.nodesOfPages(aligned)
             var after = try window.migrate(aligned, to: Int32(node))
             // A page being written at that instant may report EBUSY/EAGAIN:

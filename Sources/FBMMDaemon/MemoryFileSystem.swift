@@ -501,6 +501,13 @@ public final class MemoryFileSystem: FileSystemOperations {
         max((try? backing.memory.size()) ?? 0, (try? backing.memory.allocatedBytes()) ?? 0)
     }
 
+    /// What all files together commit the pool to.
+    func committedTotal() -> UInt64 {
+        state.withLock { ns in
+            ns.inodes.values.reduce(UInt64(0)) { sum, record in sum + (record.backing.map(Self.committedBytes) ?? 0) }
+        }
+    }
+
     /// `-o capacity`: may `backing` grow to `size`? The bound is on committed
     /// bytes because pages that programs fault through their own mappings never
     /// pass through the daemon; they can only fault within a file's size, and
@@ -511,9 +518,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         guard let capacity = configuration.capacity else { return nil }
         let current = Self.committedBytes(backing)
         guard size > current else { return nil }
-        let total = state.withLock { ns in
-            ns.inodes.values.reduce(UInt64(0)) { sum, record in sum + (record.backing.map(Self.committedBytes) ?? 0) }
-        }
+        let total = committedTotal()
         return total - min(total, current) + size <= capacity ? nil : .noSpace
     }
 
@@ -530,9 +535,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         var total = nodes.reduce(UInt64(0)) { $0 + $1.memTotal }
         var free = nodes.reduce(UInt64(0)) { $0 + $1.memFree }
         if let capacity = configuration.capacity {
-            let committed = state.withLock { ns in
-                ns.inodes.values.reduce(UInt64(0)) { sum, record in sum + (record.backing.map(Self.committedBytes) ?? 0) }
-            }
+            let committed = committedTotal()
             total = min(total, capacity)
             free = min(free, capacity > committed ? capacity - committed : 0)
         }
