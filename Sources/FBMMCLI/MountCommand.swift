@@ -148,8 +148,6 @@ struct MountCommand: ParsableCommand {
 }
 
 func defaultLogPath(for mountpoint: String) -> String {
-    let directory = getuid() == 0 ? "/run/fbmm" : "/tmp/fbmm-\(getuid())"
-    mkdir(directory, 0o755)
     let name = mountpoint.split(separator: "/").joined(separator: "-")
-    return "\(directory)/\(name.isEmpty ? "root" : name).log"
+    return "\(Daemon.runtimeDirectory())/\(name.isEmpty ? "root" : name).log"
 }

@@ -31,17 +31,6 @@ func brokerPath(ofMount directory: String) -> String? {
     return String(decoding: buffer[0..<n], as: UTF8.self)
 }
 
-/// The fbmm mounts listed in /proc/self/mountinfo: mount point -> device.
-func fbmmMounts() -> [String] {
-    guard let text = readText("/proc/self/mountinfo") else { return [] }
-    return text.split(separator: "\n").compactMap { line in
-        let parts = line.split(separator: " - ", maxSplits: 1)
-        guard parts.count == 2, parts[1].hasPrefix("fuse.fbmm ") else { return nil }
-        let fields = parts[0].split(separator: " ")
-        return fields.count > 4 ? String(fields[4]) : nil
-    }
-}
-
 /// Talks to the broker of the mount at `directory`.
 func brokerCall(mount directory: String, _ request: fbmm_request) throws -> (fbmm_reply, FileDescriptor?) {
     guard let path = brokerPath(ofMount: directory) else {

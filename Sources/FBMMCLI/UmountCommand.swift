@@ -1,5 +1,6 @@
 import ArgumentParser
 import FBMMCore
+import FBMMDaemon
 import Foundation
 
 #if canImport(Glibc)
@@ -20,7 +21,7 @@ struct UmountCommand: ParsableCommand {
 
     func run() throws {
         let path = absolutePath(directory)
-        guard fbmmMounts().contains(path) else { throw CLIError("\(path) is not an fbmm mount") }
+        guard Daemon.isFBMMMount(path) else { throw CLIError("\(path) is not an fbmm mount") }
         let daemonPID = brokerPath(ofMount: path).flatMap(daemonPID(fromBroker:))
         if umount2(path, force ? Int32(MNT_DETACH) : 0) != 0 {
             let code = errno

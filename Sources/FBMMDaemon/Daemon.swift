@@ -65,7 +65,7 @@ public final class Daemon: Sendable {
     public static func detachDeadMount(_ path: String) -> Bool {
         // statfs always reaches the daemon (stat may be answered from the attribute cache).
         var fs = statvfs()
-        guard mountDevice(of: path, fstype: "fuse.fbmm") != nil,
+        guard isFBMMMount(path),
               statvfs(path, &fs) != 0, errno == ENOTCONN else { return false }
         return umount2(path, Int32(MNT_DETACH)) == 0
     }
@@ -77,7 +77,7 @@ public final class Daemon: Sendable {
             throw .mountpoint("mount point \(path) does not exist")
         }
         guard st.st_mode & S_IFMT == S_IFDIR else { throw .mountpoint("mount point \(path) is not a directory") }
-        if mountDevice(of: path, fstype: "fuse.fbmm") != nil {
+        if isFBMMMount(path) {
             throw .mountpoint("\(path) is already an fbmm mount")
         }
         guard let dir = opendir(path) else { throw .mountpoint("cannot read mount point \(path): \(Errno(rawValue: errno))") }
@@ -90,10 +90,16 @@ public final class Daemon: Sendable {
         }
     }
 
-    static func brokerSocketPath() -> String {
+    /// Where a mount's runtime files (broker socket, default log) live:
+    /// /run/fbmm for root, /tmp/fbmm-UID otherwise; created on first use.
+    public static func runtimeDirectory() -> String {
         let directory = getuid() == 0 ? "/run/fbmm" : "/tmp/fbmm-\(getuid())"
         mkdir(directory, 0o755)
-        return "\(directory)/broker-\(getpid()).sock"
+        return directory
+    }
+
+    static func brokerSocketPath() -> String {
+        "\(runtimeDirectory())/broker-\(getpid()).sock"
     }
 
     /// Mounts and learns the mount's device number (the broker identifies
@@ -145,6 +151,12 @@ public final class Daemon: Sendable {
             session.unmount()
         }
         do { try session.run() } catch { throw .fuse(error.description) }
+    }
+
+    /// Whether `path` is the mount point of an fbmm filesystem, live or dead
+    /// (read from mountinfo, with its escapes undone).
+    public static func isFBMMMount(_ path: String) -> Bool {
+        mountDevice(of: path, fstype: "fuse.fbmm") != nil
     }
 
     /// The st_dev the kernel gives files on the mount at `path`, from mountinfo
