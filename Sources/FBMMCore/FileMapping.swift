@@ -51,6 +51,14 @@ public final class FileMapping {
         }
     }
 
+    /// Marks the window MADV_HUGEPAGE (or MADV_NOHUGEPAGE): pages it faults in
+    /// are transparent huge pages where the kernel's shmem setting allows.
+    public func adviseHugePages(_ on: Bool) throws(SystemError) {
+        _ = try retryingSyscall(on ? "madvise(MADV_HUGEPAGE)" : "madvise(MADV_NOHUGEPAGE)", context) {
+            madvise(base, Int(range.count), on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE)
+        }
+    }
+
     /// Makes this window's page tables point at the file's existing pages in
     /// `sub`, without allocating (callers pass data ranges only).
     public func populateRead(_ sub: Range<UInt64>) throws(SystemError) {

@@ -169,6 +169,8 @@ final class Broker: Sendable {
             sendStatistics(client)
         case UInt32(FBMM_OP_MIGRATE.rawValue):
             migrate(client, request, pid: pid)
+        case UInt32(FBMM_OP_POOL.rawValue):
+            enrollInPool(client, request, pid: pid)
         default:
             refuse(client, .invalidArgument, "unknown op \(request.op)")
         }
@@ -203,16 +205,43 @@ final class Broker: Sendable {
         return .failure(.badFileDescriptor)
     }
 
-    private func getBacking(_ client: Int32, _ request: fbmm_request, pid: pid_t) {
+    /// The checks GET_BACKING and POOL share: the peer holds the file open
+    /// for writing through this mount. Refuses and returns false otherwise.
+    private func verifyWritable(_ client: Int32, _ request: fbmm_request, pid: pid_t) -> Bool {
         let flags: Int32
         switch verifyOpen(pid: pid, fd: request.fd, ino: request.ino) {
         case .success(let f): flags = f
-        case .failure(let e): refuse(client, e, "pid \(pid) fd \(request.fd) is not inode \(request.ino) of this mount"); return
+        case .failure(let e): refuse(client, e, "pid \(pid) fd \(request.fd) is not inode \(request.ino) of this mount"); return false
         }
         guard flags & O_ACCMODE != O_RDONLY else {
             refuse(client, .permissionDenied, "pid \(pid) has inode \(request.ino) open read-only")
-            return
+            return false
         }
+        return true
+    }
+
+    /// Enrols a process's arena in the pre-zeroed pool; the reply carries the
+    /// eventfd its shim kicks. Only a file whose backing the peer already got
+    /// (process-owned) qualifies: the pool's mappings go when it is released.
+    private func enrollInPool(_ client: Int32, _ request: fbmm_request, pid: pid_t) {
+        guard verifyWritable(client, request, pid: pid) else { return }
+        guard let pool = filesystem.pool else { refuse(client, Errno(rawValue: ENODEV), "prezero pool is off (prezero=0)"); return }
+        let backing = filesystem.state.withLock { ns -> FileBacking? in
+            guard let record = ns.inodes[request.ino], record.processOwned, record.writableHandles > 0 else { return nil }
+            return record.backing
+        }
+        guard let backing else { refuse(client, .noSuchFileOrDirectory, "pool: inode \(request.ino) is not an arena"); return }
+        do {
+            let pages = try pool.enroll(inode: request.ino, backing: backing)
+            reply(client, status: 0, size: pages, fd: pool.eventDescriptor)
+            logger.debug("pool enrolled inode \(request.ino) of pid \(pid)")
+        } catch {
+            refuse(client, error.errno, "pool: \(error)")
+        }
+    }
+
+    private func getBacking(_ client: Int32, _ request: fbmm_request, pid: pid_t) {
+        guard verifyWritable(client, request, pid: pid) else { return }
         let backing = filesystem.state.withLock { ns -> FileBacking? in
             guard let record = ns.inodes[request.ino], let backing = record.backing, record.writableHandles > 0 else { return nil }
             record.processOwned = true

@@ -15,6 +15,7 @@ public enum DaemonError: Error, CustomStringConvertible {
     case mountpoint(String)
     case system(SystemError)
     case fuse(String)
+    case hugePages(String)
 
     public var description: String {
         switch self {
@@ -23,6 +24,7 @@ public enum DaemonError: Error, CustomStringConvertible {
         case .mountpoint(let s): return s
         case .system(let e): return e.description
         case .fuse(let s): return s
+        case .hugePages(let s): return s
         }
     }
 }
@@ -42,7 +44,17 @@ public final class Daemon: Sendable {
         do { topology = try Topology() } catch { throw .topology(error.description) }
         let policy: any MemoryManagementPolicy
         do { policy = try registry.make(configuration.policy, topology: topology) } catch { throw .policy(error) }
+        if configuration.hugeGiven,
+           let refusal = ShmemHugePageSupport.current().refusal(for: configuration.huge, what: "huge=\(configuration.huge)") {
+            throw .hugePages(refusal)
+        }
+        if policy.wantsHugePages,
+           let refusal = ShmemHugePageSupport.current().refusal(for: .always, what: "policy \(configuration.policy.name)") {
+            throw .hugePages(refusal)
+        }
         let brokerPath = Self.brokerSocketPath()
+        var configuration = configuration
+        if policy.wantsHugePages { configuration.huge = .always }
         let filesystem = MemoryFileSystem(configuration: configuration, topology: topology, policy: policy,
                                           registry: registry, brokerPath: brokerPath, logger: logger)
         self.filesystem = filesystem
@@ -114,6 +126,7 @@ public final class Daemon: Sendable {
         broker.setMountDevice(Self.mountDevice(of: filesystem.configuration.mountpoint) ?? 0)
         broker.start()
         filesystem.startMaintenance()
+        filesystem.pool?.start()
         Self.protectFromOOMKiller(logger)
         Self.raiseFileLimit()
         logger.info("mounted \(filesystem.configuration.mountpoint) policy=\(filesystem.mountPolicy.description) broker=\(broker.path)")
@@ -147,6 +160,7 @@ public final class Daemon: Sendable {
         session.installSignalHandlers()
         defer {
             filesystem.stopMaintenance()
+            filesystem.pool?.stop()
             broker.stop()
             session.unmount()
         }

@@ -23,6 +23,8 @@ public final class MemoryFileSystem: FileSystemOperations {
     let state: Mutex<Namespace>
     /// The broker socket path, published as the root's `user.fbmm.broker` xattr.
     let brokerPath: String
+    /// The pre-zeroed pool (nil with `prezero=0`).
+    let pool: PrezeroPool?
 
     public init(configuration: MountConfiguration, topology: Topology, policy: any MemoryManagementPolicy,
                 registry: PolicyRegistry, brokerPath: String, logger: Logger) {
@@ -32,6 +34,17 @@ public final class MemoryFileSystem: FileSystemOperations {
         self.registry = registry
         self.brokerPath = brokerPath
         self.logger = logger
+        if configuration.prezero > 0 {
+            do {
+                pool = try PrezeroPool(bound: configuration.prezero, huge: configuration.huge,
+                                       allowedNodes: Set(policy.allowedNodes), logger: logger)
+            } catch {
+                logger.error("prezero pool disabled: \(error)")
+                pool = nil
+            }
+        } else {
+            pool = nil
+        }
         self.state = Mutex(Namespace(rootUID: configuration.rootUID, rootGID: configuration.rootGID,
                                      rootMode: configuration.rootMode))
     }
@@ -440,6 +453,8 @@ public final class MemoryFileSystem: FileSystemOperations {
         guard let open = ns.handles.removeValue(forKey: handle), let record = ns.inodes[open.inode] else { return }
         record.openHandles -= 1
         if open.writable { record.writableHandles -= 1 }
+        // The pool's lasting mappings of an arena must not outlive its owner.
+        if record.openHandles == 0 && record.processOwned { pool?.remove(inode: record.number) }
         if record.processOwned && record.openHandles == 0 && record.linkCount > 0,
            let dir = ns.inodes[record.parent], dir.children[record.name] == record.number {
             dir.children[record.name] = nil

@@ -1,3 +1,4 @@
+import CFBMMSys
 import FBMMCore
 import FBMMPolicy
 
@@ -18,6 +19,12 @@ public struct MountConfiguration: Sendable {
     public var maxFileSize: UInt64 = 4 << 40
     /// `-o max-files=N`
     public var maxFiles: Int?
+    /// `-o prezero=SIZE`: the pre-zeroed pool's bound (0: no pool).
+    public var prezero: UInt64 = 64 << 20
+    /// `-o huge=`: transparent huge pages for the mount's file memory.
+    public var huge: HugePageMode = .advise
+    /// Whether `huge=` was given (then a system that forbids it is an error).
+    public var hugeGiven = false
     public var rootUID: UInt32 = getuid()
     public var rootGID: UInt32 = getgid()
     public var rootMode: UInt32 = 0o1777
@@ -29,6 +36,8 @@ public struct MountConfiguration: Sendable {
         PolicyKey("max-files", default: "1048576", "most files and directories"),
         PolicyKey("max-file-size", default: "4T", "largest size a file may grow to"),
         PolicyKey("mode", default: "1777", "permissions of the mount's root directory (octal)"),
+        PolicyKey("prezero", default: "64M", "pre-zeroed pool: memory kept allocated and zero for programs run under the shim (0: off)"),
+        PolicyKey("huge", default: "advise", "transparent huge pages for file memory: always, advise (where the program asks), never"),
     ]
 
     public init(mountpoint: String, policy: PolicySpec) {
@@ -61,6 +70,22 @@ public struct MountConfiguration: Sendable {
         if let value = policyOptions.remove("mode") {
             guard let n = UInt32(value, radix: 8), n <= 0o7777 else { throw .invalidValue(key: "mode", value: value, reason: "expected octal permissions such as 1777") }
             rootMode = n
+        }
+        if let value = policyOptions.remove("prezero") {
+            do { prezero = try ByteSize(parsing: value).bytes } catch {
+                throw .invalidValue(key: "prezero", value: value, reason: error.description)
+            }
+            let most = UInt64(FBMM_POOL_MAX_PAGES) * UInt64(pageSize)
+            guard prezero <= most else {
+                throw .invalidValue(key: "prezero", value: value, reason: "at most \(ByteSize(bytes: most)) per mount")
+            }
+        }
+        if let value = policyOptions.remove("huge") {
+            guard let mode = HugePageMode(rawValue: value) else {
+                throw .invalidValue(key: "huge", value: value, reason: "expected always, advise or never")
+            }
+            huge = mode
+            hugeGiven = true
         }
         policy = PolicySpec(name: policyName, options: policyOptions)
     }

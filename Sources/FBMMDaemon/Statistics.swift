@@ -37,6 +37,11 @@ public struct MountStatistics: Codable, Sendable {
     public var counters: Counters
     /// The policy's own counters (tiered: migrations, scans, tracker); empty for others.
     public var policy_counters: [String: PolicyCounter]? = nil
+    /// The pre-zeroed pool: bound, ready bytes, what was zeroed and handed
+    /// out (absent with prezero=0).
+    public var prezero: [String: UInt64]? = nil
+    /// The huge-page mode of the mount's file memory.
+    public var huge: String? = nil
 
     public func json(pretty: Bool = true) throws -> Data {
         let encoder = JSONEncoder()
@@ -86,6 +91,8 @@ extension MemoryFileSystem {
                             broker_handouts: c.brokerHandouts, broker_refusals: c.brokerRefusals,
                             migrations: c.migrations, migrated_bytes: c.migratedBytes))
         statistics.policy_counters = policyCounters
+        statistics.prezero = self.pool?.usage()
+        statistics.huge = configuration.huge.rawValue
         return statistics
     }
 }

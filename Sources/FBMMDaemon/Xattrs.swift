@@ -10,6 +10,9 @@ import Glibc
 
 /// Extended attributes: user.* are stored; three are fbmm's own:
 /// - `user.fbmm.broker` (root, read-only): the broker socket path.
+/// - `user.fbmm.prezero`, `user.fbmm.huge` (root, read-only): the pool window
+///   each arena reserves (bytes, 0: no pool) and the huge-page mode; the shim
+///   reads them when it opens its arena.
 /// - `user.fbmm.nodes` (files, read-only): resident bytes per node, "0:8192 1:4096".
 /// - `user.fbmm.policy` (files and directories): a policy override in the
 ///   `--policy` syntax (`bind,nodes=1`); on a directory, inherited by new files.
@@ -20,11 +23,17 @@ extension MemoryFileSystem {
     static let brokerAttribute = FBMM_XATTR_BROKER
     static let nodesAttribute = FBMM_XATTR_NODES
     static let policyAttribute = FBMM_XATTR_POLICY
+    static let prezeroAttribute = FBMM_XATTR_PREZERO
+    static let hugeAttribute = FBMM_XATTR_HUGE
 
     public func getxattr(_ ctx: RequestContext, inode: InodeNumber, name: String, reply: consuming XattrReply) {
         switch name {
         case Self.brokerAttribute where inode == 1:
             reply.value(Array(brokerPath.utf8))
+        case Self.prezeroAttribute where inode == 1:
+            reply.value(Array(String(pool?.windowBytes ?? 0).utf8))
+        case Self.hugeAttribute where inode == 1:
+            reply.value(Array(configuration.huge.rawValue.utf8))
         case Self.nodesAttribute:
             guard let backing = state.withLock({ $0.inodes[inode]?.backing }) else { reply.error(Errno(rawValue: ENODATA)); return }
             do {
@@ -53,7 +62,7 @@ extension MemoryFileSystem {
         let names = state.withLock { ns -> [String]? in
             guard let record = ns.inodes[inode] else { return nil }
             var names = record.xattrs.keys.sorted()
-            if inode == 1 { names.append(Self.brokerAttribute) }
+            if inode == 1 { names += [Self.brokerAttribute, Self.prezeroAttribute, Self.hugeAttribute] }
             if record.backing != nil { names.append(Self.nodesAttribute) }
             if record.backing != nil || record.policySpec != nil { names.append(Self.policyAttribute) }
             return names
@@ -65,7 +74,7 @@ extension MemoryFileSystem {
     public func setxattr(_ ctx: RequestContext, inode: InodeNumber, name: String, value: [UInt8], flags: Int32,
                          reply: consuming StatusReply) {
         switch name {
-        case Self.brokerAttribute, Self.nodesAttribute:
+        case Self.brokerAttribute, Self.nodesAttribute, Self.prezeroAttribute, Self.hugeAttribute:
             reply.error(.notPermitted)
         case Self.policyAttribute:
             let text = String(decoding: value, as: UTF8.self)
@@ -117,7 +126,10 @@ extension MemoryFileSystem {
     }
 
     public func removexattr(_ ctx: RequestContext, inode: InodeNumber, name: String, reply: consuming StatusReply) {
-        if name == Self.brokerAttribute || name == Self.nodesAttribute { reply.error(.notPermitted); return }
+        if [Self.brokerAttribute, Self.nodesAttribute, Self.prezeroAttribute, Self.hugeAttribute].contains(name) {
+            reply.error(.notPermitted)
+            return
+        }
         if name == Self.policyAttribute {
             let found = state.withLock { ns -> InodeRecord? in
                 guard let record = ns.inodes[inode], record.policySpec != nil else { return nil }

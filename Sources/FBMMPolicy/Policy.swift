@@ -64,10 +64,16 @@ public protocol MemoryManagementPolicy: Sendable, CustomStringConvertible {
 
     /// The nodes this policy may put memory on (for reporting and checks).
     var allowedNodes: [Int] { get }
+
+    /// Whether its files must be backed by huge pages (the mount then marks
+    /// every mapping of them MADV_HUGEPAGE, as `huge=always`). Default false.
+    var wantsHugePages: Bool { get }
 }
 
 extension MemoryManagementPolicy {
     /// The policy's name; override it with the canonical spec, defaults filled in
     /// (`bind,nodes=0:1`), which `fbmm stat` and `user.fbmm.policy` show.
     public var description: String { Self.name }
+
+    public var wantsHugePages: Bool { false }
 }

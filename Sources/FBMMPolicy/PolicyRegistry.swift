@@ -7,6 +7,7 @@ public struct PolicyRegistry: Sendable {
 
     public static let builtins: [any MemoryManagementPolicy.Type] = [
         LocalPolicy.self, BindPolicy.self, PreferredPolicy.self, InterleavePolicy.self, TieredPolicy.self,
+        ContigPolicy.self,
     ]
 
     public init(adding extra: [any MemoryManagementPolicy.Type] = []) {

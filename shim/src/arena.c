@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "../../Sources/CFBMMSys/include/fbmm_broker.h"
+#include "../../Sources/CFBMMSys/include/fbmm_pool.h"
 #include "shim.h"
 #include "sys.h"
 
@@ -72,6 +73,26 @@ static void arena_name(char *buf, size_t n, unsigned seq)
     (void)n;
 }
 
+/* The mount's pool window and huge-page mode (root xattrs); an older
+ * daemon without them means no pool and "advise". */
+static void read_mount_settings(struct fbmm_arena *a)
+{
+    char v[32];
+    ssize_t n = getxattr(fbmm_cfg.mount, FBMM_XATTR_PREZERO, v, sizeof v - 1);
+    size_t window = 0;
+    if (n > 0) {
+        v[n] = 0;
+        if (fbmm_parse_size(v, &window) < 0) window = 0;
+    }
+    if (fbmm_cfg.no_pool || window % fbmm_page ||
+        window / fbmm_page > FBMM_POOL_MAX_PAGES)
+        window = 0;
+    a->pool_window = window;
+    n = getxattr(fbmm_cfg.mount, FBMM_XATTR_HUGE, v, sizeof v - 1);
+    v[n > 0 ? n : 0] = 0;
+    a->huge = strcmp(v, "always") == 0 ? HUGE_ALWAYS : strcmp(v, "never") == 0 ? HUGE_NEVER : HUGE_ADVISE;
+}
+
 int fbmm_arena_open(struct fbmm_arena *a)
 {
     static unsigned seq;
@@ -101,6 +122,13 @@ int fbmm_arena_open(struct fbmm_arena *a)
         a->tmpfs = 1;
     }
     sock[sl > 0 ? sl : 0] = 0;
+    if (!a->tmpfs) {
+        size_t k = strlen(sock);
+        if (k >= sizeof a->sock) k = 0;  /* too long for sun_path anyway */
+        memcpy(a->sock, sock, k);
+        a->sock[k] = 0;
+        read_mount_settings(a);
+    }
 
     for (int tries = 0; tries < 64; tries++) {
         arena_name(path, sizeof path, seq++);
@@ -122,8 +150,8 @@ int fbmm_arena_open(struct fbmm_arena *a)
         a->mem_fd = fd;
     } else {
         int memfd;
-        if (fbmm_broker_get_backing(sock, fd, (uint64_t)st.st_ino, &memfd,
-                                    a->reason, sizeof a->reason) < 0)
+        if (fbmm_broker_request(sock, FBMM_OP_GET_BACKING, fd, (uint64_t)st.st_ino, 1, &memfd,
+                                NULL, a->reason, sizeof a->reason) < 0)
             goto fail;
         a->mem_fd = fd_high(memfd);
     }
@@ -136,6 +164,8 @@ int fbmm_arena_open(struct fbmm_arena *a)
     a->mem_ino = st.st_ino;
     a->size = (uint64_t)st.st_size;
     a->state = ARENA_READY;
+    /* The pool's control block and window come first in the file. */
+    if (a->pool_window) fbmm_off_reserve(FBMM_POOL_WINDOW_OFFSET + a->pool_window);
     fbmm_say(a->tmpfs ? "using tmpfs file backing in " : "using fbmm mount ",
              fbmm_cfg.mount, NULL);
     return 0;

@@ -1,6 +1,7 @@
 /*
  * Client side of the broker protocol (fbmm_broker.h): one SEQPACKET request,
- * one reply carrying the backing memfd via SCM_RIGHTS. Only system calls:
+ * one reply carrying an fd via SCM_RIGHTS (the backing memfd, or the pool's
+ * eventfd). Only system calls:
  * this runs under the shim's lock, possibly in a fork child.
  */
 #define _GNU_SOURCE
@@ -30,8 +31,8 @@ static void set_why(char *why, size_t n, const char *a, int err)
     if (n) why[k] = 0;
 }
 
-int fbmm_broker_get_backing(const char *sock, int fd, uint64_t ino,
-                            int *memfd, char *why, size_t whylen)
+int fbmm_broker_request(const char *sock, uint32_t op, int fd, uint64_t ino, int want_fd,
+                        int *fd_out, uint64_t *size, char *why, size_t whylen)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     size_t sl = strlen(sock);
@@ -59,7 +60,7 @@ int fbmm_broker_get_backing(const char *sock, int fd, uint64_t ino,
     }
     struct fbmm_request req = {
         .magic = FBMM_BROKER_MAGIC, .version = FBMM_BROKER_VERSION,
-        .op = FBMM_OP_GET_BACKING, .fd = fd, .ino = ino,
+        .op = op, .fd = fd, .ino = ino,
     };
     if (send(s, &req, sizeof req, MSG_NOSIGNAL) != (ssize_t)sizeof req) {
         err = errno ? errno : EPROTO;
@@ -94,13 +95,16 @@ int fbmm_broker_get_backing(const char *sock, int fd, uint64_t ino,
         set_why(why, whylen, "broker reply malformed or of another version", 0);
     } else if (rep.status != 0) {
         err = rep.status > 0 ? rep.status : EPROTO;
-        set_why(why, whylen, "broker refused the backing", err);
-    } else if (got < 0) {
+        set_why(why, whylen, op == FBMM_OP_POOL ? "broker refused the pool" : "broker refused the backing", err);
+    } else if (got < 0 && want_fd) {
         err = EPROTO;
         set_why(why, whylen, "broker reply carried no fd", 0);
     }
     if (err && got >= 0) { close(got); got = -1; }
-    if (!err) *memfd = got;
+    if (!err) {
+        *fd_out = got;
+        if (size) *size = rep.size;
+    }
 out:
     close(s);
     errno = err;

@@ -71,6 +71,9 @@ void fbmm_config_load(void)
 
     fbmm_cfg.verbose = env_flag("FBMM_VERBOSE");
     fbmm_cfg.strict = env_flag("FBMM_STRICT");
+    /* FBMM_PREZERO=0: this process does not use the mount's pre-zeroed pool. */
+    const char *pz = getenv("FBMM_PREZERO");
+    fbmm_cfg.no_pool = pz && *pz && !env_flag("FBMM_PREZERO");
     fbmm_cfg.min_size = DEFAULT_MIN_SIZE;
 
     const char *ms = getenv("FBMM_MIN_SIZE");

@@ -100,6 +100,7 @@ static void child_fixup(void)
 {
     struct fbmm_arena old = fbmm_arena;
     int any = 0;
+    fbmm_pool_child();        /* the parent's pool is not ours to touch */
     fbmm_cache_drop_child();  /* freed blocks: not worth a copy */
     for (size_t i = 0; i < fbmm_rt_n; i++) any |= !(fbmm_rt[i].flags & P_ANON);
     if (old.state != ARENA_READY || !any) {

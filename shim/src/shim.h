@@ -25,6 +25,7 @@ struct fbmm_config {
     int    active;             /* FBMM_MOUNT set and non-empty */
     int    strict;             /* FBMM_STRICT=1 */
     int    verbose;            /* FBMM_VERBOSE=1 */
+    int    no_pool;            /* FBMM_PREZERO=0 */
     size_t min_size;           /* FBMM_MIN_SIZE, bytes */
     size_t cache_max;          /* FBMM_MALLOC_CACHE, bytes (0: no cache) */
     char   mount[PATH_MAX];    /* FBMM_MOUNT */
@@ -62,6 +63,8 @@ void     fbmm_off_free(uint64_t off, size_t len);
 int      fbmm_off_extend(uint64_t end, size_t len);
 uint64_t fbmm_off_top(void);   /* highest offset in use + 1 (file high water) */
 void     fbmm_off_reset(void);
+/* Keeps [0, end) out of the allocator for the pool (first thing at open). */
+void     fbmm_off_reserve(uint64_t end);
 
 /* ---- arena.c / broker.c: the per-process backing file (locked) -------- */
 
@@ -71,12 +74,16 @@ struct fbmm_arena {
     int      mem_fd;           /* what we mmap: the memfd, or name_fd on tmpfs */
     int      tmpfs;            /* no broker: name_fd is the backing itself */
     int      grow_dead;        /* growth failed for good (daemon gone) */
+    int      huge;             /* HUGE_ADVISE, HUGE_ALWAYS, HUGE_NEVER (user.fbmm.huge) */
+    uint64_t pool_window;      /* pool window bytes (user.fbmm.prezero), 0: no pool */
+    char     sock[108];        /* the broker socket path */
     uint64_t size;             /* current file size */
     dev_t    mem_dev;          /* identity of mem_fd, checked before use */
     ino_t    mem_ino;
     char     reason[160];      /* why the arena failed, for messages */
 };
 enum { ARENA_NONE = 0, ARENA_READY = 1, ARENA_FAILED = 2 };
+enum { HUGE_ADVISE = 0, HUGE_ALWAYS = 1, HUGE_NEVER = 2 };
 extern struct fbmm_arena fbmm_arena;
 
 /* Opens the arena if not yet tried; 0 when it can be used. */
@@ -88,9 +95,11 @@ void fbmm_arena_close(struct fbmm_arena *a);
 int  fbmm_arena_grow(uint64_t need);
 /* Frees the memory of [off, off+len): hole punch on the backing. */
 int  fbmm_arena_punch(uint64_t off, uint64_t len);
-/* Asks the broker behind `sock` for the backing memfd of our fd. */
-int  fbmm_broker_get_backing(const char *sock, int fd, uint64_t ino,
-                             int *memfd, char *why, size_t whylen);
+/* One broker exchange about our fd `fd` (inode `ino`): op is a
+ * fbmm_broker_op. On success *fd_out gets the attached fd (or -1 when none
+ * came and none is needed: want_fd 0) and *size the reply's size. */
+int  fbmm_broker_request(const char *sock, uint32_t op, int fd, uint64_t ino, int want_fd,
+                         int *fd_out, uint64_t *size, char *why, size_t whylen);
 /* Says once (verbose) that we fall back, and why. */
 void fbmm_note_fallback(const char *why, const char *detail);
 
@@ -157,6 +166,23 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na);
 /* Records flags (fork behaviour) or protections on pieces in a range. */
 void  fbmm_vm_set(uintptr_t a, size_t len, uint32_t set, uint32_t clear,
                   int prot /* -1: keep */);
+
+/* ---- pool.c: the pre-zeroed pool, shim side (locked) ------------------ */
+
+/* Takes `len` bytes of zero, allocated pages from the pool (enrolling the
+ * arena on first use). Returns 0 and the file offset, or -1: map lazily. */
+int  fbmm_pool_take(size_t len, uint64_t *off);
+/* Puts back pages taken but never mapped (still zero). */
+void fbmm_pool_untake(uint64_t off, size_t len);
+/* Whether a file offset lies in the pool's control block or window. */
+int  fbmm_pool_owns(uint64_t off);
+/* Gives freed window pages back to be zeroed (or punches them if the pool
+ * is not running in this process). */
+void fbmm_pool_give(uint64_t off, size_t len);
+/* Fork child: drop the parent's pool (its control block is the parent's). */
+void fbmm_pool_child(void);
+/* Applies the mount's huge-page mode to a new mapping of the arena. */
+void fbmm_vm_advise_huge(void *p, size_t len);
 
 /* ---- fork.c ----------------------------------------------------------- */
 void fbmm_fork_register(void);

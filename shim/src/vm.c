@@ -17,10 +17,15 @@
                     MAP_LOCKED | MAP_NORESERVE | MAP_32BIT)
 
 /* Frees the file range of a piece the kernel no longer maps. Offsets return
- * to the allocator only once punched, so reused ranges always read zero. */
+ * to the allocator only once punched, so reused ranges always read zero;
+ * pool pages go back to the daemon to be zeroed. */
 static void release(const struct fbmm_piece *p)
 {
     if (p->flags & P_ANON) return;
+    if (fbmm_pool_owns(p->off)) {
+        fbmm_pool_give(p->off, p->len);
+        return;
+    }
     if (fbmm_arena_punch(p->off, p->len) == 0) fbmm_off_free(p->off, p->len);
 }
 
@@ -47,12 +52,16 @@ void fbmm_vm_forget(uintptr_t a, size_t len)
 void *fbmm_vm_map(void *addr, size_t len, int prot, int flags, uint32_t pflags)
 {
     if (fbmm_arena_ready() < 0) return MAP_FAILED;
-    uint64_t off = fbmm_off_alloc(len, len >= HUGE_ALIGN ? HUGE_ALIGN : fbmm_page);
+    /* Pre-zeroed pages when the pool has them: mapped populated, so the
+     * program's first touches do not fault. PROT_NONE is a reservation. */
+    uint64_t off;
+    int pooled = prot != PROT_NONE && fbmm_pool_take(len, &off) == 0;
+    if (!pooled) off = fbmm_off_alloc(len, len >= HUGE_ALIGN ? HUGE_ALIGN : fbmm_page);
     if (off == FBMM_NO_OFF) {
         errno = ENOMEM;
         return MAP_FAILED;
     }
-    void *p = sys_mmap(addr, len, prot, MAP_SHARED | (flags & KEEP_FLAGS),
+    void *p = sys_mmap(addr, len, prot, MAP_SHARED | (flags & KEEP_FLAGS) | (pooled ? MAP_POPULATE : 0),
                        fbmm_arena.mem_fd, (off_t)off);
     int err = errno;
     if (p != MAP_FAILED && (flags & MAP_FIXED_NOREPLACE) && p != addr) {
@@ -61,16 +70,19 @@ void *fbmm_vm_map(void *addr, size_t len, int prot, int flags, uint32_t pflags)
         err = EEXIST;
     }
     if (p == MAP_FAILED) {
-        fbmm_off_free(off, len);  /* never mapped, so never written */
+        if (pooled) fbmm_pool_untake(off, len);  /* never mapped, so still zero */
+        else fbmm_off_free(off, len);
         errno = err;
         return MAP_FAILED;
     }
+    fbmm_vm_advise_huge(p, len);
     if (flags & MAP_FIXED) fbmm_vm_forget((uintptr_t)p, len);  /* replaced */
     struct fbmm_piece pc = { .addr = (uintptr_t)p, .len = len, .off = off, .prot = (uint32_t)prot,
                              .flags = pflags, .blk = (pflags & P_HEAD) ? len : 0 };
     if (fbmm_rt_insert(&pc) < 0) {
         sys_munmap(p, len);
-        fbmm_off_free(off, len);
+        if (pooled) fbmm_pool_give(off, len);
+        else fbmm_off_free(off, len);
         errno = ENOMEM;
         return MAP_FAILED;
     }
@@ -202,8 +214,9 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
     size_t delta = nl - ol;
     uint64_t ext = FBMM_NO_OFF;
     if (delta) {
-        /* File offsets right after the last piece keep it one VMA. */
-        if (fbmm_off_extend(last.off + last.len, delta) == 0)
+        /* File offsets right after the last piece keep it one VMA (never
+         * out of the pool's window: its pages are handed out by the run). */
+        if (!fbmm_pool_owns(last.off) && fbmm_off_extend(last.off + last.len, delta) == 0)
             ext = last.off + last.len;
         else if ((ext = fbmm_off_alloc(delta, fbmm_page)) == FBMM_NO_OFF) {
             errno = ENOMEM;
@@ -218,6 +231,7 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
         void *r = sys_mmap((void *)end, delta, (int)last.prot,
                            MAP_SHARED | MAP_FIXED_NOREPLACE, fbmm_arena.mem_fd, (off_t)ext);
         if (r == (void *)end) {
+            fbmm_vm_advise_huge(r, delta);
             xp.addr = end;
             fbmm_rt_insert(&xp);
             fbmm_rt_merge_around(end);
@@ -243,6 +257,7 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
     if (delta && sys_mmap((void *)(dst + ol), delta, (int)last.prot, MAP_SHARED | MAP_FIXED,
                           fbmm_arena.mem_fd, (off_t)ext) == MAP_FAILED)
         goto fail_dst;
+    if (delta) fbmm_vm_advise_huge((void *)(dst + ol), delta);
 
     size_t first = fbmm_rt_lower(a), k = first;
     for (; k < fbmm_rt_n && fbmm_rt[k].addr < end; k++)

@@ -24,6 +24,10 @@
 
 /* xattr on the mount root whose value is the broker socket path. */
 #define FBMM_XATTR_BROKER   "user.fbmm.broker"
+/* xattrs on the mount root: the pre-zeroed pool window per arena in bytes
+ * ("0": no pool), and the huge-page mode ("always", "advise", "never"). */
+#define FBMM_XATTR_PREZERO  "user.fbmm.prezero"
+#define FBMM_XATTR_HUGE     "user.fbmm.huge"
 /* xattr on every file: per-node bytes, "0:4096 1:8192". */
 #define FBMM_XATTR_NODES    "user.fbmm.nodes"
 /* xattr on every file: the policy override (same syntax as --policy/-o). */
@@ -40,6 +44,11 @@ enum fbmm_broker_op {
      * (any access mode) in [offset, offset+length) to node `node`;
      * length 0 means to end of file. Reply `size` = bytes moved. */
     FBMM_OP_MIGRATE = 3,
+    /* Enrol the file the peer holds open for writing as `fd` (its arena) in
+     * the pre-zeroed pool. The peer has grown the file past the window and
+     * written the control block (fbmm_pool.h) first. Reply `size` = window
+     * pages; the reply carries the pool's eventfd. */
+    FBMM_OP_POOL = 4,
 };
 
 /* Request: exactly sizeof(struct fbmm_request) bytes, no fds attached. */

@@ -51,4 +51,40 @@ int fbmm_setxattr(const char *path, const char *name, const void *value, size_t 
  * so a daemon never holds a caller's pipes open. */
 int fbmm_spawn_close_from(void *actions, int from);
 
+/* ---- the pre-zeroed pool (fbmm_pool.h), daemon side ----------------- */
+struct fbmm_pool_ctl;
+
+/* What one pass over an enrolled arena did. */
+struct fbmm_pool_pass {
+    uint64_t zeroed_pages;   /* freed pages zeroed in place and made clean */
+    uint64_t filled_pages;   /* empty pages allocated, zero, made clean */
+    uint64_t punched_pages;  /* freed pages returned to the kernel (over budget) */
+    uint64_t clean_pages;    /* clean pages after the pass */
+    uint64_t empty_pages;    /* pages the daemon could still fill */
+    int      fill_errno;     /* why a fill stopped early (ENOMEM...), or 0 */
+};
+
+/* Prepares the daemon's private `empty` bitmap at enrolment: every window
+ * page the shim did not mark busy; clears the shared clean/dirty bitmaps.
+ * Returns the number of empty pages. */
+uint64_t fbmm_pool_enroll(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t window_pages);
+/* Zeroes what the shim freed and fills empty pages, keeping at most
+ * `budget_pages` clean and filling at most `fill_max` pages. `window` maps
+ * the window (file offsets FBMM_POOL_WINDOW_OFFSET...) of `memfd`. */
+void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window,
+                   uint64_t window_pages, int memfd, uint64_t budget_pages,
+                   uint64_t fill_max, struct fbmm_pool_pass *out);
+/* Does the shim have freed pages waiting? */
+int fbmm_pool_has_dirty(const struct fbmm_pool_ctl *ctl, uint64_t window_pages);
+/* Marks the daemon asleep (1) or awake (0). */
+void fbmm_pool_set_sleeping(struct fbmm_pool_ctl *ctl, uint32_t value);
+/* The shim's counters, read atomically. */
+void fbmm_pool_counters(const struct fbmm_pool_ctl *ctl, uint64_t *handed, uint64_t *returned,
+                        uint64_t *misses, uint64_t *kicks);
+/* eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); drains it with fbmm_eventfd_drain. */
+int fbmm_eventfd(void);
+void fbmm_eventfd_drain(int fd);
+/* poll(fd, POLLIN, timeout_ms): 1 readable, 0 timeout, -1 error. */
+int fbmm_poll_in(int fd, int timeout_ms);
+
 #endif

@@ -1,0 +1,71 @@
+/*
+ * fbmm pre-zeroed pool: the memory shared by the shim and the daemon.
+ *
+ * Why: a first-touch fault on shmem costs about twice an anonymous one, but
+ * mapping pages that already exist and are zero (MAP_POPULATE) costs a third
+ * of a native anonymous mmap+touch. So the daemon allocates and zeroes pages
+ * ahead of need, off the application's critical path, and the shim hands
+ * them out without a round trip.
+ *
+ * Where: inside each process's arena file. The control block sits at offset
+ * 0; the pool window, whose pages are the only ones the pool ever hands
+ * out, starts at FBMM_POOL_WINDOW_OFFSET and is `window_pages` long. The
+ * shim's offset allocator never gives out anything below the window's end.
+ *
+ * Who owns a window page, by bit (one bit per page in each bitmap):
+ *   clean[i] set   zero, allocated on the policy's nodes; the pool's.
+ *                  Only the daemon sets it (after zeroing); only the shim
+ *                  clears it (taking the page for a region).
+ *   dirty[i] set   freed by the shim; the daemon's to zero (or punch).
+ *                  Only the shim sets it; only the daemon clears it.
+ *   neither        in use by a region of the program, or (a state the
+ *                  daemon keeps to itself) empty or being zeroed.
+ * So each side only ever turns on the bits it hands over and turns off the
+ * bits it receives: no compare-and-swap loops, and a misbehaving program
+ * can only confuse its own pool (the daemon validates every page number).
+ *
+ * Waking: the daemon's zeroing thread sleeps on an eventfd it hands out with
+ * the enrolment reply. Before sleeping it sets `sleeping`; a shim that frees
+ * pages or misses the pool swaps it to 0 and, if it was 1, writes the
+ * eventfd once. Otherwise the daemon rescans on a short timer.
+ *
+ * Plain C with fixed-size fields: the shim includes it.
+ */
+#ifndef FBMM_POOL_H
+#define FBMM_POOL_H
+
+#include <stdint.h>
+
+#define FBMM_POOL_MAGIC        0x4642504f4f4c0001ull  /* "FBPOOL", v1 */
+/* The control block: header page + three bitmaps. */
+#define FBMM_POOL_CTL_BYTES    (64u << 10)
+/* The window starts at a huge-page boundary so that it can be THP-backed. */
+#define FBMM_POOL_WINDOW_OFFSET (2ull << 20)
+/* At most this many window pages (512 MiB of 4 KiB pages). */
+#define FBMM_POOL_MAX_PAGES    (1u << 17)
+#define FBMM_POOL_WORDS        (FBMM_POOL_MAX_PAGES / 64)
+
+struct fbmm_pool_ctl {
+    /* Written once by the shim before enrolment, read by the daemon. */
+    uint64_t magic;
+    uint64_t window_pages;     /* the daemon may lower it; never raises it */
+    uint64_t page_size;
+    /* Set by the daemon before it sleeps; the shim swaps it to 0 to kick. */
+    uint32_t sleeping;
+    uint32_t pad0;
+    /* The shim's counters (shown by `fbmm stat`; untrusted, reporting only). */
+    uint64_t handed_pages;     /* pages taken from the pool for regions */
+    uint64_t returned_pages;   /* pages given back dirty */
+    uint64_t misses;           /* mappings that found no clean run */
+    uint64_t kicks;            /* eventfd writes */
+    uint8_t  header_pad[4096 - 8 * 8];
+    uint64_t clean[FBMM_POOL_WORDS];
+    uint64_t dirty[FBMM_POOL_WORDS];
+    /* Pages in use by the shim when it enrolled (a fork child's copies):
+     * the daemon must never fill them. Shim-written before enrolment only. */
+    uint64_t busy[FBMM_POOL_WORDS];
+};
+
+_Static_assert(sizeof(struct fbmm_pool_ctl) <= FBMM_POOL_CTL_BYTES, "control block too big");
+
+#endif /* FBMM_POOL_H */

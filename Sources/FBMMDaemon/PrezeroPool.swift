@@ -1,0 +1,253 @@
+import CFBMMSys
+import FBMMCore
+import FUSEKit
+import Logging
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The mount's pre-zeroed pool (`-o prezero=SIZE`).
+///
+/// Why: the application's first touch of shared memory costs about twice an
+/// anonymous fault, while mapping pages that already exist and are zero costs
+/// a third of one. So one daemon thread keeps pages of each enrolled arena
+/// allocated (by the file's policy: the write fault that allocates them goes
+/// through the memfd's shared policy) and zero, and the shim hands them out
+/// with MAP_POPULATE and no round trip. Freed pages come back to be zeroed in
+/// place. The protocol is in fbmm_pool.h; the bit work in fbmm_pool.c.
+///
+/// Bound: the clean (ready) pages of all arenas together never exceed
+/// `bound`; the daemon is the only one that adds clean pages, and it checks
+/// the sum before each pass. Each arena gets at most an equal share, so one
+/// idle program cannot keep the whole pool.
+final class PrezeroPool: Sendable {
+    let bound: UInt64
+    /// Bytes of each arena's window (the shim reads it from `user.fbmm.prezero`).
+    let windowBytes: UInt64
+    let huge: HugePageMode
+    let eventDescriptor: Int32
+    private let arenas = Mutex<[InodeNumber: PoolArena]>([:])
+    private let totals = Mutex(Totals())
+    private let stopping = Atomic<Bool>(false)
+    private let running = Atomic<Bool>(false)
+    private let logger: Logger
+    /// Nodes whose free memory gates filling (the policy's nodes).
+    private let allowedNodes: Set<Int>
+
+    struct Totals {
+        var zeroed: UInt64 = 0, filled: UInt64 = 0, punched: UInt64 = 0
+        var handed: UInt64 = 0, misses: UInt64 = 0, returned: UInt64 = 0, kicks: UInt64 = 0
+        var enrolled: UInt64 = 0, fillStops: UInt64 = 0
+    }
+
+    static let page = UInt64(pageSize)
+
+    init(bound: UInt64, huge: HugePageMode, allowedNodes: Set<Int>, logger: Logger) throws(SystemError) {
+        self.bound = bound / Self.page * Self.page
+        let maxWindow = UInt64(FBMM_POOL_MAX_PAGES) * Self.page
+        // A window as large as the bound (an arena alone may use all of it),
+        // in whole huge pages, within what the bitmaps can describe.
+        let wanted = (bound + (2 << 20) - 1) / (2 << 20) * (2 << 20)
+        self.windowBytes = min(max(wanted, 2 << 20), maxWindow)
+        self.huge = huge
+        self.allowedNodes = allowedNodes
+        self.logger = logger
+        eventDescriptor = try retryingSyscall("eventfd", "prezero pool") { fbmm_eventfd() }
+    }
+
+    deinit { close(eventDescriptor) }
+
+    var windowPages: UInt64 { windowBytes / Self.page }
+
+    /// Enrols a process's arena: maps its control block and window for good
+    /// (until the file is released), and reads which pages the process
+    /// already uses (a fork child's copies). Returns the window's page count.
+    func enroll(inode: InodeNumber, backing: FileBacking) throws(SystemError) -> UInt64 {
+        let end = FBMM_POOL_WINDOW_OFFSET + windowBytes
+        guard try backing.memory.size() >= end else {
+            throw SystemError("prezero enrol", "arena shorter than its pool window", errno: .invalidArgument)
+        }
+        let arena = try PoolArena(backing: backing, windowBytes: windowBytes, huge: huge)
+        let expected = windowPages
+        let claimed = arena.control.pointee.window_pages
+        guard arena.control.pointee.magic == FBMM_POOL_MAGIC, claimed == expected,
+              arena.control.pointee.page_size == Self.page else {
+            throw SystemError("prezero enrol", "control block of another version or size", errno: .invalidArgument)
+        }
+        arena.empty = fbmm_pool_enroll(arena.control, arena.emptyMap, expected)
+        let replaced = arenas.withLock { $0.updateValue(arena, forKey: inode) }
+        if let replaced { retire(replaced) }
+        totals.withLock { $0.enrolled += 1 }
+        kick()
+        return expected
+    }
+
+    /// Forgets an arena whose file was released: its pages go with the file.
+    func remove(inode: InodeNumber) {
+        if let arena = arenas.withLock({ $0.removeValue(forKey: inode) }) { retire(arena) }
+    }
+
+    private func retire(_ arena: PoolArena) {
+        var handed: UInt64 = 0, returned: UInt64 = 0, misses: UInt64 = 0, kicks: UInt64 = 0
+        fbmm_pool_counters(arena.control, &handed, &returned, &misses, &kicks)
+        totals.withLock {
+            $0.handed += handed
+            $0.returned += returned
+            $0.misses += misses
+            $0.kicks += kicks
+        }
+    }
+
+    private func kick() {
+        var one: UInt64 = 1
+        _ = write(eventDescriptor, &one, 8)
+    }
+
+    func start() {
+        guard !running.exchange(true, ordering: .relaxed) else { return }
+        _ = startThread { [self] in serve() }
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        kick()
+    }
+
+    /// The zeroing loop. Awake, it passes over every arena; after 20 ms
+    /// without work it marks itself asleep (shims then kick the eventfd) and
+    /// waits, rescanning every half second regardless.
+    private func serve() {
+        var lastWork = monotonicSeconds()
+        var lastRoomCheck = 0.0
+        var room = true
+        var backoff: [InodeNumber: Double] = [:]
+        while !stopping.load(ordering: .relaxed) {
+            let list = arenas.withLock { Array($0) }
+            let now = monotonicSeconds()
+            if now - lastRoomCheck > 0.1 {
+                room = nodesHaveRoom()
+                lastRoomCheck = now
+            }
+            let boundPages = bound / Self.page
+            let share = max(boundPages / UInt64(max(1, list.count)), min(boundPages, 128))
+            var clean = list.map { $0.value.clean }
+            var worked = false
+            for (index, (inode, arena)) in list.enumerated() {
+                let total = clean.reduce(0, +)
+                let headroom = boundPages > total ? boundPages - total : 0
+                let budget = min(share, clean[index] + headroom)
+                let mayFill = room && (backoff[inode].map { now > $0 } ?? true)
+                var pass = fbmm_pool_pass()
+                fbmm_pool_run(arena.control, arena.emptyMap, arena.windowBase, windowPages,
+                              arena.descriptor, budget, mayFill ? 512 : 0, &pass)
+                arena.clean = pass.clean_pages
+                arena.empty = pass.empty_pages
+                clean[index] = pass.clean_pages
+                if pass.fill_errno != 0 {
+                    backoff[inode] = now + 1
+                    logger.notice("prezero: filling stopped: \(Errno(rawValue: pass.fill_errno)); retrying in 1 s")
+                }
+                if pass.zeroed_pages + pass.filled_pages + pass.punched_pages > 0 {
+                    worked = true
+                    totals.withLock {
+                        $0.zeroed += pass.zeroed_pages * Self.page
+                        $0.filled += pass.filled_pages * Self.page
+                        $0.punched += pass.punched_pages * Self.page
+                        if pass.fill_errno != 0 { $0.fillStops += 1 }
+                    }
+                }
+            }
+            backoff = backoff.filter { $0.value > now }
+            if worked {
+                lastWork = now
+                continue
+            }
+            if now - lastWork < 0.02 {
+                if fbmm_poll_in(eventDescriptor, 1) > 0 { fbmm_eventfd_drain(eventDescriptor) }
+                continue
+            }
+            // Asleep: set the flags, then look once more, so that a shim that
+            // freed pages before seeing the flag is not left waiting.
+            for (_, arena) in list { fbmm_pool_set_sleeping(arena.control, 1) }
+            let pending = list.contains { fbmm_pool_has_dirty($0.value.control, windowPages) != 0 }
+            if !pending, fbmm_poll_in(eventDescriptor, 500) > 0 { fbmm_eventfd_drain(eventDescriptor) }
+            for (_, arena) in list { fbmm_pool_set_sleeping(arena.control, 0) }
+        }
+    }
+
+    /// Filling must never be what exhausts a node (a bound policy would then
+    /// OOM-kill a program): fill only while the policy's nodes have at least
+    /// twice the pool's bound free, plus 64 MiB.
+    private func nodesHaveRoom() -> Bool {
+        guard let topology = try? Topology() else { return false }
+        let free = topology.nodes.filter { allowedNodes.contains($0.id) }.reduce(UInt64(0)) { $0 + $1.memFree }
+        return free >= 2 * bound + (64 << 20)
+    }
+
+    /// What `fbmm stat` shows under "prezero".
+    func usage() -> [String: UInt64] {
+        let list = arenas.withLock { Array($0.values) }
+        var handed: UInt64 = 0, returned: UInt64 = 0, misses: UInt64 = 0, kicks: UInt64 = 0
+        var ready: UInt64 = 0
+        for arena in list {
+            var h: UInt64 = 0, r: UInt64 = 0, m: UInt64 = 0, k: UInt64 = 0
+            fbmm_pool_counters(arena.control, &h, &r, &m, &k)
+            handed += h; returned += r; misses += m; kicks += k
+            ready += arena.clean
+        }
+        let t = totals.withLock { $0 }
+        return [
+            "bound_bytes": bound,
+            "window_bytes": windowBytes,
+            "ready_bytes": ready * Self.page,
+            "arenas": UInt64(list.count),
+            "enrolled_total": t.enrolled,
+            "filled_bytes": t.filled,
+            "zeroed_bytes": t.zeroed,
+            "punched_bytes": t.punched,
+            "handed_out_bytes": (t.handed + handed) * Self.page,
+            "returned_bytes": (t.returned + returned) * Self.page,
+            "misses": t.misses + misses,
+            "kicks": t.kicks + kicks,
+            "fill_stops": t.fillStops,
+        ]
+    }
+}
+
+/// One enrolled arena: the daemon's lasting mappings of its control block
+/// and window, and the daemon-private bitmap of empty window pages.
+final class PoolArena: @unchecked Sendable {
+    // Touched by the zeroing thread only, except `clean` (read for stat; a
+    // torn read of a counter is harmless there) and the mappings (immutable).
+    let backing: FileBacking
+    private let controlMapping: FileMapping
+    private let windowMapping: FileMapping
+    let control: UnsafeMutablePointer<fbmm_pool_ctl>
+    let emptyMap: UnsafeMutablePointer<UInt64>
+    var clean: UInt64 = 0
+    var empty: UInt64 = 0
+
+    init(backing: FileBacking, windowBytes: UInt64, huge: HugePageMode) throws(SystemError) {
+        self.backing = backing
+        controlMapping = try backing.memory.map(0..<UInt64(FBMM_POOL_CTL_BYTES))
+        windowMapping = try backing.memory.map(FBMM_POOL_WINDOW_OFFSET..<(FBMM_POOL_WINDOW_OFFSET + windowBytes))
+        if huge != .advise { try? windowMapping.adviseHugePages(huge == .always) }
+        control = controlMapping.base.bindMemory(to: fbmm_pool_ctl.self, capacity: 1)
+        emptyMap = .allocate(capacity: Int(FBMM_POOL_WORDS))
+        emptyMap.initialize(repeating: 0, count: Int(FBMM_POOL_WORDS))
+    }
+
+    deinit { emptyMap.deallocate() }
+
+    var windowBase: UnsafeMutablePointer<CChar> { windowMapping.base.assumingMemoryBound(to: CChar.self) }
+    var descriptor: Int32 { backing.memory.descriptor.rawValue }
+}
+
+private func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}

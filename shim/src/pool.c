@@ -1,0 +1,205 @@
+/*
+ * The pre-zeroed pool, shim side (the protocol is in fbmm_pool.h). Locked.
+ *
+ * A mapping of up to 2 MiB takes a run of clean window pages: the daemon has
+ * already allocated them by the policy and zeroed them, so the shim maps them
+ * with MAP_POPULATE and the program's first touches cost no page fault at
+ * all. Freed window pages are flagged dirty instead of punched; the daemon
+ * zeroes them in place and flags them clean again. The only system call on
+ * these paths is an occasional eventfd write when the daemon sleeps.
+ *
+ * The arena enrols lazily, at the first mapping that could use the pool, so
+ * programs (and fork children) that never map memory never pay the broker
+ * round trip.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../../Sources/CFBMMSys/include/fbmm_broker.h"
+#include "../../Sources/CFBMMSys/include/fbmm_pool.h"
+#include "shim.h"
+#include "sys.h"
+
+/* Kick a sleeping daemon after this many freed pages (256 KiB), or at once
+ * on a miss. */
+#define KICK_PAGES 64
+
+enum { POOL_NONE = 0, POOL_READY = 1, POOL_OFF = 2 };
+
+static struct {
+    int state;
+    struct fbmm_pool_ctl *ctl;
+    int efd;
+    uint64_t pages;      /* window pages */
+    uint64_t max_take;   /* largest run handed out, in pages */
+    uint64_t cursor;     /* next-fit: word to search from */
+    uint64_t pending;    /* pages freed since the last kick check */
+} pool = { .efd = -1 };
+
+int fbmm_pool_owns(uint64_t off)
+{
+    uint64_t w = fbmm_arena.pool_window;
+    return w && off < FBMM_POOL_WINDOW_OFFSET + w;
+}
+
+static void kick(void)
+{
+    if (__atomic_exchange_n(&pool.ctl->sleeping, 0, __ATOMIC_SEQ_CST)) {
+        uint64_t one = 1;
+        ssize_t r = write(pool.efd, &one, sizeof one);
+        (void)r;
+        __atomic_fetch_add(&pool.ctl->kicks, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static void set_bits(uint64_t *map, uint64_t first, uint64_t n, int on)
+{
+    while (n) {
+        uint64_t w = first / 64, b = first % 64, k = 64 - b < n ? 64 - b : n;
+        uint64_t m = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
+        if (on) __atomic_fetch_or(&map[w], m, __ATOMIC_RELEASE);
+        else __atomic_fetch_and(&map[w], ~m, __ATOMIC_ACQUIRE);
+        first += k;
+        n -= k;
+    }
+}
+
+static int enroll(void)
+{
+    struct fbmm_arena *a = &fbmm_arena;
+    if (a->state != ARENA_READY || a->tmpfs || !a->pool_window || !a->sock[0]) return -1;
+    uint64_t pages = a->pool_window / fbmm_page;
+    if (fbmm_arena_grow(FBMM_POOL_WINDOW_OFFSET + a->pool_window) < 0) return -1;
+    struct fbmm_pool_ctl *ctl = sys_mmap(NULL, FBMM_POOL_CTL_BYTES, PROT_READ | PROT_WRITE,
+                                         MAP_SHARED, a->mem_fd, 0);
+    if (ctl == MAP_FAILED) return -1;
+    memset(ctl, 0, sizeof *ctl);
+    ctl->magic = FBMM_POOL_MAGIC;
+    ctl->window_pages = pages;
+    ctl->page_size = fbmm_page;
+    /* Window pages our regions already use (a fork child's copies). */
+    for (size_t i = 0; i < fbmm_rt_n; i++) {
+        const struct fbmm_piece *p = &fbmm_rt[i];
+        if ((p->flags & P_ANON) || !fbmm_pool_owns(p->off) || p->off < FBMM_POOL_WINDOW_OFFSET) continue;
+        set_bits(ctl->busy, (p->off - FBMM_POOL_WINDOW_OFFSET) / fbmm_page, p->len / fbmm_page, 1);
+    }
+    char why[160];
+    int efd = -1;
+    uint64_t got = 0;
+    struct stat st;
+    if (fstat(a->name_fd, &st) < 0 ||
+        fbmm_broker_request(a->sock, FBMM_OP_POOL, a->name_fd, (uint64_t)st.st_ino, 1, &efd, &got,
+                            why, sizeof why) < 0 || got != pages) {
+        if (efd >= 0) close(efd);
+        sys_munmap(ctl, FBMM_POOL_CTL_BYTES);
+        static int once;
+        fbmm_say_once(&once, "no pre-zeroed pool: ", why, NULL);
+        return -1;
+    }
+    int high = fcntl(efd, F_DUPFD_CLOEXEC, 700);
+    if (high >= 0) { close(efd); efd = high; }
+    pool.ctl = ctl;
+    pool.efd = efd;
+    pool.pages = pages;
+    pool.max_take = pages / 8 < (2u << 20) / fbmm_page - 1 ? pages / 8 : (2u << 20) / fbmm_page - 1;
+    pool.cursor = 0;
+    pool.pending = 0;
+    fbmm_say("using the pre-zeroed pool", NULL, NULL);
+    return 0;
+}
+
+/* First run of n clean pages, searching from the cursor (next fit) and then
+ * from the start. Only we clear clean bits, so what we see stays clean. */
+static int64_t find_run(uint64_t n)
+{
+    uint64_t words = (pool.pages + 63) / 64;
+    for (int round = 0; round < 2; round++) {
+        uint64_t from = round ? 0 : pool.cursor, to = round ? pool.cursor : words;
+        uint64_t start = 0, run = 0;
+        for (uint64_t w = from; w < to; w++) {
+            uint64_t c = __atomic_load_n(&pool.ctl->clean[w], __ATOMIC_RELAXED);
+            if (c == 0) { run = 0; continue; }
+            if (c == ~0ull) {
+                if (!run) start = w * 64;
+                run += 64;
+                if (run >= n) return (int64_t)start;
+                continue;
+            }
+            for (uint64_t b = 0; b < 64; b++) {
+                if (c >> b & 1) {
+                    if (!run) start = w * 64 + b;
+                    if (++run >= n) return (int64_t)start;
+                } else {
+                    run = 0;
+                }
+            }
+        }
+    }
+    return -1;
+}
+
+int fbmm_pool_take(size_t len, uint64_t *off)
+{
+    if (pool.state == POOL_NONE) pool.state = enroll() == 0 ? POOL_READY : POOL_OFF;
+    if (pool.state != POOL_READY) return -1;
+    uint64_t n = len / fbmm_page;
+    if (!n || n > pool.max_take) return -1;
+    int64_t first = find_run(n);
+    if (first < 0) {
+        __atomic_fetch_add(&pool.ctl->misses, 1, __ATOMIC_RELAXED);
+        kick();
+        return -1;
+    }
+    set_bits(pool.ctl->clean, (uint64_t)first, n, 0);
+    __atomic_fetch_add(&pool.ctl->handed_pages, n, __ATOMIC_RELAXED);
+    pool.cursor = ((uint64_t)first + n) / 64;
+    *off = FBMM_POOL_WINDOW_OFFSET + (uint64_t)first * fbmm_page;
+    return 0;
+}
+
+void fbmm_pool_untake(uint64_t off, size_t len)
+{
+    set_bits(pool.ctl->clean, (off - FBMM_POOL_WINDOW_OFFSET) / fbmm_page, len / fbmm_page, 1);
+    __atomic_fetch_sub(&pool.ctl->handed_pages, len / fbmm_page, __ATOMIC_RELAXED);
+}
+
+void fbmm_pool_give(uint64_t off, size_t len)
+{
+    if (pool.state != POOL_READY || off < FBMM_POOL_WINDOW_OFFSET) {
+        /* Not running here (a fork child not yet enrolled, or no daemon):
+         * free the memory; at enrolment the page counts as empty. */
+        fbmm_arena_punch(off, len);
+        return;
+    }
+    uint64_t n = len / fbmm_page;
+    set_bits(pool.ctl->dirty, (off - FBMM_POOL_WINDOW_OFFSET) / fbmm_page, n, 1);
+    __atomic_fetch_add(&pool.ctl->returned_pages, n, __ATOMIC_RELAXED);
+    pool.pending += n;
+    if (pool.pending >= KICK_PAGES) {
+        pool.pending = 0;
+        kick();
+    }
+}
+
+void fbmm_pool_child(void)
+{
+    if (pool.state == POOL_READY) {
+        sys_munmap(pool.ctl, FBMM_POOL_CTL_BYTES);
+        close(pool.efd);
+    }
+    pool.ctl = NULL;
+    pool.efd = -1;
+    pool.state = POOL_NONE;
+}
+
+void fbmm_vm_advise_huge(void *p, size_t len)
+{
+    if (fbmm_arena.huge == HUGE_NEVER)
+        sys_madvise(p, len, MADV_NOHUGEPAGE);
+    else if (fbmm_arena.huge == HUGE_ALWAYS && len >= (2u << 20))
+        sys_madvise(p, len, MADV_HUGEPAGE);
+}
