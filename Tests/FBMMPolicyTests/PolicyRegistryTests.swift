@@ -5,7 +5,7 @@ import Testing
 @Suite struct PolicyRegistryTests {
     @Test func knowsTheBuiltins() {
         let registry = PolicyRegistry()
-        #expect(registry.names == ["local", "bind", "preferred", "interleave", "tiered"])
+        #expect(registry.names == ["local", "bind", "preferred", "interleave", "tiered", "contig"])
         #expect(registry.type(named: "bind") == BindPolicy.self)
         #expect(registry.type(named: "tiered-nonexistent") == nil)
     }
@@ -13,7 +13,7 @@ import Testing
     @Test func unknownPolicy() throws {
         let spec = try PolicySpec(parsing: "bogus,nodes=0")
         let error = Fixtures.policyError { _ = try PolicyRegistry().make(spec, topology: Fixtures.twoNodes) }
-        #expect(error == .unknownPolicy("bogus", known: ["local", "bind", "preferred", "interleave", "tiered"]))
+        #expect(error == .unknownPolicy("bogus", known: ["local", "bind", "preferred", "interleave", "tiered", "contig"]))
         let text = try #require(error).description
         #expect(text.contains("'bogus'"))
         #expect(text.contains("local, bind, preferred, interleave"))
@@ -62,7 +62,7 @@ import Testing
             func place(_ range: Range<UInt64>, of file: FileContext) -> [Placement] { [Placement(range, .local)] }
         }
         let registry = PolicyRegistry(adding: [Custom.self, Custom.self, BindPolicy.self])
-        #expect(registry.names == ["local", "bind", "preferred", "interleave", "tiered", "custom"])
+        #expect(registry.names == ["local", "bind", "preferred", "interleave", "tiered", "contig", "custom"])
         let policy = try registry.make(PolicySpec(parsing: "custom,level=2"), topology: Fixtures.twoNodes)
         #expect(policy.description == "custom")
     }

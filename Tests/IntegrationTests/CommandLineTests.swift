@@ -27,6 +27,10 @@ struct CommandLineTests {
         BadInput(label: "weights not matching nodes", policy: "interleave", options: ["nodes=0,weights=3:1"], expected: "2 weights for 1 nodes"),
         BadInput(label: "bad size", policy: "local", options: ["capacity=lots"], expected: "capacity=lots"),
         BadInput(label: "preferred with two nodes", policy: "preferred", options: ["nodes=0:0"], expected: "listed twice"),
+        BadInput(label: "bad pool size", policy: "local", options: ["prezero=lots"], expected: "prezero=lots"),
+        BadInput(label: "pool too large", policy: "local", options: ["prezero=2G"], expected: "at most 512M"),
+        BadInput(label: "bad huge mode", policy: "local", options: ["huge=sometimes"], expected: "expected always, advise or never"),
+        BadInput(label: "contig on a node that does not exist", policy: "contig", options: ["nodes=9"], expected: "node 9 does not exist"),
     ]
 
     @Test(arguments: badInputs)

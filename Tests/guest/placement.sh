@@ -80,7 +80,11 @@ mount_fs() {
     mnt=$work/$1
     mkdir -p "$mnt"
     local args=("$fbmm" mount "$mnt" --policy "$2" --log-file "$work/$1.log")
-    [ -n "${3:-}" ] && args+=(-o "$3")
+    # The policy checks compare the app's buffers with the whole arena file, so
+    # they run without the pre-zeroed pool (its pages are checked on their own below).
+    local opts=${3:-}
+    [[ $opts == *prezero=* ]] || opts=${opts:+$opts,}prezero=0
+    args+=(-o "$opts")
     local err
     if ! err=$("${args[@]}" 2>&1); then
         fail "$1" "fbmm mount --policy $2 ${3:+-o $3} failed: $err; daemon log: $(tail -c 800 "$work/$1.log" 2>/dev/null | tr '\n' ' ')"
@@ -371,6 +375,68 @@ if mount_fs migrate bind nodes=0; then
     fi
     app_quit
     umount_fs "$m"
+fi
+
+# ---- the pre-zeroed pool: its ready pages are on the policy's nodes --------------------------
+# poolcheck churns small mappings under the shim (every handed-out range is checked
+# zero), frees everything and waits: what its arena then holds is the pool (ready,
+# zeroed pages) and the control block. Those pages must be where the policy says.
+poolcheck=$work/poolcheck
+if ! cc -O1 -pthread -o "$poolcheck" "$root/Tests/shim/poolcheck.c" 2>"$work/cc.err"; then
+    fail pool-build "cannot build poolcheck: $(cat "$work/cc.err")"
+else
+    # pool_check NAME POLICY OPTIONS EXPECT: EXPECT as "node=percent ..." of the idle arena.
+    pool_check() {
+        local name=$1 expect=$4
+        mount_fs "$name" "$2" "$3" || return
+        local m=$mnt ready=$work/$name.ready go=$work/$name.go
+        "$fbmm" run --strict --mount "$m" --min-size 4K -- "$poolcheck" --threads 1 --iters 150 --forks 1 \
+            --ready "$ready" --go "$go" >"$work/$name.out" 2>&1 &
+        local pid=$!
+        for _ in $(seq 1 600); do [ -e "$ready" ] && break; sleep 0.1; done
+        sleep 1   # the daemon zeroes what was freed last
+        local st; st=$("$fbmm" stat "$m" --json 2>&1)
+        touch "$go"
+        wait "$pid"; local rc=$?
+        if [ ! -e "$ready" ] || [ $rc -ne 0 ]; then
+            fail "$name" "poolcheck under the shim failed ($rc): $(tail -c 600 "$work/$name.out")"
+        else
+            local ready_b bytes nodes
+            ready_b=$(jq '.prezero.ready_bytes // 0' <<<"$st")
+            bytes=$(jq '[.files[0].nodes[]] | add // 0' <<<"$st")
+            nodes=$(jq -r '.files[0].nodes | to_entries | map("\(.key):\(.value)") | join(" ")' <<<"$st")
+            if [ "$ready_b" -le 0 ] || [ "$bytes" -lt "$ready_b" ]; then
+                fail "$name" "pool not ready or not resident: ready $ready_b bytes, arena resident $bytes; $nodes"
+            else
+                local pages v
+                pages=$(jq -r --argjson page "$page" '.files[0].nodes | to_entries | map("\(.key):\(.value / $page | floor)") | join(" ")' <<<"$st")
+                v=$(verdict "$expect" "$pages" -)
+                if [[ $v == ok* ]]; then pass "$name" "pool ready $((ready_b / MiB)) MiB; idle arena ${v#ok }"
+                else fail "$name" "pool ready $((ready_b / MiB)) MiB; idle arena ${v#bad }"; fi
+            fi
+        fi
+        umount_fs "$m"
+    }
+    pool_check pool-bind1 bind nodes=1,prezero=16M "1=100"
+    pool_check pool-bind2 bind nodes=2,prezero=16M "2=100"
+    pool_check pool-interleave02 interleave nodes=0:2,prezero=16M "0=50 2=50"
+fi
+
+# ---- contig: huge pages, on the policy's node ----------------------------------------------
+# The guest's own kernel: allow shmem THP where a mapping asks (the host is not touched).
+thp=/sys/kernel/mm/transparent_hugepage/shmem_enabled
+if [ -w "$thp" ] && echo advise >"$thp" 2>/dev/null; then
+    if mount_fs contig2 contig nodes=2; then
+        m=$mnt
+        simple_check contig-node2 "$m" "2=100" 32
+        out=$("$fbmm" run --strict --mount "$m" -- "$root/shim/build/probe" hugepmd 32 2>&1)
+        kb=$(awk '/^pmd_kb/ { print $2 }' <<<"$out")
+        if [ "${kb:-0}" -ge $((24 * 1024)) ]; then pass contig-huge "${kb} kB of 32 MiB PMD-mapped"
+        else fail contig-huge "only ${kb:-0} kB PMD-mapped: $out"; fi
+        umount_fs "$m"
+    fi
+else
+    fail contig-huge "cannot enable shmem THP in the guest ($thp)"
 fi
 
 echo "$passed passed, $failed failed (${SECONDS}s)"

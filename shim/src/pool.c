@@ -35,7 +35,6 @@ static struct {
     struct fbmm_pool_ctl *ctl;
     int efd;
     uint64_t pages;      /* window pages */
-    uint64_t max_take;   /* largest run handed out, in pages */
     uint64_t cursor;     /* next-fit: word to search from */
     uint64_t pending;    /* pages freed since the last kick check */
 } pool = { .efd = -1 };
@@ -105,7 +104,6 @@ static int enroll(void)
     pool.ctl = ctl;
     pool.efd = efd;
     pool.pages = pages;
-    pool.max_take = pages / 8 < (2u << 20) / fbmm_page - 1 ? pages / 8 : (2u << 20) / fbmm_page - 1;
     pool.cursor = 0;
     pool.pending = 0;
     fbmm_say("using the pre-zeroed pool", NULL, NULL);
@@ -142,12 +140,22 @@ static int64_t find_run(uint64_t n)
     return -1;
 }
 
+/* The largest run handed out: under 2 MiB (larger mappings are placed
+ * huge-page aligned outside the pool) and an eighth of the window. */
+static uint64_t max_take(void)
+{
+    uint64_t eighth = fbmm_arena.pool_window / fbmm_page / 8, below_huge = (2u << 20) / fbmm_page - 1;
+    return eighth < below_huge ? eighth : below_huge;
+}
+
 int fbmm_pool_take(size_t len, uint64_t *off)
 {
+    uint64_t n = len / fbmm_page;
+    /* Sizes the pool never serves do not enrol (no pool for programs that
+     * only map large regions). */
+    if (!n || n > max_take() || pool.state == POOL_OFF) return -1;
     if (pool.state == POOL_NONE) pool.state = enroll() == 0 ? POOL_READY : POOL_OFF;
     if (pool.state != POOL_READY) return -1;
-    uint64_t n = len / fbmm_page;
-    if (!n || n > pool.max_take) return -1;
     int64_t first = find_run(n);
     if (first < 0) {
         __atomic_fetch_add(&pool.ctl->misses, 1, __ATOMIC_RELAXED);

@@ -1,0 +1,147 @@
+import FBMMCore
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The pre-zeroed pool (`-o prezero=SIZE`) and huge pages (`-o huge=`,
+/// `--policy contig`) on real mounts: every range the pool hands out reads
+/// zero, the pool never holds more than its bound, and the huge-page settings
+/// either work or are refused with the line that says what to change.
+@Suite(.serialized)
+struct PoolTests {
+    static var poolcheck: String { "\(Artefacts.packageRoot)/shim/build/poolcheck" }
+
+    /// Threads and fork children churning mappings and calloc blocks under
+    /// the shim, on a small pool so that pages go round many times (taken,
+    /// freed, zeroed by the daemon, taken again): every byte handed out is
+    /// checked to be zero, natively and under the shim.
+    @Test func everyHandedOutRangeReadsZero() throws {
+        try ShimPrograms.build()
+        let native = try run(unblocked([Self.poolcheck, "--iters", "1500"]), timeout: 300)
+        #expect(native.ok && native.stdout.contains("poolcheck: ok"), "natively: \(native.stdout) \(native.stderr)")
+
+        let mount = try TestMount(options: ["prezero=8M"])
+        defer { mount.close() }
+        let shimmed = try run(fbmmRun(mount, ["--min-size", "4K", "--verbose"], [Self.poolcheck, "--iters", "1500"]), timeout: 300)
+        #expect(shimmed.ok && shimmed.stdout.contains("poolcheck: ok"), "under the shim: \(shimmed.stdout) \(shimmed.stderr)")
+        #expect(shimmed.stderr.contains("using the pre-zeroed pool"), "\(shimmed.stderr)")
+        #expect(!shimmed.stderr.contains("falling back"), "\(shimmed.stderr)")
+
+        let pool = try #require(try mount.statistics()["prezero"] as? [String: Any], "fbmm stat shows the pool")
+        let handed = number(pool["handed_out_bytes"]), zeroed = number(pool["zeroed_bytes"])
+        // The program's own mappings went through the pool, and freed pages came
+        // back and were zeroed again: the run exercised the reuse path, not just
+        // the first fill.
+        #expect(handed > 64 << 20, "bytes handed out from the pool: \(handed)")
+        #expect(zeroed > 16 << 20, "freed bytes zeroed by the daemon: \(zeroed)")
+        #expect(number(pool["enrolled_total"]) >= 5, "the parent and its 4 fork children enrolled: \(pool)")
+        #expect(number(pool["arenas"]) == 0, "no arena stays enrolled after the programs exit: \(pool)")
+    }
+
+    /// Three idle programs each holding a pool after heavy churn: what `fbmm
+    /// stat` calls ready never exceeds the bound, and neither does the memory
+    /// the daemon actually holds for them (each arena's allocated bytes, once
+    /// the program has freed everything, are its pool plus the control block).
+    @Test func poolNeverExceedsItsBound() throws {
+        try ShimPrograms.build()
+        let bound: UInt64 = 6 << 20
+        let mount = try TestMount(options: ["prezero=6M"])
+        defer { mount.close() }
+        let work = try TemporaryDirectory()
+        var apps: [Background] = []
+        defer { apps.forEach { $0.stop() } }
+        for i in 0..<3 {
+            apps.append(try Background(fbmmRun(mount, ["--min-size", "4K"],
+                [Self.poolcheck, "--iters", "800", "--forks", "0", "--threads", "2",
+                 "--ready", work.file("ready\(i)"), "--go", work.file("go")])))
+        }
+        var worst: UInt64 = 0
+        var samples = 0
+        var readyCount = 0
+        let deadline = Date().addingTimeInterval(240)
+        while readyCount < 3 && Date() < deadline {
+            let pool = (try mount.statistics()["prezero"] as? [String: Any]) ?? [:]
+            worst = max(worst, number(pool["ready_bytes"]))
+            samples += 1
+            readyCount = (0..<3).filter { FileManager.default.fileExists(atPath: work.file("ready\($0)")) }.count
+            usleep(50_000)
+        }
+        try #require(readyCount == 3, "the programs never finished churning: \(apps.map(\.output))")
+        #expect(samples > 3)
+        #expect(worst <= bound, "ready bytes peaked at \(worst), bound \(bound)")
+        // Let the daemon settle what was freed last, then look at real memory.
+        usleep(1_500_000)
+        let stats = try mount.statistics()
+        let pool = try #require(stats["prezero"] as? [String: Any])
+        #expect(number(pool["arenas"]) == 3, "\(pool)")
+        #expect(number(pool["ready_bytes"]) <= bound, "\(pool)")
+        let files = stats["files"] as? [[String: Any]] ?? []
+        #expect(files.count == 3)
+        let held = files.reduce(UInt64(0)) { $0 + number($1["allocated_bytes"]) }
+        let control: UInt64 = 64 << 10
+        #expect(held <= bound + 3 * control, "idle programs' arenas hold \(held) bytes; bound \(bound)")
+        #expect(held >= number(pool["ready_bytes"]), "ready pages are real memory: \(held) vs \(pool)")
+        FileManager.default.createFile(atPath: work.file("go"), contents: nil)
+        for app in apps {
+            #expect(app.wait(seconds: 60) == 0, "poolcheck under the shim: \(app.output)")
+            #expect(app.stdout.contains("poolcheck: ok"), "\(app.output)")
+        }
+    }
+
+    /// prezero=0 turns the pool off (the shim is told so and maps lazily), and
+    /// FBMM_PREZERO=0 keeps one program out of a mount's pool.
+    @Test func poolCanBeTurnedOff() throws {
+        try ShimPrograms.build()
+        let off = try TestMount(options: ["prezero=0"])
+        defer { off.close() }
+        let value = try run(["getfattr", "--only-values", "-n", "user.fbmm.prezero", off.path])
+        #expect(value.ok && value.stdout == "0", "user.fbmm.prezero on a mount without pool: \(value.stdout) \(value.stderr)")
+        let plain = try run(fbmmRun(off, ["--min-size", "4K", "--verbose"], [Self.poolcheck, "--iters", "300", "--forks", "1"]), timeout: 300)
+        #expect(plain.ok && plain.stdout.contains("poolcheck: ok"), "\(plain.stdout) \(plain.stderr)")
+        #expect(!plain.stderr.contains("pre-zeroed pool"), "\(plain.stderr)")
+        #expect(try off.statistics()["prezero"] == nil, "no pool section without a pool")
+
+        let on = try TestMount()
+        defer { on.close() }
+        let optedOut = try run(fbmmRun(on, ["--min-size", "4K", "--verbose"], ["env", "FBMM_PREZERO=0", Self.poolcheck, "--iters", "300", "--forks", "0"]), timeout: 300)
+        #expect(optedOut.ok && optedOut.stdout.contains("poolcheck: ok"), "\(optedOut.stdout) \(optedOut.stderr)")
+        let pool = try #require(try on.statistics()["prezero"] as? [String: Any])
+        #expect(number(pool["handed_out_bytes"]) == 0 && number(pool["enrolled_total"]) == 0, "\(pool)")
+    }
+
+    /// huge=always and the contig policy need shmem THP: where the system
+    /// forbids it, the mount is refused with the sysfs line to change and
+    /// nothing is mounted; where it allows it, the mount says huge=always and
+    /// a program's 2 MiB-aligned memory is PMD-mapped.
+    @Test(arguments: [["-o", "huge=always"], ["--policy", "contig"]])
+    func hugePagesWorkOrAreRefusedClearly(_ arguments: [String]) throws {
+        try requireFUSE()
+        let support = ShmemHugePageSupport.current()
+        let dir = FileManager.default.temporaryDirectory.path + "/fbmm-test-huge-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { _ = try? run([Artefacts.fbmm, "umount", dir]); rmdir(dir) }
+        let result = try run([Artefacts.fbmm, "mount", dir] + arguments)
+        if !support.allowsAdvisedMappings {
+            #expect(!result.ok, "a system without shmem THP must refuse \(arguments)")
+            let lines = result.stderr.split(separator: "\n")
+            #expect(lines.count == 1 && result.stderr.contains("shmem_enabled"), "one clear line: \(result.stderr)")
+            #expect(!isMounted(dir), "nothing mounted")
+            return
+        }
+        try #require(result.ok, "\(result.stderr)")
+        let value = try run(["getfattr", "--only-values", "-n", "user.fbmm.huge", dir])
+        #expect(value.stdout == "always")
+        try ShimPrograms.build()
+        // 64 MiB touched under the shim: its mappings are MADV_HUGEPAGE, so
+        // the kernel backs them with PMD-mapped shmem huge pages.
+        let probe = try run(unblocked([Artefacts.fbmm, "run", "--mount", dir, "--", ShimPrograms.probe, "hugepmd", "64"]), timeout: 120)
+        #expect(probe.ok, "\(probe.stdout) \(probe.stderr)")
+        let kb = Int(probe.stdout.split(separator: " ").last.map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) } ?? "") ?? 0
+        #expect(kb >= 32 * 1024, "ShmemPmdMapped/FilePmdMapped kB of the program: \(probe.stdout)")
+    }
+}
+
+private func number(_ value: Any?) -> UInt64 { (value as? NSNumber)?.uint64Value ?? 0 }
