@@ -2,7 +2,11 @@
 # Allocation micro-benchmarks of the shim on a real fbmm mount, against native
 # anonymous memory measured in the same run (Benchmarks/alloc/bench.c):
 #   (a) random 8-byte updates over a malloc'ed table (throughput; goal >= 0.97 of native)
-#   (b) mmap + touch + munmap of 1 page and of 128 pages (ns per iteration)
+#   (b) mmap + touch + munmap of 1 page and of 128 pages (ns per iteration),
+#       with the pre-zeroed pool (the default) and without it (FBMM_PREZERO=0)
+#   (c) the same random updates on a huge=always mount (shmem THP) against
+#       native 4 KiB pages (needs shmem THP allowed; ALLOW_SYSFS=1 lets the
+#       script set shmem_enabled to advise for its run and restore it after)
 # Native and fbmm runs alternate; each figure is the median of REPS runs.
 # Usage: scripts/bench-shim.sh   (root, /dev/fuse; after scripts/build.sh)
 # Knobs: REPS=5 TABLE_MIB=1024 UPDATES=50000000 ITERS_1=50000 ITERS_128=20000
@@ -28,13 +32,22 @@ mnt=$(mktemp -d /tmp/fbmm-bench-shim.XXXXXX)
 cleanup() { "$FBMM" umount "$mnt" 2>/dev/null || "$FBMM" umount --force "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true; }
 trap cleanup EXIT
 "$FBMM" mount "$mnt" --policy "$POLICY"
+hmnt=$mnt-huge
+thp=/sys/kernel/mm/transparent_hugepage/shmem_enabled
+thp_before=$(sed -E 's/.*\[(.*)\].*/\1/' "$thp" 2>/dev/null || echo none)
+cleanup_all() {
+    "$FBMM" umount "$hmnt" 2>/dev/null || true; rmdir "$hmnt" 2>/dev/null || true
+    [ -n "${thp_set:-}" ] && echo "$thp_before" >"$thp"
+    cleanup
+}
+trap cleanup_all EXIT
 
 # one MODE KEY ARGS...: one run, prints the value of KEY
 one() {
     local mode=$1 key=$2; shift 2
     local out
-    if [ "$mode" = native ]; then out=$("$BENCH" "$@")
-    else out=$("$FBMM" run --mount "$mnt" --allocator "$ALLOCATOR" --min-size "$MIN_SIZE" --verbose -- "$BENCH" "$@" 2>"$mnt.err") || { cat "$mnt.err" >&2; exit 1; }
+    if [ "$mode" = native ]; then out=$("$BENCH" "$@" ${NATIVE_EXTRA:-})
+    else out=$("$FBMM" run --mount "${RUN_MOUNT:-$mnt}" --allocator "$ALLOCATOR" --min-size "$MIN_SIZE" --verbose -- env ${RUN_ENV:-FBMM_PREZERO=1} "$BENCH" "$@" 2>"$mnt.err") || { cat "$mnt.err" >&2; exit 1; }
         if grep -q "falling back" "$mnt.err" || ! grep -q "using fbmm mount" "$mnt.err"; then cat "$mnt.err" >&2; echo "the shim fell back: not measuring fbmm" >&2; exit 1; fi
     fi
     echo "$out" | awk -v k="$key" '$1 == k { print $2 }'
@@ -59,10 +72,28 @@ echo "fbmm shim allocation benchmarks: $FBMM, policy $POLICY, allocator $ALLOCAT
 bench "table" updates_per_s table "$TABLE_MIB" "$UPDATES"
 printf '%-34s native %12.0f  fbmm %12.0f  ratio fbmm/native %.3f (throughput; goal >= 0.97)\n' \
     "random updates, ${TABLE_MIB} MiB table (upd/s)" "$NATIVE" "$SHIM" "$(echo "$SHIM / $NATIVE" | bc -l)"
-for spec in "1 $ITERS_1" "128 $ITERS_128"; do
-    set -- $spec
-    bench "mmap $1" ns_per_iter mmap "$1" "$2"
-    printf '%-34s native %12.1f  fbmm %12.1f  ratio fbmm/native %.3f (time)\n' \
-        "mmap+touch+munmap, $1 page(s) (ns)" "$NATIVE" "$SHIM" "$(echo "$SHIM / $NATIVE" | bc -l)"
+for pool in on off; do
+    [ $pool = off ] && RUN_ENV=FBMM_PREZERO=0
+    for spec in "1 $ITERS_1" "128 $ITERS_128"; do
+        set -- $spec
+        bench "mmap $1, pool $pool" ns_per_iter mmap "$1" "$2"
+        printf '%-44s native %12.1f  fbmm %12.1f  ratio fbmm/native %.3f (time; goal <= %s)\n' \
+            "mmap+touch+munmap, $1 page(s), pool $pool (ns)" "$NATIVE" "$SHIM" "$(echo "$SHIM / $NATIVE" | bc -l)" \
+            "$([ "$1" = 1 ] && echo 1.2 || echo 1.0)"
+    done
 done
+unset RUN_ENV
+
+# (c) huge pages against native 4 KiB pages
+if [ "$thp_before" = never ] && [ "${ALLOW_SYSFS:-0}" = 1 ]; then
+    echo advise >"$thp" && thp_set=1 && echo "# set $thp to advise for this run (was never; restored at exit)"
+fi
+mkdir -p "$hmnt"
+if err=$("$FBMM" mount "$hmnt" --policy "$POLICY" -o huge=always 2>&1); then
+    RUN_MOUNT=$hmnt NATIVE_EXTRA=4k bench "table, huge" updates_per_s table "$TABLE_MIB" "$UPDATES"
+    printf '%-44s native %12.0f  fbmm %12.0f  ratio fbmm/native %.3f (throughput; goal >= 1.2)\n' \
+        "random updates, ${TABLE_MIB} MiB, huge vs 4K (upd/s)" "$NATIVE" "$SHIM" "$(echo "$SHIM / $NATIVE" | bc -l)"
+else
+    echo "huge pages: not measured: $err"
+fi
 rm -f "$mnt.err"

@@ -5,6 +5,8 @@
  *   bench table MiB UPDATES   random 8-byte read-modify-writes over a malloc'ed
  *                             table (GUPS-like); prints "updates_per_s N".
  *                             The table is touched once before timing.
+ *                             With "4k", it is madvised MADV_NOHUGEPAGE (the
+ *                             4 KiB-page baseline).
  *   bench mmap PAGES ITERS    mmap(PAGES pages, anonymous private) + write one
  *                             byte per page + munmap, ITERS times; prints
  *                             "ns_per_iter N".
@@ -25,11 +27,17 @@ static double now(void)
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-static int table(size_t mib, uint64_t updates)
+static int table(size_t mib, uint64_t updates, int small_pages)
 {
     size_t n = (mib << 20) / sizeof(uint64_t);   /* a power of two for MiB powers of two */
     uint64_t *t = malloc(n * sizeof *t);
     if (!t) { perror("malloc"); return 1; }
+    if (small_pages) {
+        /* The 4 KiB baseline whatever the system's THP setting. */
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        uintptr_t a = ((uintptr_t)t + page - 1) & ~(uintptr_t)(page - 1);
+        madvise((void *)a, n * sizeof *t - (a - (uintptr_t)t), MADV_NOHUGEPAGE);
+    }
     for (size_t i = 0; i < n; i++) t[i] = i;
     uint64_t x = 0x9E3779B97F4A7C15ull, mask = n - 1;
     if (n & (n - 1)) { fprintf(stderr, "table size must be a power of two\n"); return 2; }
@@ -69,8 +77,9 @@ static int maps(size_t pages, long iters)
 
 int main(int argc, char **argv)
 {
-    if (argc == 4 && !strcmp(argv[1], "table")) return table(strtoul(argv[2], NULL, 0), strtoull(argv[3], NULL, 0));
+    if ((argc == 4 || argc == 5) && !strcmp(argv[1], "table"))
+        return table(strtoul(argv[2], NULL, 0), strtoull(argv[3], NULL, 0), argc == 5 && !strcmp(argv[4], "4k"));
     if (argc == 4 && !strcmp(argv[1], "mmap")) return maps(strtoul(argv[2], NULL, 0), strtol(argv[3], NULL, 0));
-    fprintf(stderr, "usage: bench table MiB UPDATES | bench mmap PAGES ITERS\n");
+    fprintf(stderr, "usage: bench table MiB UPDATES [4k] | bench mmap PAGES ITERS\n");
     return 2;
 }

@@ -20,6 +20,8 @@
 
 int fbmm_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
 int fbmm_memfd_flag_cloexec(void) { return MFD_CLOEXEC; }
+int fbmm_memfd_flag_allow_sealing(void) { return MFD_ALLOW_SEALING; }
+int fbmm_seal_shrink(int fd) { return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK); }
 
 int fbmm_punch_hole(int fd, off_t offset, off_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);

@@ -11,7 +11,7 @@ struct StatCommand: ParsableCommand {
     @Argument(help: "The mount point.")
     var directory: String
 
-    @Flag(name: .long, help: "Print JSON (keys: policy, nodes, files, pool, counters).")
+    @Flag(name: .long, help: "Print JSON (keys: policy, nodes, files, pool, prezero, huge, counters).")
     var json = false
 
     func run() throws {
@@ -32,6 +32,13 @@ struct StatCommand: ParsableCommand {
         let stats = try JSONDecoder().decode(MountStatistics.self, from: Data(bytes))
         print("mount \(stats.mountpoint)  policy \(stats.policy)  daemon pid \(stats.daemon_pid)")
         print("pool: \(formatBytes(stats.pool["used_bytes"] ?? 0)) used of \(formatBytes(stats.pool["total_bytes"] ?? 0)), \(formatBytes(stats.pool["free_bytes"] ?? 0)) free")
+        if let pz = stats.prezero {
+            print("pre-zeroed: \(formatBytes(pz["ready_bytes"] ?? 0)) ready of \(formatBytes(pz["bound_bytes"] ?? 0)) bound"
+                  + " in \(pz["arenas"] ?? 0) arena(s); \(formatBytes(pz["handed_out_bytes"] ?? 0)) handed out,"
+                  + " \(formatBytes(pz["zeroed_bytes"] ?? 0)) re-zeroed, \(pz["misses"] ?? 0) misses; huge pages: \(stats.huge ?? "advise")")
+        } else {
+            print("pre-zeroed: off; huge pages: \(stats.huge ?? "advise")")
+        }
         let nodeIDs = stats.nodes.keys.sorted { Int($0)! < Int($1)! }
         print("")
         print(pad("node", 6) + pad("resident", 12, right: true) + pad("node total", 14, right: true) + pad("node free", 14, right: true))

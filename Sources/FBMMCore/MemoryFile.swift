@@ -15,10 +15,10 @@ public final class MemoryFile: Sendable {
     public let descriptor: FileDescriptor
     public let name: String
 
-    /// Creates a new, empty, close-on-exec memfd.
+    /// Creates a new, empty, close-on-exec memfd (sealable, see `sealAgainstShrinking`).
     public init(name: String) throws(SystemError) {
         let fd = try retryingSyscall("memfd_create", name) {
-            fbmm_memfd_create(name, UInt32(fbmm_memfd_flag_cloexec()))
+            fbmm_memfd_create(name, UInt32(fbmm_memfd_flag_cloexec() | fbmm_memfd_flag_allow_sealing()))
         }
         self.descriptor = FileDescriptor(rawValue: fd)
         self.name = name
@@ -27,6 +27,13 @@ public final class MemoryFile: Sendable {
     deinit { try? descriptor.close() }
 
     private var context: String { "memfd '\(name)'" }
+
+    /// From now on nobody can make the file shorter, not even a process that
+    /// was handed the memfd: a lasting daemon mapping of it then never reaches
+    /// past its end (which would be SIGBUS in the daemon).
+    public func sealAgainstShrinking() throws(SystemError) {
+        _ = try retryingSyscall("fcntl(F_ADD_SEALS, F_SEAL_SHRINK)", context) { fbmm_seal_shrink(descriptor.rawValue) }
+    }
 
     /// The current size in bytes (the memfd is the source of truth: a process
     /// holding the fd may have changed it).

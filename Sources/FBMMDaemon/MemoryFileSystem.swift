@@ -1,3 +1,4 @@
+import CFBMMSys
 import FBMMCore
 import FBMMPolicy
 import FUSEKit
@@ -172,6 +173,12 @@ public final class MemoryFileSystem: FileSystemOperations {
         }
         if let size = changes.size, let backing {
             if let refusal = admitGrowth(backing, to: size) { reply.error(refusal); return }
+            // The pool's lasting window over an enrolled arena must stay inside
+            // the file: a write past the end would be a SIGBUS in the daemon.
+            if let pool, size < FBMM_POOL_WINDOW_OFFSET + pool.windowBytes, pool.isEnrolled(inode) {
+                reply.error(.resourceBusy)
+                return
+            }
             do {
                 let count = try backing.ensurePlaced(upTo: size, context: fileContext(record, size: size))
                 try backing.memory.resize(to: size)

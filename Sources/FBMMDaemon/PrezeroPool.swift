@@ -66,6 +66,9 @@ final class PrezeroPool: Sendable {
     /// (until the file is released), and reads which pages the process
     /// already uses (a fork child's copies). Returns the window's page count.
     func enroll(inode: InodeNumber, backing: FileBacking) throws(SystemError) -> UInt64 {
+        // The window is mapped for good: the program (which holds the memfd)
+        // must not be able to pull the file's end under it.
+        try backing.memory.sealAgainstShrinking()
         let end = FBMM_POOL_WINDOW_OFFSET + windowBytes
         guard try backing.memory.size() >= end else {
             throw SystemError("prezero enrol", "arena shorter than its pool window", errno: .invalidArgument)
@@ -84,6 +87,8 @@ final class PrezeroPool: Sendable {
         kick()
         return expected
     }
+
+    func isEnrolled(_ inode: InodeNumber) -> Bool { arenas.withLock { $0[inode] != nil } }
 
     /// Forgets an arena whose file was released: its pages go with the file.
     func remove(inode: InodeNumber) {

@@ -15,6 +15,9 @@
 
 int fbmm_memfd_create(const char *name, unsigned int flags);
 int fbmm_memfd_flag_cloexec(void);
+int fbmm_memfd_flag_allow_sealing(void);
+/* fcntl(F_ADD_SEALS, F_SEAL_SHRINK): nobody, holder of the fd or not, can shrink it. */
+int fbmm_seal_shrink(int fd);
 int fbmm_punch_hole(int fd, off_t offset, off_t length);
 int fbmm_fallocate(int fd, int mode, off_t offset, off_t length);
 int fbmm_falloc_keep_size(void);
