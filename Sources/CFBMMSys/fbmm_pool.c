@@ -113,8 +113,17 @@ static void settle_dirty(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *windo
     }
 }
 
+uint64_t fbmm_pool_dirty_pages(const struct fbmm_pool_ctl *ctl, uint64_t pages)
+{
+    uint64_t n = 0;
+    for (uint64_t w = 0; w * 64 < pages; w++)
+        n += (uint64_t)__builtin_popcountll(__atomic_load_n(&ctl->dirty[w], __ATOMIC_RELAXED) & valid_mask(w, pages));
+    return n;
+}
+
 void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uint64_t pages,
-                   int memfd, uint64_t budget, uint64_t fill_max, struct fbmm_pool_pass *out)
+                   int memfd, uint64_t budget, uint64_t fill_to, uint64_t fill_max,
+                   struct fbmm_pool_pass *out)
 {
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     memset(out, 0, sizeof *out);
@@ -145,7 +154,7 @@ void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uin
 
     /* Fill empty pages up to the budget, in runs of at most 2 MiB so that a
      * THP-backed window gets whole huge pages and a pass stays short. */
-    uint64_t want = budget > out->clean_pages ? budget - out->clean_pages : 0;
+    uint64_t want = fill_to > out->clean_pages ? fill_to - out->clean_pages : 0;
     if (want > fill_max) want = fill_max;
     uint64_t chunk = (2u << 20) / page;
     for (uint64_t w = 0; want && w * 64 < pages; w++) {
@@ -177,6 +186,17 @@ void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uin
     }
     for (uint64_t w = 0; w * 64 < pages; w++)
         out->empty_pages += (uint64_t)__builtin_popcountll(empty[w]);
+}
+
+void fbmm_pool_trim(const uint64_t *empty, uint64_t pages, int memfd)
+{
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), first = 0, n = 0;
+    for (uint64_t i = 0; i <= pages; i++) {
+        int on = i < pages && (empty[i / 64] >> (i % 64) & 1);
+        if (on) { if (!n) first = i; n++; continue; }
+        if (n) punch(memfd, first, n, page);
+        n = 0;
+    }
 }
 
 int fbmm_eventfd(void)

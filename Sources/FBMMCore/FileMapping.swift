@@ -59,8 +59,26 @@ public final class FileMapping {
         }
     }
 
+    /// The runs of `sub` whose pages exist in the file right now (mincore: no
+    /// fault, no allocation), so that populating them allocates nothing even
+    /// if a program punched part of a data range since it was found.
+    public func presentRuns(_ sub: Range<UInt64>) throws(SystemError) -> [Range<UInt64>] {
+        guard !sub.isEmpty else { return [] }
+        let page = UInt64(pageSize)
+        var vector = [UInt8](repeating: 0, count: Int((UInt64(sub.count) + page - 1) / page))
+        _ = try retryingSyscall("mincore", context) { mincore(pointer(sub.lowerBound), Int(sub.count), &vector) }
+        var runs: [Range<UInt64>] = []
+        var start: UInt64?
+        for (index, flag) in vector.enumerated() {
+            let offset = sub.lowerBound + UInt64(index) * page
+            if flag & 1 != 0 { if start == nil { start = offset } } else if let s = start { runs.append(s..<offset); start = nil }
+        }
+        if let s = start { runs.append(s..<sub.upperBound) }
+        return runs
+    }
+
     /// Makes this window's page tables point at the file's existing pages in
-    /// `sub`, without allocating (callers pass data ranges only).
+    /// `sub`, without allocating (callers pass present runs only).
     public func populateRead(_ sub: Range<UInt64>) throws(SystemError) {
         guard !sub.isEmpty else { return }
         _ = try retryingSyscall("madvise(MADV_POPULATE_READ)", context) {

@@ -97,17 +97,22 @@ final class FileBacking: Sendable {
         return result
     }
 
-    /// Calls `body` with a populated window over each data range (widened to
-    /// whole pages) of the file within `range` (nil: all of it). Holes are never
-    /// mapped in, so looking allocates nothing.
+    /// Calls `body` with a populated window over each run of present pages in
+    /// the data ranges (widened to whole pages) of the file within `range`
+    /// (nil: all of it). Holes are never faulted in, so looking allocates
+    /// nothing (short of a punch between mincore and the populate).
     private func forEachDataWindow(in range: Range<UInt64>?,
                                    _ body: (FileMapping, Range<UInt64>) throws(SystemError) -> Void) throws(SystemError) {
         let page = UInt64(pageSize)
         for data in try memory.dataRanges(in: range) {
             let aligned = (data.lowerBound / page * page)..<((data.upperBound + page - 1) / page * page)
             let window = try memory.map(aligned)
-            try window.populateRead(aligned)
-            try body(window, aligned)
+            // Only pages that exist: a range a program punched since SEEK_DATA
+            // saw it must not be filled again by looking at it.
+            for run in try window.presentRuns(aligned) {
+                try window.populateRead(run)
+                try body(window, run)
+            }
         }
     }
 

@@ -141,13 +141,22 @@ final class PrezeroPool: Sendable {
             var clean = list.map { $0.value.clean }
             var worked = false
             for (index, (inode, arena)) in list.enumerated() {
+                // Freed pages are zeroed back into the pool as long as the whole
+                // pool stays within the bound (cheap: the pages exist). Filling
+                // empty pages (slow: they are allocated) is per arena, up to an
+                // equal share, and starts only below half of it, so that an
+                // arena's pool is refilled by what it frees rather than by
+                // allocating while freed pages are punched.
                 let total = clean.reduce(0, +)
                 let headroom = boundPages > total ? boundPages - total : 0
-                let budget = min(share, clean[index] + headroom)
+                let budget = clean[index] + headroom
+                if arena.clean < share / 2 { arena.filling = true }
+                if arena.clean >= share { arena.filling = false }
+                let fillTo = arena.filling ? min(share, budget) : 0
                 let mayFill = room && (backoff[inode].map { now > $0 } ?? true)
                 var pass = fbmm_pool_pass()
                 fbmm_pool_run(arena.control, arena.emptyMap, arena.windowBase, windowPages,
-                              arena.descriptor, budget, mayFill ? 512 : 0, &pass)
+                              arena.descriptor, budget, fillTo, mayFill ? 512 : 0, &pass)
                 arena.clean = pass.clean_pages
                 arena.empty = pass.empty_pages
                 clean[index] = pass.clean_pages
@@ -176,7 +185,10 @@ final class PrezeroPool: Sendable {
             }
             // Asleep: set the flags, then look once more, so that a shim that
             // freed pages before seeing the flag is not left waiting.
-            for (_, arena) in list { fbmm_pool_set_sleeping(arena.control, 1) }
+            for (_, arena) in list {
+                fbmm_pool_set_sleeping(arena.control, 1)
+                fbmm_pool_trim(arena.emptyMap, windowPages, arena.descriptor)
+            }
             let pending = list.contains { fbmm_pool_has_dirty($0.value.control, windowPages) != 0 }
             if !pending, fbmm_poll_in(eventDescriptor, 500) > 0 { fbmm_eventfd_drain(eventDescriptor) }
             for (_, arena) in list { fbmm_pool_set_sleeping(arena.control, 0) }
@@ -196,8 +208,9 @@ final class PrezeroPool: Sendable {
     func usage() -> [String: UInt64] {
         let list = arenas.withLock { Array($0.values) }
         var handed: UInt64 = 0, returned: UInt64 = 0, misses: UInt64 = 0, kicks: UInt64 = 0
-        var ready: UInt64 = 0
+        var ready: UInt64 = 0, pending: UInt64 = 0
         for arena in list {
+            pending += fbmm_pool_dirty_pages(arena.control, windowPages)
             var h: UInt64 = 0, r: UInt64 = 0, m: UInt64 = 0, k: UInt64 = 0
             fbmm_pool_counters(arena.control, &h, &r, &m, &k)
             handed += h; returned += r; misses += m; kicks += k
@@ -208,6 +221,7 @@ final class PrezeroPool: Sendable {
             "bound_bytes": bound,
             "window_bytes": windowBytes,
             "ready_bytes": ready * Self.page,
+            "pending_bytes": pending * Self.page,
             "arenas": UInt64(list.count),
             "enrolled_total": t.enrolled,
             "filled_bytes": t.filled,
@@ -234,6 +248,8 @@ final class PoolArena: @unchecked Sendable {
     let emptyMap: UnsafeMutablePointer<UInt64>
     var clean: UInt64 = 0
     var empty: UInt64 = 0
+    /// Filling towards the arena's share (hysteresis: from half of it to all).
+    var filling = true
 
     init(backing: FileBacking, windowBytes: UInt64, huge: HugePageMode) throws(SystemError) {
         self.backing = backing

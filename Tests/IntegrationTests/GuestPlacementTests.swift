@@ -53,6 +53,10 @@ struct GuestPlacementTests {
         let app = "\(scratch)/placement_app"
         let cc = try run(["cc", "-O2", "-Wall", "-pthread", "-o", app, "\(root)/Tests/guest/placement_app.c"])
         if cc.ok { environment["PLACEMENT_APP"] = app }
+        let poolcheck = "\(scratch)/poolcheck"
+        if try run(["cc", "-O1", "-pthread", "-o", poolcheck, "\(root)/Tests/shim/poolcheck.c"]).ok {
+            environment["POOLCHECK_APP"] = poolcheck
+        }
 
         let started = Date()
         let result = try run(["\(root)/scripts/guest/run.sh", "--topology", Self.topology, "--timeout", "900",

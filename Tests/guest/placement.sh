@@ -18,6 +18,7 @@
 # Environment:
 #   FBMM_BIN             fbmm executable (default: .build/debug/fbmm, then release)
 #   PLACEMENT_APP        a prebuilt placement_app (default: built here into /tmp with cc)
+#   POOLCHECK_APP        a prebuilt Tests/shim/poolcheck (default: built here with cc)
 #   PLACEMENT_TOLERANCE  percentage points allowed between measured and expected
 #                        shares, and between the app's and fbmm stat's counts (default 3)
 #   PLACEMENT_KEEP=1     leave the work directory (daemon logs) in the guest's /tmp
@@ -381,8 +382,8 @@ fi
 # poolcheck churns small mappings under the shim (every handed-out range is checked
 # zero), frees everything and waits: what its arena then holds is the pool (ready,
 # zeroed pages) and the control block. Those pages must be where the policy says.
-poolcheck=$work/poolcheck
-if ! cc -O1 -pthread -o "$poolcheck" "$root/Tests/shim/poolcheck.c" 2>"$work/cc.err"; then
+poolcheck=${POOLCHECK_APP:-$work/poolcheck}
+if [ -z "${POOLCHECK_APP:-}" ] && ! cc -O1 -pthread -o "$poolcheck" "$root/Tests/shim/poolcheck.c" 2>"$work/cc.err"; then
     fail pool-build "cannot build poolcheck: $(cat "$work/cc.err")"
 else
     # pool_check NAME POLICY OPTIONS EXPECT: EXPECT as "node=percent ..." of the idle arena.

@@ -45,6 +45,12 @@ int fbmm_pool_owns(uint64_t off)
     return w && off < FBMM_POOL_WINDOW_OFFSET + w;
 }
 
+size_t fbmm_pool_window_part(uint64_t off, size_t len)
+{
+    uint64_t end = FBMM_POOL_WINDOW_OFFSET + fbmm_arena.pool_window;
+    return off + len <= end ? len : (size_t)(end - off);
+}
+
 static void kick(void)
 {
     if (__atomic_exchange_n(&pool.ctl->sleeping, 0, __ATOMIC_SEQ_CST)) {
@@ -84,7 +90,8 @@ static int enroll(void)
     for (size_t i = 0; i < fbmm_rt_n; i++) {
         const struct fbmm_piece *p = &fbmm_rt[i];
         if ((p->flags & P_ANON) || !fbmm_pool_owns(p->off) || p->off < FBMM_POOL_WINDOW_OFFSET) continue;
-        set_bits(ctl->busy, (p->off - FBMM_POOL_WINDOW_OFFSET) / fbmm_page, p->len / fbmm_page, 1);
+        set_bits(ctl->busy, (p->off - FBMM_POOL_WINDOW_OFFSET) / fbmm_page,
+                 fbmm_pool_window_part(p->off, p->len) / fbmm_page, 1);
     }
     char why[160];
     int efd = -1;

@@ -176,6 +176,8 @@ int  fbmm_pool_take(size_t len, uint64_t *off);
 void fbmm_pool_untake(uint64_t off, size_t len);
 /* Whether a file offset lies in the pool's control block or window. */
 int  fbmm_pool_owns(uint64_t off);
+/* How much of [off, off+len) (off owned by the pool) lies inside the window. */
+size_t fbmm_pool_window_part(uint64_t off, size_t len);
 /* Gives freed window pages back to be zeroed (or punches them if the pool
  * is not running in this process). */
 void fbmm_pool_give(uint64_t off, size_t len);

@@ -23,7 +23,14 @@ static void release(const struct fbmm_piece *p)
 {
     if (p->flags & P_ANON) return;
     if (fbmm_pool_owns(p->off)) {
-        fbmm_pool_give(p->off, p->len);
+        /* A piece may run past the window (mremap growth merged with it). */
+        size_t in = fbmm_pool_window_part(p->off, p->len);
+        fbmm_pool_give(p->off, in);
+        if (in == p->len) return;
+        struct fbmm_piece rest = *p;
+        rest.off += in;
+        rest.len -= in;
+        release(&rest);
         return;
     }
     if (fbmm_arena_punch(p->off, p->len) == 0) fbmm_off_free(p->off, p->len);
