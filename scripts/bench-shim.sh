@@ -10,6 +10,7 @@
 # Native and fbmm runs alternate; each figure is the median of REPS runs.
 # Usage: scripts/bench-shim.sh   (root, /dev/fuse; after scripts/build.sh)
 # Knobs: REPS=5 TABLE_MIB=1024 UPDATES=50000000 ITERS_1=50000 ITERS_128=20000
+#        HUGE_REPS=9 HUGE_UPDATES=100000000 ALLOW_SYSFS=0
 #        FBMM=.build/debug/fbmm POLICY=local ALLOCATOR=system MIN_SIZE=4K
 # MIN_SIZE is the shim's --min-size for the mmap runs: with the default (128K)
 # a 1-page mmap is not redirected at all and (b) would compare native with native.
@@ -90,7 +91,10 @@ if [ "$thp_before" = never ] && [ "${ALLOW_SYSFS:-0}" = 1 ]; then
 fi
 mkdir -p "$hmnt"
 if err=$("$FBMM" mount "$hmnt" --policy "$POLICY" -o huge=always 2>&1); then
-    RUN_MOUNT=$hmnt NATIVE_EXTRA=4k bench "table, huge" updates_per_s table "$TABLE_MIB" "$UPDATES"
+    # The machine's noise matters more here (memory-bound, seconds long): more runs.
+    saved_reps=$REPS; REPS=${HUGE_REPS:-9}
+    RUN_MOUNT=$hmnt NATIVE_EXTRA=4k bench "table, huge" updates_per_s table "$TABLE_MIB" "${HUGE_UPDATES:-100000000}"
+    REPS=$saved_reps
     printf '%-44s native %12.0f  fbmm %12.0f  ratio fbmm/native %.3f (throughput; goal >= 1.2)\n' \
         "random updates, ${TABLE_MIB} MiB, huge vs 4K (upd/s)" "$NATIVE" "$SHIM" "$(echo "$SHIM / $NATIVE" | bc -l)"
 else
