@@ -20,6 +20,8 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
+void fbmm_pool_trim(const uint64_t *empty, uint64_t pages, int memfd);
+
 static uint64_t valid_mask(uint64_t word, uint64_t pages)
 {
     uint64_t first = word * 64;
@@ -186,6 +188,19 @@ void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uin
     }
     for (uint64_t w = 0; w * 64 < pages; w++)
         out->empty_pages += (uint64_t)__builtin_popcountll(empty[w]);
+}
+
+uint64_t fbmm_pool_revoke(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t pages, int memfd)
+{
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), n = 0;
+    for (uint64_t w = 0; w * 64 < pages; w++) {
+        uint64_t taken = __atomic_exchange_n(&ctl->clean[w], 0, __ATOMIC_ACQ_REL) & valid_mask(w, pages);
+        empty[w] |= taken;
+        n += (uint64_t)__builtin_popcountll(taken);
+    }
+    fbmm_pool_trim(empty, pages, memfd);
+    (void)page;
+    return n;
 }
 
 void fbmm_pool_trim(const uint64_t *empty, uint64_t pages, int memfd)

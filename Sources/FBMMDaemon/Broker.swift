@@ -297,6 +297,7 @@ final class Broker: Sendable {
                 let spec = FBMMPolicy.PolicySpec(name: "preferred", options: .init([("nodes", String(node))]))
                 let policy = try filesystem.registry.make(spec, topology: filesystem.topology)
                 try backing.replacePolicy(policy, context: .init(inode: record.number, name: record.name.description, size: backing.memory.size()))
+                filesystem.pool?.policyChanged(record.number)
                 filesystem.state.withLock { _ in record.policySpec = spec }
             }
             let moved = try backing.migrate(range, to: node)

@@ -40,7 +40,7 @@ final class PrezeroPool: Sendable {
     struct Totals {
         var zeroed: UInt64 = 0, filled: UInt64 = 0, punched: UInt64 = 0
         var handed: UInt64 = 0, misses: UInt64 = 0, returned: UInt64 = 0, kicks: UInt64 = 0
-        var enrolled: UInt64 = 0, fillStops: UInt64 = 0
+        var enrolled: UInt64 = 0, fillStops: UInt64 = 0, revoked: UInt64 = 0
     }
 
     static let page = UInt64(pageSize)
@@ -89,6 +89,16 @@ final class PrezeroPool: Sendable {
     }
 
     func isEnrolled(_ inode: InodeNumber) -> Bool { arenas.withLock { $0[inode] != nil } }
+
+    /// The file's policy changed: its ready pages may sit on nodes the new
+    /// policy does not allow, so the zeroing thread takes them back, frees
+    /// them, and refills by the new policy. (Pages the program holds are
+    /// its memory: they move only with `fbmm migrate`, as without a pool.)
+    func policyChanged(_ inode: InodeNumber) {
+        guard let arena = arenas.withLock({ $0[inode] }) else { return }
+        arena.revoke.store(true, ordering: .releasing)
+        kick()
+    }
 
     /// Forgets an arena whose file was released: its pages go with the file.
     func remove(inode: InodeNumber) {
@@ -153,6 +163,13 @@ final class PrezeroPool: Sendable {
                 if arena.clean < share / 2 { arena.filling = true }
                 if arena.clean >= share { arena.filling = false }
                 let fillTo = arena.filling ? min(share, budget) : 0
+                if arena.revoke.exchange(false, ordering: .acquiring) {
+                    let revoked = fbmm_pool_revoke(arena.control, arena.emptyMap, windowPages, arena.descriptor)
+                    clean[index] = 0
+                    arena.clean = 0
+                    arena.filling = true
+                    totals.withLock { $0.revoked += revoked * Self.page }
+                }
                 let mayFill = room && (backoff[inode].map { now > $0 } ?? true)
                 var pass = fbmm_pool_pass()
                 fbmm_pool_run(arena.control, arena.emptyMap, arena.windowBase, windowPages,
@@ -232,6 +249,7 @@ final class PrezeroPool: Sendable {
             "misses": t.misses + misses,
             "kicks": t.kicks + kicks,
             "fill_stops": t.fillStops,
+            "revoked_bytes": t.revoked,
         ]
     }
 }
@@ -250,6 +268,8 @@ final class PoolArena: @unchecked Sendable {
     var empty: UInt64 = 0
     /// Filling towards the arena's share (hysteresis: from half of it to all).
     var filling = true
+    /// Set when the file's policy changed: take the ready pages back.
+    let revoke = Atomic<Bool>(false)
 
     init(backing: FileBacking, windowBytes: UInt64, huge: HugePageMode) throws(SystemError) {
         self.backing = backing

@@ -99,6 +99,7 @@ extension MemoryFileSystem {
                 do {
                     let size = try backing.memory.size()
                     try backing.replacePolicy(policy, context: FileContext(inode: inode, name: record.name.description, size: size))
+                    pool?.policyChanged(inode)
                 } catch {
                     reply.error(error.errno)
                     return
@@ -139,6 +140,7 @@ extension MemoryFileSystem {
             guard let record = found else { reply.error(Errno(rawValue: ENODATA)); return }
             if let backing = record.backing, let size = try? backing.memory.size() {
                 try? backing.replacePolicy(mountPolicy, context: FileContext(inode: inode, name: record.name.description, size: size))
+                pool?.policyChanged(inode)
             }
             reply.ok()
             return

@@ -28,7 +28,7 @@ struct GuestPlacementTests {
         "xattr-directory-bind2", "xattr-file-bind1", "xattr-root-app-interleave",
         "migrate-before", "migrate-whole", "migrate-new-pages",
         "migrate-range-moved", "migrate-range-rest-stays", "migrate-range-stat",
-        "pool-bind1", "pool-bind2", "pool-interleave02", "contig-node2", "contig-huge",
+        "pool-bind1", "pool-bind2", "pool-interleave02", "pool-policy-change", "contig-node2", "contig-huge",
     ]
 
     @Test(.timeLimit(.minutes(20)))

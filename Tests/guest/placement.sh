@@ -386,7 +386,9 @@ poolcheck=${POOLCHECK_APP:-$work/poolcheck}
 if [ -z "${POOLCHECK_APP:-}" ] && ! cc -O1 -pthread -o "$poolcheck" "$root/Tests/shim/poolcheck.c" 2>"$work/cc.err"; then
     fail pool-build "cannot build poolcheck: $(cat "$work/cc.err")"
 else
-    # pool_check NAME POLICY OPTIONS EXPECT: EXPECT as "node=percent ..." of the idle arena.
+    # pool_check NAME POLICY OPTIONS EXPECT [NEW-POLICY]: EXPECT as "node=percent ..." of the
+    # idle arena; with NEW-POLICY, the arena's user.fbmm.policy is set to it first (the pool
+    # must then take its ready pages back and refill them where the new policy says).
     pool_check() {
         local name=$1 expect=$4
         mount_fs "$name" "$2" "$3" || return
@@ -397,6 +399,16 @@ else
         for _ in $(seq 1 600); do [ -e "$ready" ] && break; sleep 0.1; done
         sleep 1   # the daemon zeroes what was freed last
         local st; st=$("$fbmm" stat "$m" --json 2>&1)
+        if [ -n "${5:-}" ]; then
+            local arena_path; arena_path=$m$(jq -r '.files[0].path' <<<"$st")
+            setfattr -n user.fbmm.policy -v "$5" "$arena_path" 2>&1
+            sleep 3
+            st=$("$fbmm" stat "$m" --json 2>&1)
+            if [ "$(jq '.prezero.revoked_bytes // 0' <<<"$st")" -le 0 ]; then
+                fail "$name" "the policy changed but no ready page was revoked: $(jq -c .prezero <<<"$st")"
+                touch "$go"; wait "$pid"; umount_fs "$m"; return
+            fi
+        fi
         touch "$go"
         wait "$pid"; local rc=$?
         if [ ! -e "$ready" ] || [ $rc -ne 0 ]; then
@@ -421,6 +433,7 @@ else
     pool_check pool-bind1 bind nodes=1,prezero=16M "1=100"
     pool_check pool-bind2 bind nodes=2,prezero=16M "2=100"
     pool_check pool-interleave02 interleave nodes=0:2,prezero=16M "0=50 2=50"
+    pool_check pool-policy-change bind nodes=1,prezero=16M "2=100" bind,nodes=2
 fi
 
 # ---- contig: huge pages, on the policy's node ----------------------------------------------

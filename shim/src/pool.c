@@ -73,6 +73,32 @@ static void set_bits(uint64_t *map, uint64_t first, uint64_t n, int on)
     }
 }
 
+/* Takes clean pages [first, first+n). The daemon takes clean pages back
+ * only when the file's policy changed (they may sit on nodes the new policy
+ * does not allow); if it took any of these meanwhile, put back what we did
+ * take and report failure. */
+static int claim(uint64_t first, uint64_t n)
+{
+    uint64_t f = first, k = n;
+    int lost = 0;
+    while (k && !lost) {
+        uint64_t w = f / 64, b = f % 64, c = 64 - b < k ? 64 - b : k;
+        uint64_t m = (c == 64 ? ~0ull : ((1ull << c) - 1)) << b;
+        uint64_t old = __atomic_fetch_and(&pool.ctl->clean[w], ~m, __ATOMIC_ACQUIRE);
+        if ((old & m) != m) {
+            __atomic_fetch_or(&pool.ctl->clean[w], old & m, __ATOMIC_RELEASE);
+            lost = 1;
+            break;
+        }
+        f += c;
+        k -= c;
+    }
+    if (!lost) return 0;
+    /* Give back the words fully taken before the one that failed. */
+    if (f > first) set_bits(pool.ctl->clean, first, f - first, 1);
+    return -1;
+}
+
 static int enroll(void)
 {
     struct fbmm_arena *a = &fbmm_arena;
@@ -169,7 +195,10 @@ int fbmm_pool_take(size_t len, uint64_t *off)
         kick();
         return -1;
     }
-    set_bits(pool.ctl->clean, (uint64_t)first, n, 0);
+    if (claim((uint64_t)first, n) < 0) {
+        __atomic_fetch_add(&pool.ctl->misses, 1, __ATOMIC_RELAXED);
+        return -1;
+    }
     __atomic_fetch_add(&pool.ctl->handed_pages, n, __ATOMIC_RELAXED);
     pool.cursor = ((uint64_t)first + n) / 64;
     *off = FBMM_POOL_WINDOW_OFFSET + (uint64_t)first * fbmm_page;

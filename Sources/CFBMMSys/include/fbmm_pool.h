@@ -14,15 +14,19 @@
  *
  * Who owns a window page, by bit (one bit per page in each bitmap):
  *   clean[i] set   zero, allocated on the policy's nodes; the pool's.
- *                  Only the daemon sets it (after zeroing); only the shim
- *                  clears it (taking the page for a region).
+ *                  Only the daemon sets it (after zeroing); the shim clears
+ *                  it taking the page for a region. The daemon clears it
+ *                  only to revoke pages after the file's policy changed;
+ *                  the shim's claim sees that in the old value of its
+ *                  atomic AND and gives back what it took.
  *   dirty[i] set   freed by the shim; the daemon's to zero (or punch).
  *                  Only the shim sets it; only the daemon clears it.
  *   neither        in use by a region of the program, or (a state the
  *                  daemon keeps to itself) empty or being zeroed.
  * So each side only ever turns on the bits it hands over and turns off the
- * bits it receives: no compare-and-swap loops, and a misbehaving program
- * can only confuse its own pool (the daemon validates every page number).
+ * bits it receives (revocation aside): no compare-and-swap loops, and a
+ * misbehaving program can only confuse its own pool (the daemon validates
+ * every page number).
  *
  * Waking: the daemon's zeroing thread sleeps on an eventfd it hands out with
  * the enrolment reply. Before sleeping it sets `sleeping`; a shim that frees

@@ -81,6 +81,10 @@ void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window,
 /* Punches every empty page (a no-op for holes): pages that something else
  * faulted in there (a concurrent look by `fbmm stat`) go back. */
 void fbmm_pool_trim(const uint64_t *empty, uint64_t window_pages, int memfd);
+/* Takes back every clean page (the file's policy changed: they may be on
+ * nodes it no longer allows) and frees it; refilling follows the new policy.
+ * Returns the pages revoked. */
+uint64_t fbmm_pool_revoke(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t window_pages, int memfd);
 /* Freed pages the daemon has not settled yet. */
 uint64_t fbmm_pool_dirty_pages(const struct fbmm_pool_ctl *ctl, uint64_t window_pages);
 /* Does the shim have freed pages waiting? */
