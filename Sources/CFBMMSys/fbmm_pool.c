@@ -20,7 +20,7 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
-void fbmm_pool_trim(const uint64_t *empty, uint64_t pages, int memfd);
+void fbmm_pool_trim(const uint64_t *empty, uint64_t pages, int memfd, uint64_t base);
 
 static uint64_t valid_mask(uint64_t word, uint64_t pages)
 {
@@ -90,16 +90,16 @@ static void set_bits(uint64_t *map, uint64_t first, uint64_t n, int on)
     }
 }
 
-static int punch(int memfd, uint64_t first, uint64_t n, uint64_t page)
+static int punch(int memfd, uint64_t base, uint64_t first, uint64_t n, uint64_t page)
 {
     return fallocate(memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                     (off_t)(FBMM_POOL_WINDOW_OFFSET + first * page), (off_t)(n * page));
+                     (off_t)(base + first * page), (off_t)(n * page));
 }
 
 /* A run of freed pages: zero in place (the pages exist and stay where the
  * policy put them; a page the program discarded is allocated again by the
  * write, by the file's policy), or give it back when over budget. */
-static void settle_dirty(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, int memfd,
+static void settle_dirty(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, int memfd, uint64_t base,
                          uint64_t first, uint64_t n, uint64_t page, uint64_t budget,
                          struct fbmm_pool_pass *out)
 {
@@ -109,7 +109,7 @@ static void settle_dirty(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *windo
         out->clean_pages += n;
         out->zeroed_pages += n;
     } else {
-        punch(memfd, first, n, page);
+        punch(memfd, base, first, n, page);
         set_bits(empty, first, n, 1);
         out->punched_pages += n;
     }
@@ -124,7 +124,7 @@ uint64_t fbmm_pool_dirty_pages(const struct fbmm_pool_ctl *ctl, uint64_t pages)
 }
 
 void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uint64_t pages,
-                   int memfd, uint64_t budget, uint64_t fill_to, uint64_t fill_max,
+                   int memfd, uint64_t base, uint64_t budget, uint64_t fill_to, uint64_t fill_max,
                    struct fbmm_pool_pass *out)
 {
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
@@ -145,14 +145,14 @@ void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uin
             uint64_t i = w * 64 + b;
             if (d >> b & 1) {
                 if (runn && run0 + runn == i) { runn++; continue; }
-                if (runn) settle_dirty(ctl, empty, window, memfd, run0, runn, page, budget, out);
+                if (runn) settle_dirty(ctl, empty, window, memfd, base, run0, runn, page, budget, out);
                 run0 = i;
                 runn = 1;
             }
             if (!d || !(d >> b)) break;
         }
     }
-    if (runn) settle_dirty(ctl, empty, window, memfd, run0, runn, page, budget, out);
+    if (runn) settle_dirty(ctl, empty, window, memfd, base, run0, runn, page, budget, out);
 
     /* Fill empty pages up to the budget, in runs of at most 2 MiB so that a
      * THP-backed window gets whole huge pages and a pass stays short. */
@@ -172,7 +172,7 @@ void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uin
                 if (e == EINVAL) {
                     memset(p, 0, n * page);  /* kernels before 5.14 */
                 } else {
-                    punch(memfd, first, n, page);
+                    punch(memfd, base, first, n, page);
                     set_bits(empty, first, n, 1);
                     out->fill_errno = e;
                     want = 0;
@@ -190,7 +190,7 @@ void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uin
         out->empty_pages += (uint64_t)__builtin_popcountll(empty[w]);
 }
 
-uint64_t fbmm_pool_revoke(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t pages, int memfd)
+uint64_t fbmm_pool_revoke(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t pages, int memfd, uint64_t base)
 {
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), n = 0;
     for (uint64_t w = 0; w * 64 < pages; w++) {
@@ -198,18 +198,18 @@ uint64_t fbmm_pool_revoke(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t p
         empty[w] |= taken;
         n += (uint64_t)__builtin_popcountll(taken);
     }
-    fbmm_pool_trim(empty, pages, memfd);
+    fbmm_pool_trim(empty, pages, memfd, base);
     (void)page;
     return n;
 }
 
-void fbmm_pool_trim(const uint64_t *empty, uint64_t pages, int memfd)
+void fbmm_pool_trim(const uint64_t *empty, uint64_t pages, int memfd, uint64_t base)
 {
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), first = 0, n = 0;
     for (uint64_t i = 0; i <= pages; i++) {
         int on = i < pages && (empty[i / 64] >> (i % 64) & 1);
         if (on) { if (!n) first = i; n++; continue; }
-        if (n) punch(memfd, first, n, page);
+        if (n) punch(memfd, base, first, n, page);
         n = 0;
     }
 }

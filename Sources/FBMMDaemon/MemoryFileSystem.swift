@@ -175,7 +175,7 @@ public final class MemoryFileSystem: FileSystemOperations {
             if let refusal = admitGrowth(backing, to: size) { reply.error(refusal); return }
             // The pool's lasting window over an enrolled arena must stay inside
             // the file: a write past the end would be a SIGBUS in the daemon.
-            if let pool, size < FBMM_POOL_WINDOW_OFFSET + pool.windowBytes, pool.isEnrolled(inode) {
+            if let end = pool?.windowEnd(inode), size < end {
                 reply.error(.resourceBusy)
                 return
             }

@@ -69,17 +69,22 @@ final class PrezeroPool: Sendable {
         // The window is mapped for good: the program (which holds the memfd)
         // must not be able to pull the file's end under it.
         try backing.memory.sealAgainstShrinking()
-        let end = FBMM_POOL_WINDOW_OFFSET + windowBytes
-        guard try backing.memory.size() >= end else {
+        // The header is the program's to write: read it once, check it all.
+        let header = try backing.memory.read(at: 0, count: MemoryLayout<fbmm_pool_ctl>.offset(of: \.header_pad)!)
+        let field = { (index: Int) -> UInt64 in
+            header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self) }
+        }
+        let (magic, pages, pageBytes, windowOffset) = (field(0), field(1), field(2), field(3))
+        let expected = windowPages
+        guard header.count >= 32, magic == FBMM_POOL_MAGIC, pages == expected, pageBytes == Self.page,
+              windowOffset >= UInt64(FBMM_POOL_CTL_BYTES), windowOffset % FBMM_POOL_WINDOW_ALIGN == 0,
+              windowOffset <= UInt64.max - windowBytes else {
+            throw SystemError("prezero enrol", "control block of another version, size or layout", errno: .invalidArgument)
+        }
+        guard try backing.memory.size() >= windowOffset + windowBytes else {
             throw SystemError("prezero enrol", "arena shorter than its pool window", errno: .invalidArgument)
         }
-        let arena = try PoolArena(backing: backing, windowBytes: windowBytes, huge: huge)
-        let expected = windowPages
-        let claimed = arena.control.pointee.window_pages
-        guard arena.control.pointee.magic == FBMM_POOL_MAGIC, claimed == expected,
-              arena.control.pointee.page_size == Self.page else {
-            throw SystemError("prezero enrol", "control block of another version or size", errno: .invalidArgument)
-        }
+        let arena = try PoolArena(backing: backing, windowOffset: windowOffset, windowBytes: windowBytes, huge: huge)
         arena.empty = fbmm_pool_enroll(arena.control, arena.emptyMap, expected)
         let replaced = arenas.withLock { $0.updateValue(arena, forKey: inode) }
         if let replaced { retire(replaced) }
@@ -88,7 +93,11 @@ final class PrezeroPool: Sendable {
         return expected
     }
 
-    func isEnrolled(_ inode: InodeNumber) -> Bool { arenas.withLock { $0[inode] != nil } }
+    /// Where an enrolled arena's window ends (nil if not enrolled): the file
+    /// must not be truncated below it.
+    func windowEnd(_ inode: InodeNumber) -> UInt64? {
+        arenas.withLock { $0[inode].map { $0.windowOffset + windowBytes } }
+    }
 
     /// The file's policy changed: its ready pages may sit on nodes the new
     /// policy does not allow, so the zeroing thread takes them back, frees
@@ -164,7 +173,8 @@ final class PrezeroPool: Sendable {
                 if arena.clean >= share { arena.filling = false }
                 let fillTo = arena.filling ? min(share, budget) : 0
                 if arena.revoke.exchange(false, ordering: .acquiring) {
-                    let revoked = fbmm_pool_revoke(arena.control, arena.emptyMap, windowPages, arena.descriptor)
+                    let revoked = fbmm_pool_revoke(arena.control, arena.emptyMap, windowPages, arena.descriptor,
+                                                   arena.windowOffset)
                     clean[index] = 0
                     arena.clean = 0
                     arena.filling = true
@@ -173,7 +183,7 @@ final class PrezeroPool: Sendable {
                 let mayFill = room && (backoff[inode].map { now > $0 } ?? true)
                 var pass = fbmm_pool_pass()
                 fbmm_pool_run(arena.control, arena.emptyMap, arena.windowBase, windowPages,
-                              arena.descriptor, budget, fillTo, mayFill ? 512 : 0, &pass)
+                              arena.descriptor, arena.windowOffset, budget, fillTo, mayFill ? 512 : 0, &pass)
                 arena.clean = pass.clean_pages
                 arena.empty = pass.empty_pages
                 clean[index] = pass.clean_pages
@@ -204,7 +214,7 @@ final class PrezeroPool: Sendable {
             // freed pages before seeing the flag is not left waiting.
             for (_, arena) in list {
                 fbmm_pool_set_sleeping(arena.control, 1)
-                fbmm_pool_trim(arena.emptyMap, windowPages, arena.descriptor)
+                fbmm_pool_trim(arena.emptyMap, windowPages, arena.descriptor, arena.windowOffset)
             }
             let pending = list.contains { fbmm_pool_has_dirty($0.value.control, windowPages) != 0 }
             if !pending, fbmm_poll_in(eventDescriptor, 500) > 0 { fbmm_eventfd_drain(eventDescriptor) }
@@ -260,6 +270,7 @@ final class PoolArena: @unchecked Sendable {
     // Touched by the zeroing thread only, except `clean` (read for stat; a
     // torn read of a counter is harmless there) and the mappings (immutable).
     let backing: FileBacking
+    let windowOffset: UInt64
     private let controlMapping: FileMapping
     private let windowMapping: FileMapping
     let control: UnsafeMutablePointer<fbmm_pool_ctl>
@@ -271,10 +282,11 @@ final class PoolArena: @unchecked Sendable {
     /// Set when the file's policy changed: take the ready pages back.
     let revoke = Atomic<Bool>(false)
 
-    init(backing: FileBacking, windowBytes: UInt64, huge: HugePageMode) throws(SystemError) {
+    init(backing: FileBacking, windowOffset: UInt64, windowBytes: UInt64, huge: HugePageMode) throws(SystemError) {
         self.backing = backing
+        self.windowOffset = windowOffset
         controlMapping = try backing.memory.map(0..<UInt64(FBMM_POOL_CTL_BYTES))
-        windowMapping = try backing.memory.map(FBMM_POOL_WINDOW_OFFSET..<(FBMM_POOL_WINDOW_OFFSET + windowBytes))
+        windowMapping = try backing.memory.map(windowOffset..<(windowOffset + windowBytes))
         if huge != .advise { try? windowMapping.adviseHugePages(huge == .always) }
         control = controlMapping.base.bindMemory(to: fbmm_pool_ctl.self, capacity: 1)
         emptyMap = .allocate(capacity: Int(FBMM_POOL_WORDS))

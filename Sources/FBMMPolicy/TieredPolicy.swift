@@ -305,12 +305,19 @@ public final class TieredPolicy: MaintainingPolicy {
                     let ranges = try file.memory.dataRanges()
                     guard !ranges.isEmpty else { continue }
                     let window = try file.memory.map(0..<(UInt64(pages) * page))
+                    let end = UInt64(pages) * page
                     for data in ranges {
-                        let aligned = (data.lowerBound / page * page)..<min(UInt64(pages) * page, (data.upperBound + page - 1) / page * page)
-                        try window.populateRead(aligned)
-                        let status = try window.nodesOfPages(aligned)
-                        let first = Int(aligned.lowerBound / page)
-                        for (i, node) in status.enumerated() where first + i < pages { nodes[first + i] = node }
+                        // The file may have grown since its size was read.
+                        let lower = data.lowerBound / page * page
+                        guard lower < end else { continue }
+                        let aligned = lower..<min(end, (data.upperBound + page - 1) / page * page)
+                        // Present pages only: looking must not refill what a program punched.
+                        for run in try window.presentRuns(aligned) {
+                            try window.populateRead(run)
+                            let status = try window.nodesOfPages(run)
+                            let first = Int(run.lowerBound / page)
+                            for (i, node) in status.enumerated() where first + i < pages { nodes[first + i] = node }
+                        }
                     }
                     windows[file.inode] = window
                 } catch {

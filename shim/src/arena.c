@@ -164,8 +164,9 @@ int fbmm_arena_open(struct fbmm_arena *a)
     a->mem_ino = st.st_ino;
     a->size = (uint64_t)st.st_size;
     a->state = ARENA_READY;
-    /* The pool's control block and window come first in the file. */
-    if (a->pool_window) fbmm_off_reserve(FBMM_POOL_WINDOW_OFFSET + a->pool_window);
+    /* The pool's control block comes first in the file (its window is
+     * taken from the offset allocator only when the arena enrols). */
+    if (a->pool_window) fbmm_off_reserve(FBMM_POOL_CTL_BYTES);
     fbmm_say(a->tmpfs ? "using tmpfs file backing in " : "using fbmm mount ",
              fbmm_cfg.mount, NULL);
     return 0;

@@ -100,7 +100,7 @@ static void child_fixup(void)
 {
     struct fbmm_arena old = fbmm_arena;
     int any = 0;
-    fbmm_pool_child();        /* the parent's pool is not ours to touch */
+    fbmm_pool_child(0);       /* the parent's pool is not ours to touch */
     fbmm_cache_drop_child();  /* freed blocks: not worth a copy */
     for (size_t i = 0; i < fbmm_rt_n; i++) any |= !(fbmm_rt[i].flags & P_ANON);
     if (old.state != ARENA_READY || !any) {
@@ -108,6 +108,7 @@ static void child_fixup(void)
         if (old.state == ARENA_READY) fbmm_arena_close(&old);
         memset(&fbmm_arena, 0, sizeof fbmm_arena);
         fbmm_off_reset();
+        fbmm_pool_child(1);
         return;
     }
 
@@ -155,6 +156,7 @@ static void child_fixup(void)
         fbmm_arena.state = ARENA_FAILED;
         fbmm_arena.name_fd = fbmm_arena.mem_fd = -1;
         fbmm_off_reset();
+        fbmm_pool_child(1);
     }
 }
 

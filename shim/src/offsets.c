@@ -20,8 +20,9 @@ struct range { uint64_t off, len; };
 static struct range *fl;       /* free ranges below `top`, sorted, disjoint */
 static size_t fl_n, fl_cap;
 static uint64_t top;
-/* Offsets below this are the pre-zeroed pool's (control block and window):
- * never handed out here, and frees of them are ignored (pool.c owns them). */
+/* Offsets below this are the pre-zeroed pool's control block: never handed
+ * out here. Frees of those and of the pool's window are ignored (pool.c
+ * owns them). */
 static uint64_t floor_off;
 
 uint64_t fbmm_off_top(void) { return top; }
@@ -109,7 +110,7 @@ int fbmm_off_extend(uint64_t end, size_t len)
 
 void fbmm_off_free(uint64_t off, size_t len)
 {
-    if (!len || off < floor_off) return;
+    if (!len || off < floor_off || fbmm_pool_owns(off)) return;
     size_t i = 0;
     while (i < fl_n && fl[i].off < off) i++;
     int join_prev = i > 0 && fl[i - 1].off + fl[i - 1].len == off;

@@ -35,6 +35,7 @@ static struct {
     struct fbmm_pool_ctl *ctl;
     int efd;
     uint64_t pages;      /* window pages */
+    uint64_t win_off;    /* file offset of the window (0: not taken yet) */
     uint64_t cursor;     /* next-fit: word to search from */
     uint64_t pending;    /* pages freed since the last kick check */
 } pool = { .efd = -1 };
@@ -42,12 +43,12 @@ static struct {
 int fbmm_pool_owns(uint64_t off)
 {
     uint64_t w = fbmm_arena.pool_window;
-    return w && off < FBMM_POOL_WINDOW_OFFSET + w;
+    return w && (off < FBMM_POOL_CTL_BYTES || (pool.win_off && off >= pool.win_off && off < pool.win_off + w));
 }
 
 size_t fbmm_pool_window_part(uint64_t off, size_t len)
 {
-    uint64_t end = FBMM_POOL_WINDOW_OFFSET + fbmm_arena.pool_window;
+    uint64_t end = pool.win_off + fbmm_arena.pool_window;
     return off + len <= end ? len : (size_t)(end - off);
 }
 
@@ -104,7 +105,12 @@ static int enroll(void)
     struct fbmm_arena *a = &fbmm_arena;
     if (a->state != ARENA_READY || a->tmpfs || !a->pool_window || !a->sock[0]) return -1;
     uint64_t pages = a->pool_window / fbmm_page;
-    if (fbmm_arena_grow(FBMM_POOL_WINDOW_OFFSET + a->pool_window) < 0) return -1;
+    /* The window, once per arena (a fork child keeps its parent's offsets). */
+    if (!pool.win_off) {
+        uint64_t w = fbmm_off_alloc(a->pool_window, FBMM_POOL_WINDOW_ALIGN);
+        if (w == FBMM_NO_OFF) return -1;
+        pool.win_off = w;
+    }
     struct fbmm_pool_ctl *ctl = sys_mmap(NULL, FBMM_POOL_CTL_BYTES, PROT_READ | PROT_WRITE,
                                          MAP_SHARED, a->mem_fd, 0);
     if (ctl == MAP_FAILED) return -1;
@@ -112,11 +118,12 @@ static int enroll(void)
     ctl->magic = FBMM_POOL_MAGIC;
     ctl->window_pages = pages;
     ctl->page_size = fbmm_page;
+    ctl->window_offset = pool.win_off;
     /* Window pages our regions already use (a fork child's copies). */
     for (size_t i = 0; i < fbmm_rt_n; i++) {
         const struct fbmm_piece *p = &fbmm_rt[i];
-        if ((p->flags & P_ANON) || !fbmm_pool_owns(p->off) || p->off < FBMM_POOL_WINDOW_OFFSET) continue;
-        set_bits(ctl->busy, (p->off - FBMM_POOL_WINDOW_OFFSET) / fbmm_page,
+        if ((p->flags & P_ANON) || !fbmm_pool_owns(p->off) || p->off < pool.win_off) continue;
+        set_bits(ctl->busy, (p->off - pool.win_off) / fbmm_page,
                  fbmm_pool_window_part(p->off, p->len) / fbmm_page, 1);
     }
     char why[160];
@@ -201,26 +208,26 @@ int fbmm_pool_take(size_t len, uint64_t *off)
     }
     __atomic_fetch_add(&pool.ctl->handed_pages, n, __ATOMIC_RELAXED);
     pool.cursor = ((uint64_t)first + n) / 64;
-    *off = FBMM_POOL_WINDOW_OFFSET + (uint64_t)first * fbmm_page;
+    *off = pool.win_off + (uint64_t)first * fbmm_page;
     return 0;
 }
 
 void fbmm_pool_untake(uint64_t off, size_t len)
 {
-    set_bits(pool.ctl->clean, (off - FBMM_POOL_WINDOW_OFFSET) / fbmm_page, len / fbmm_page, 1);
+    set_bits(pool.ctl->clean, (off - pool.win_off) / fbmm_page, len / fbmm_page, 1);
     __atomic_fetch_sub(&pool.ctl->handed_pages, len / fbmm_page, __ATOMIC_RELAXED);
 }
 
 void fbmm_pool_give(uint64_t off, size_t len)
 {
-    if (pool.state != POOL_READY || off < FBMM_POOL_WINDOW_OFFSET) {
+    if (pool.state != POOL_READY || off < pool.win_off) {
         /* Not running here (a fork child not yet enrolled, or no daemon):
          * free the memory; at enrolment the page counts as empty. */
         fbmm_arena_punch(off, len);
         return;
     }
     uint64_t n = len / fbmm_page;
-    set_bits(pool.ctl->dirty, (off - FBMM_POOL_WINDOW_OFFSET) / fbmm_page, n, 1);
+    set_bits(pool.ctl->dirty, (off - pool.win_off) / fbmm_page, n, 1);
     __atomic_fetch_add(&pool.ctl->returned_pages, n, __ATOMIC_RELAXED);
     pool.pending += n;
     if (pool.pending >= KICK_PAGES) {
@@ -229,8 +236,9 @@ void fbmm_pool_give(uint64_t off, size_t len)
     }
 }
 
-void fbmm_pool_child(void)
+void fbmm_pool_child(int fresh)
 {
+    if (fresh) pool.win_off = 0;  /* the child starts a new offset space */
     if (pool.state == POOL_READY) {
         sys_munmap(pool.ctl, FBMM_POOL_CTL_BYTES);
         close(pool.efd);

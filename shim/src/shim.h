@@ -181,8 +181,9 @@ size_t fbmm_pool_window_part(uint64_t off, size_t len);
 /* Gives freed window pages back to be zeroed (or punches them if the pool
  * is not running in this process). */
 void fbmm_pool_give(uint64_t off, size_t len);
-/* Fork child: drop the parent's pool (its control block is the parent's). */
-void fbmm_pool_child(void);
+/* Fork child: drop the parent's pool (its control block is the parent's);
+ * `fresh` when the child also starts a new offset space (forgets the window). */
+void fbmm_pool_child(int fresh);
 /* Applies the mount's huge-page mode to a new mapping of the arena. */
 void fbmm_vm_advise_huge(void *p, size_t len);
 

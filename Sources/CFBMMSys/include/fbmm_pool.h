@@ -8,9 +8,12 @@
  * them out without a round trip.
  *
  * Where: inside each process's arena file. The control block sits at offset
- * 0; the pool window, whose pages are the only ones the pool ever hands
- * out, starts at FBMM_POOL_WINDOW_OFFSET and is `window_pages` long. The
- * shim's offset allocator never gives out anything below the window's end.
+ * 0 (the shim's offset allocator keeps it out from the start); the pool
+ * window, whose pages are the only ones the pool ever hands out, is
+ * `window_pages` long at `window_offset` (a multiple of 2 MiB), which the
+ * shim takes from its offset allocator when it enrols. Taking it only then
+ * matters: a policy places ranges as the file grows (tiered counts them
+ * against the fast node), and a program that never enrols reserves nothing.
  *
  * Who owns a window page, by bit (one bit per page in each bitmap):
  *   clean[i] set   zero, allocated on the policy's nodes; the pool's.
@@ -44,7 +47,7 @@
 /* The control block: header page + three bitmaps. */
 #define FBMM_POOL_CTL_BYTES    (64u << 10)
 /* The window starts at a huge-page boundary so that it can be THP-backed. */
-#define FBMM_POOL_WINDOW_OFFSET (2ull << 20)
+#define FBMM_POOL_WINDOW_ALIGN (2ull << 20)
 /* At most this many window pages (512 MiB of 4 KiB pages). */
 #define FBMM_POOL_MAX_PAGES    (1u << 17)
 #define FBMM_POOL_WORDS        (FBMM_POOL_MAX_PAGES / 64)
@@ -52,8 +55,9 @@
 struct fbmm_pool_ctl {
     /* Written once by the shim before enrolment, read by the daemon. */
     uint64_t magic;
-    uint64_t window_pages;     /* the daemon may lower it; never raises it */
+    uint64_t window_pages;     /* must be what the mount says (user.fbmm.prezero) */
     uint64_t page_size;
+    uint64_t window_offset;    /* file offset of the window, FBMM_POOL_WINDOW_ALIGN-aligned */
     /* Set by the daemon before it sleeps; the shim swaps it to 0 to kick. */
     uint32_t sleeping;
     uint32_t pad0;
@@ -62,7 +66,7 @@ struct fbmm_pool_ctl {
     uint64_t returned_pages;   /* pages given back dirty */
     uint64_t misses;           /* mappings that found no clean run */
     uint64_t kicks;            /* eventfd writes */
-    uint8_t  header_pad[4096 - 8 * 8];
+    uint8_t  header_pad[4096 - 9 * 8];
     uint64_t clean[FBMM_POOL_WORDS];
     uint64_t dirty[FBMM_POOL_WORDS];
     /* Pages in use by the shim when it enrolled (a fork child's copies):

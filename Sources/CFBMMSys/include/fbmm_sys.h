@@ -74,17 +74,18 @@ uint64_t fbmm_pool_enroll(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t w
 /* Zeroes what the shim freed while at most `budget_pages` are clean (the
  * rest is punched), then fills empty pages until `fill_to` are clean, at
  * most `fill_max` of them. `window` maps the window (file offsets
- * FBMM_POOL_WINDOW_OFFSET...) of `memfd`. */
+ * window_offset...) of `memfd`. */
 void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window,
-                   uint64_t window_pages, int memfd, uint64_t budget_pages,
+                   uint64_t window_pages, int memfd, uint64_t window_offset, uint64_t budget_pages,
                    uint64_t fill_to, uint64_t fill_max, struct fbmm_pool_pass *out);
 /* Punches every empty page (a no-op for holes): pages that something else
  * faulted in there (a concurrent look by `fbmm stat`) go back. */
-void fbmm_pool_trim(const uint64_t *empty, uint64_t window_pages, int memfd);
+void fbmm_pool_trim(const uint64_t *empty, uint64_t window_pages, int memfd, uint64_t window_offset);
 /* Takes back every clean page (the file's policy changed: they may be on
  * nodes it no longer allows) and frees it; refilling follows the new policy.
  * Returns the pages revoked. */
-uint64_t fbmm_pool_revoke(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t window_pages, int memfd);
+uint64_t fbmm_pool_revoke(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t window_pages, int memfd,
+                          uint64_t window_offset);
 /* Freed pages the daemon has not settled yet. */
 uint64_t fbmm_pool_dirty_pages(const struct fbmm_pool_ctl *ctl, uint64_t window_pages);
 /* Does the shim have freed pages waiting? */
