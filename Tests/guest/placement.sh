@@ -393,7 +393,8 @@ else
         local name=$1 expect=$4
         mount_fs "$name" "$2" "$3" || return
         local m=$mnt ready=$work/$name.ready go=$work/$name.go
-        "$fbmm" run --strict --mount "$m" --min-size 4K -- "$poolcheck" --threads 1 --iters 150 --forks 1 \
+        # No malloc block cache: freed calloc blocks would stay mapped as the program's own.
+        FBMM_MALLOC_CACHE=0 "$fbmm" run --strict --mount "$m" --min-size 4K -- "$poolcheck" --threads 1 --iters 150 --forks 1 \
             --ready "$ready" --go "$go" >"$work/$name.out" 2>&1 &
         local pid=$!
         for _ in $(seq 1 600); do [ -e "$ready" ] && break; sleep 0.1; done
