@@ -66,30 +66,6 @@ void fbmm_pool_counters(const struct fbmm_pool_ctl *ctl, uint64_t *handed, uint6
     *kicks = __atomic_load_n(&ctl->kicks, __ATOMIC_RELAXED);
 }
 
-/* Publishes pages [first, first+n) as clean: after their zeroes are in
- * memory (release), one atomic OR per word. */
-static void publish_clean(struct fbmm_pool_ctl *ctl, uint64_t first, uint64_t n)
-{
-    while (n) {
-        uint64_t w = first / 64, b = first % 64, k = 64 - b < n ? 64 - b : n;
-        uint64_t m = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
-        __atomic_fetch_or(&ctl->clean[w], m, __ATOMIC_RELEASE);
-        first += k;
-        n -= k;
-    }
-}
-
-static void set_bits(uint64_t *map, uint64_t first, uint64_t n, int on)
-{
-    while (n) {
-        uint64_t w = first / 64, b = first % 64, k = 64 - b < n ? 64 - b : n;
-        uint64_t m = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
-        map[w] = on ? (map[w] | m) : (map[w] & ~m);
-        first += k;
-        n -= k;
-    }
-}
-
 static int punch(int memfd, uint64_t base, uint64_t first, uint64_t n, uint64_t page)
 {
     return fallocate(memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
@@ -105,12 +81,12 @@ static void settle_dirty(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *windo
 {
     if (out->clean_pages + n <= budget) {
         memset(window + first * page, 0, n * page);
-        publish_clean(ctl, first, n);
+        fbmm_pool_mark(ctl->clean, first, n, 1);
         out->clean_pages += n;
         out->zeroed_pages += n;
     } else {
         punch(memfd, base, first, n, page);
-        set_bits(empty, first, n, 1);
+        fbmm_pool_mark(empty, first, n, 1);
         out->punched_pages += n;
     }
 }
@@ -164,7 +140,7 @@ void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uin
             uint64_t first = w * 64 + (uint64_t)__builtin_ctzll(empty[w]);
             uint64_t n = 0, limit = want < chunk - first % chunk ? want : chunk - first % chunk;
             while (n < limit && first + n < pages && (empty[(first + n) / 64] >> ((first + n) % 64) & 1)) n++;
-            set_bits(empty, first, n, 0);
+            fbmm_pool_mark(empty, first, n, 0);
             char *p = window + first * page;
             /* A write fault allocates each page by the file's policy, zeroed. */
             if (madvise(p, n * page, MADV_POPULATE_WRITE) < 0) {
@@ -173,13 +149,13 @@ void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uin
                     memset(p, 0, n * page);  /* kernels before 5.14 */
                 } else {
                     punch(memfd, base, first, n, page);
-                    set_bits(empty, first, n, 1);
+                    fbmm_pool_mark(empty, first, n, 1);
                     out->fill_errno = e;
                     want = 0;
                     break;
                 }
             }
-            publish_clean(ctl, first, n);
+            fbmm_pool_mark(ctl->clean, first, n, 1);
             out->clean_pages += n;
             out->filled_pages += n;
             want -= n;

@@ -62,18 +62,6 @@ static void kick(void)
     }
 }
 
-static void set_bits(uint64_t *map, uint64_t first, uint64_t n, int on)
-{
-    while (n) {
-        uint64_t w = first / 64, b = first % 64, k = 64 - b < n ? 64 - b : n;
-        uint64_t m = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
-        if (on) __atomic_fetch_or(&map[w], m, __ATOMIC_RELEASE);
-        else __atomic_fetch_and(&map[w], ~m, __ATOMIC_ACQUIRE);
-        first += k;
-        n -= k;
-    }
-}
-
 /* Takes clean pages [first, first+n). The daemon takes clean pages back
  * only when the file's policy changed (they may sit on nodes the new policy
  * does not allow); if it took any of these meanwhile, put back what we did
@@ -96,7 +84,7 @@ static int claim(uint64_t first, uint64_t n)
     }
     if (!lost) return 0;
     /* Give back the words fully taken before the one that failed. */
-    if (f > first) set_bits(pool.ctl->clean, first, f - first, 1);
+    if (f > first) fbmm_pool_mark(pool.ctl->clean, first, f - first, 1);
     return -1;
 }
 
@@ -123,7 +111,7 @@ static int enroll(void)
     for (size_t i = 0; i < fbmm_rt_n; i++) {
         const struct fbmm_piece *p = &fbmm_rt[i];
         if ((p->flags & P_ANON) || !fbmm_pool_owns(p->off) || p->off < pool.win_off) continue;
-        set_bits(ctl->busy, (p->off - pool.win_off) / fbmm_page,
+        fbmm_pool_mark(ctl->busy, (p->off - pool.win_off) / fbmm_page,
                  fbmm_pool_window_part(p->off, p->len) / fbmm_page, 1);
     }
     char why[160];
@@ -214,7 +202,7 @@ int fbmm_pool_take(size_t len, uint64_t *off)
 
 void fbmm_pool_untake(uint64_t off, size_t len)
 {
-    set_bits(pool.ctl->clean, (off - pool.win_off) / fbmm_page, len / fbmm_page, 1);
+    fbmm_pool_mark(pool.ctl->clean, (off - pool.win_off) / fbmm_page, len / fbmm_page, 1);
     __atomic_fetch_sub(&pool.ctl->handed_pages, len / fbmm_page, __ATOMIC_RELAXED);
 }
 
@@ -227,7 +215,7 @@ void fbmm_pool_give(uint64_t off, size_t len)
         return;
     }
     uint64_t n = len / fbmm_page;
-    set_bits(pool.ctl->dirty, (off - pool.win_off) / fbmm_page, n, 1);
+    fbmm_pool_mark(pool.ctl->dirty, (off - pool.win_off) / fbmm_page, n, 1);
     __atomic_fetch_add(&pool.ctl->returned_pages, n, __ATOMIC_RELAXED);
     pool.pending += n;
     if (pool.pending >= KICK_PAGES) {

@@ -76,4 +76,18 @@ struct fbmm_pool_ctl {
 
 _Static_assert(sizeof(struct fbmm_pool_ctl) <= FBMM_POOL_CTL_BYTES, "control block too big");
 
+/* Turns bits [first, first+n) of `map` on (release: what the pages hold is
+ * visible before the bit) or off (acquire), one atomic operation per word. */
+static inline void fbmm_pool_mark(uint64_t *map, uint64_t first, uint64_t n, int on)
+{
+    while (n) {
+        uint64_t w = first / 64, b = first % 64, k = 64 - b < n ? 64 - b : n;
+        uint64_t m = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
+        if (on) __atomic_fetch_or(&map[w], m, __ATOMIC_RELEASE);
+        else __atomic_fetch_and(&map[w], ~m, __ATOMIC_ACQUIRE);
+        first += k;
+        n -= k;
+    }
+}
+
 #endif /* FBMM_POOL_H */
