@@ -233,6 +233,17 @@ final class Broker: Sendable {
         guard let backing else { refuse(client, .noSuchFileOrDirectory, "pool: inode \(request.ino) is not an arena"); return }
         do {
             let pages = try pool.enroll(inode: request.ino, backing: backing)
+            // The program may have exited (its last handle released, which
+            // removes the arena from the pool) while we were enrolling: check
+            // again under the namespace lock that release also takes.
+            let alive = filesystem.state.withLock { ns in
+                guard let record = ns.inodes[request.ino], record.backing === backing, record.openHandles > 0 else {
+                    pool.remove(inode: request.ino)
+                    return false
+                }
+                return true
+            }
+            guard alive else { refuse(client, .noSuchFileOrDirectory, "pool: inode \(request.ino) was released while enrolling"); return }
             reply(client, status: 0, size: pages, fd: pool.eventDescriptor)
             logger.debug("pool enrolled inode \(request.ino) of pid \(pid)")
         } catch {
