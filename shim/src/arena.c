@@ -206,8 +206,8 @@ int fbmm_arena_ready(void)
 }
 
 /* Guards against a program having closed our fd and the number being reused
- * for one of its own files, which we must never truncate or punch. */
-static int mem_fd_ok(void)
+ * for one of its own files, which we must never truncate, punch or map. */
+int fbmm_arena_fd_ok(void)
 {
     struct stat st;
     return fbmm_arena.mem_fd >= 0 && fstat(fbmm_arena.mem_fd, &st) == 0 &&
@@ -218,7 +218,7 @@ int fbmm_arena_grow(uint64_t need)
 {
     struct fbmm_arena *a = &fbmm_arena;
     if (need <= a->size) return 0;
-    if (a->grow_dead || !mem_fd_ok()) {
+    if (a->grow_dead || !fbmm_arena_fd_ok()) {
         errno = ENOMEM;
         return -1;
     }
@@ -254,7 +254,7 @@ int fbmm_arena_grow(uint64_t need)
 
 int fbmm_arena_punch(uint64_t off, uint64_t len)
 {
-    if (!mem_fd_ok()) {
+    if (!fbmm_arena_fd_ok()) {
         errno = EBADF;
         return -1;
     }

@@ -91,7 +91,8 @@ static int claim(uint64_t first, uint64_t n)
 static int enroll(void)
 {
     struct fbmm_arena *a = &fbmm_arena;
-    if (a->state != ARENA_READY || a->tmpfs || !a->pool_window || !a->sock[0]) return -1;
+    if (a->state != ARENA_READY || a->tmpfs || !a->pool_window || !a->sock[0] || !fbmm_arena_fd_ok())
+        return -1;
     uint64_t pages = a->pool_window / fbmm_page;
     /* The window, once per arena (a fork child keeps its parent's offsets). */
     if (!pool.win_off) {

@@ -91,6 +91,8 @@ int  fbmm_arena_ready(void);
 /* Opens a fresh arena file + backing (used by init and the fork child). */
 int  fbmm_arena_open(struct fbmm_arena *a);
 void fbmm_arena_close(struct fbmm_arena *a);
+/* Is mem_fd still our backing (not closed and reused by the program)? */
+int  fbmm_arena_fd_ok(void);
 /* Grows the file (via the FUSE fd) so that it is at least `need` bytes. */
 int  fbmm_arena_grow(uint64_t need);
 /* Frees the memory of [off, off+len): hole punch on the backing. */
