@@ -14,9 +14,15 @@ struct PoliciesCommand: ParsableCommand {
                 let value = key.defaultValue.map { "default \($0)" } ?? "required"
                 print("    \(pad(key.name, 14))\(key.help) (\(value))")
             }
+            if type.name == TieredPolicy.name {
+                let trackers = TrackerKind.available.map(\.rawValue)
+                print("    access trackers on this kernel: \(trackers.isEmpty ? "none" : trackers.joined(separator: ", ")) (auto: \(TrackerKind.resolveAuto() == .auto ? "none" : TrackerKind.resolveAuto().rawValue))")
+            }
+            if ContigPolicy.name == type.name {
+                let support = ShmemHugePageSupport.current()
+                print("    shmem huge pages on this system: \(support.allowsAdvisedMappings ? "allowed" : "not allowed") (shmem_enabled: \(support.global ?? "missing"))")
+            }
         }
-        let trackers = TrackerKind.available.map(\.rawValue)
-        print("    access trackers on this kernel: \(trackers.isEmpty ? "none" : trackers.joined(separator: ", ")) (auto: \(TrackerKind.resolveAuto() == .auto ? "none" : TrackerKind.resolveAuto().rawValue))")
         print("")
         print("mount options (any policy):")
         for key in MountConfiguration.mountKeys {

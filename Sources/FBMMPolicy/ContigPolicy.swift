@@ -14,7 +14,7 @@ import FBMMCore
 public struct ContigPolicy: MemoryManagementPolicy {
     public static let name = "contig"
     public static let summary = "file memory in contiguous 2 MiB huge pages (shmem THP), optionally bound to nodes"
-    public static let keys = [PolicyKey("nodes", "nodes to allocate from (default: the node that touches first)")]
+    public static let keys = [PolicyKey("nodes", default: "the first toucher's node", "nodes to allocate from (bound: no spill)")]
     public let nodes: [Int]?
     public let allowedNodes: [Int]
 
