@@ -23,12 +23,12 @@ extension MemoryFileSystem {
         logger.info("maintenance every \(policy.maintenanceInterval)s for \(policy.description)")
         startThread { [self] in
             while !policy.isShutDown {
-                let started = monotonicNow()
+                let started = monotonicSeconds()
                 policy.maintain(files: maintainedFiles(of: policy))
                 // Sleep out the interval in short steps, so shutdown and a
                 // shortened interval take effect soon.
-                while !policy.isShutDown, monotonicNow() - started < policy.maintenanceInterval {
-                    usleep(useconds_t(min(0.05, max(0.001, policy.maintenanceInterval - (monotonicNow() - started))) * 1e6))
+                while !policy.isShutDown, monotonicSeconds() - started < policy.maintenanceInterval {
+                    usleep(useconds_t(min(0.05, max(0.001, policy.maintenanceInterval - (monotonicSeconds() - started))) * 1e6))
                 }
             }
         }
@@ -76,10 +76,4 @@ extension MemoryFileSystem {
     var policyCounters: [String: PolicyCounter] {
         (mountPolicy as? any MaintainingPolicy)?.counters ?? [:]
     }
-}
-
-private func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

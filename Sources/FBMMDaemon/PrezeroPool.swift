@@ -114,14 +114,14 @@ final class PrezeroPool: Sendable {
         if let arena = arenas.withLock({ $0.removeValue(forKey: inode) }) { retire(arena) }
     }
 
+    /// Keeps a departing arena's shim counters in the mount's totals.
     private func retire(_ arena: PoolArena) {
-        var handed: UInt64 = 0, returned: UInt64 = 0, misses: UInt64 = 0, kicks: UInt64 = 0
-        fbmm_pool_counters(arena.control, &handed, &returned, &misses, &kicks)
+        let c = arena.shimCounters
         totals.withLock {
-            $0.handed += handed
-            $0.returned += returned
-            $0.misses += misses
-            $0.kicks += kicks
+            $0.handed += c.handed
+            $0.returned += c.returned
+            $0.misses += c.misses
+            $0.kicks += c.kicks
         }
     }
 
@@ -238,9 +238,8 @@ final class PrezeroPool: Sendable {
         var ready: UInt64 = 0, pending: UInt64 = 0
         for arena in list {
             pending += fbmm_pool_dirty_pages(arena.control, windowPages)
-            var h: UInt64 = 0, r: UInt64 = 0, m: UInt64 = 0, k: UInt64 = 0
-            fbmm_pool_counters(arena.control, &h, &r, &m, &k)
-            handed += h; returned += r; misses += m; kicks += k
+            let c = arena.shimCounters
+            handed += c.handed; returned += c.returned; misses += c.misses; kicks += c.kicks
             ready += arena.clean
         }
         let t = totals.withLock { $0 }
@@ -295,12 +294,13 @@ final class PoolArena: @unchecked Sendable {
 
     deinit { emptyMap.deallocate() }
 
+    /// What the shim reports in the control block (pages; untrusted, reporting only).
+    var shimCounters: (handed: UInt64, returned: UInt64, misses: UInt64, kicks: UInt64) {
+        var c: (handed: UInt64, returned: UInt64, misses: UInt64, kicks: UInt64) = (0, 0, 0, 0)
+        fbmm_pool_counters(control, &c.handed, &c.returned, &c.misses, &c.kicks)
+        return c
+    }
+
     var windowBase: UnsafeMutablePointer<CChar> { windowMapping.base.assumingMemoryBound(to: CChar.self) }
     var descriptor: Int32 { backing.memory.descriptor.rawValue }
-}
-
-private func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }

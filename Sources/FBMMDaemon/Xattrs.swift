@@ -25,6 +25,8 @@ extension MemoryFileSystem {
     static let policyAttribute = FBMM_XATTR_POLICY
     static let prezeroAttribute = FBMM_XATTR_PREZERO
     static let hugeAttribute = FBMM_XATTR_HUGE
+    /// fbmm's own attributes that nobody may set or remove.
+    static let readOnlyAttributes: Set<String> = [brokerAttribute, nodesAttribute, prezeroAttribute, hugeAttribute]
 
     public func getxattr(_ ctx: RequestContext, inode: InodeNumber, name: String, reply: consuming XattrReply) {
         switch name {
@@ -74,7 +76,7 @@ extension MemoryFileSystem {
     public func setxattr(_ ctx: RequestContext, inode: InodeNumber, name: String, value: [UInt8], flags: Int32,
                          reply: consuming StatusReply) {
         switch name {
-        case Self.brokerAttribute, Self.nodesAttribute, Self.prezeroAttribute, Self.hugeAttribute:
+        case _ where Self.readOnlyAttributes.contains(name):
             reply.error(.notPermitted)
         case Self.policyAttribute:
             let text = String(decoding: value, as: UTF8.self)
@@ -127,7 +129,7 @@ extension MemoryFileSystem {
     }
 
     public func removexattr(_ ctx: RequestContext, inode: InodeNumber, name: String, reply: consuming StatusReply) {
-        if [Self.brokerAttribute, Self.nodesAttribute, Self.prezeroAttribute, Self.hugeAttribute].contains(name) {
+        if Self.readOnlyAttributes.contains(name) {
             reply.error(.notPermitted)
             return
         }

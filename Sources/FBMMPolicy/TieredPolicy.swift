@@ -428,12 +428,6 @@ public final class TieredPolicy: MaintainingPolicy {
     }
 }
 
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
-
 /// The tiered policy's choice of pages to move, on described inputs (pure).
 public struct TieredPlanner: Sendable {
     /// One file: per page its node (negative: not resident) and history.
