@@ -93,6 +93,15 @@ final class PrezeroPool: Sendable {
         return expected
     }
 
+    /// Bytes allocated inside an enrolled arena's window (ready pages, pages
+    /// being settled, and what the program holds from the pool); nil if the
+    /// file is not enrolled.
+    func windowAllocated(_ inode: InodeNumber) -> UInt64? {
+        guard let arena = arenas.withLock({ $0[inode] }) else { return nil }
+        let window = arena.windowOffset..<(arena.windowOffset + windowBytes)
+        return (try? arena.backing.memory.dataRanges(in: window))?.reduce(0) { $0 + UInt64($1.count) }
+    }
+
     /// Where an enrolled arena's window ends (nil if not enrolled): the file
     /// must not be truncated below it.
     func windowEnd(_ inode: InodeNumber) -> UInt64? {

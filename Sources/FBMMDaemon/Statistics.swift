@@ -19,6 +19,8 @@ public struct MountStatistics: Codable, Sendable {
         public var owner_pid: Int32
         public var policy: String
         public var open_handles: Int
+        /// Bytes allocated in the file's pre-zeroed pool window (absent if not enrolled).
+        public var prezero_window_bytes: UInt64? = nil
     }
     public struct Counters: Codable, Sendable {
         public var files_created: UInt64
@@ -74,7 +76,8 @@ extension MemoryFileSystem {
                 nodes: Dictionary(uniqueKeysWithValues: byNode.map { (String($0.key), $0.value) }),
                 owner_pid: record.creatorPID,
                 policy: backing.policy.description,
-                open_handles: state.withLock { _ in record.openHandles }))
+                open_handles: state.withLock { _ in record.openHandles },
+                prezero_window_bytes: self.pool?.windowAllocated(record.number)))
         }
         var nodes: [String: MountStatistics.NodeUsage] = [:]
         for node in topology.nodes {

@@ -43,8 +43,8 @@ struct PoolTests {
 
     /// Three idle programs each holding a pool after heavy churn: what `fbmm
     /// stat` calls ready never exceeds the bound, and neither does the memory
-    /// the daemon actually holds for them (each arena's allocated bytes, once
-    /// the program has freed everything, are its pool plus the control block).
+    /// really allocated in their pool windows once the programs have freed
+    /// everything (SEEK_DATA over each window, not the daemon's own count).
     @Test func poolNeverExceedsItsBound() throws {
         try ShimPrograms.build()
         let bound: UInt64 = 6 << 20
@@ -89,24 +89,27 @@ struct PoolTests {
         let pool = try #require(stats["prezero"] as? [String: Any])
         #expect(number(pool["arenas"]) == 3, "\(pool)")
         #expect(number(pool["ready_bytes"]) <= bound, "\(pool)")
-        // Each idle program keeps its control block and a page or two of its
-        // own (stdio buffers: every allocation of a page or more is redirected).
-        let control: UInt64 = 64 << 10, own: UInt64 = 16 << 10
+        // Each idle program keeps a page or two of its own (stdio buffers:
+        // every allocation of a page or more is redirected).
+        let own: UInt64 = 16 << 10
+        // The memory in the arenas' pool windows: the ready pages, and what the
+        // idle programs still hold from the pool (a page or two each).
         func heldBytes(_ stats: [String: Any]) -> UInt64 {
-            (stats["files"] as? [[String: Any]] ?? []).reduce(UInt64(0)) { $0 + number($1["allocated_bytes"]) }
+            (stats["files"] as? [[String: Any]] ?? []).reduce(UInt64(0)) { $0 + number($1["prezero_window_bytes"]) }
         }
         // What the daemon was still settling when the programs went idle (and
-        // pages a concurrent `fbmm stat` faulted into ranges being punched,
-        // which its idle pass frees) goes within seconds; what stays is the pool.
+        // pages a concurrent `fbmm stat` faulted into window ranges being
+        // punched, which its idle pass frees) goes within seconds.
         let quiet = Date().addingTimeInterval(10)
-        while heldBytes(stats) > bound + 3 * (control + own) && Date() < quiet {
+        while heldBytes(stats) > bound + 3 * own && Date() < quiet {
             usleep(200_000)
             stats = try mount.statistics()
         }
         let files = stats["files"] as? [[String: Any]] ?? []
         #expect(files.count == 3)
         let held = heldBytes(stats)
-        #expect(held <= bound + 3 * (control + own), "idle programs' arenas hold \(held) bytes; bound \(bound); \(pool); \(files.map { "\($0["path"] ?? "") \(number($0["allocated_bytes"]))" })")
+        #expect(files.allSatisfy { $0["prezero_window_bytes"] != nil }, "every arena enrolled: \(files)")
+        #expect(held <= bound + 3 * own, "idle programs' pool windows hold \(held) bytes; bound \(bound); \(pool); \(files.map { "\($0["path"] ?? "") window \(number($0["prezero_window_bytes"])) file \(number($0["allocated_bytes"]))" })")
         #expect(held >= number(pool["ready_bytes"]), "ready pages are real memory: \(held) vs \(pool)")
         FileManager.default.createFile(atPath: work.file("go"), contents: nil)
         for app in apps {

@@ -115,7 +115,7 @@ static int enroll(void)
         fbmm_pool_mark(ctl->busy, (p->off - pool.win_off) / fbmm_page,
                  fbmm_pool_window_part(p->off, p->len) / fbmm_page, 1);
     }
-    char why[160];
+    char why[160] = "the broker's window differs from user.fbmm.prezero";
     int efd = -1;
     uint64_t got = 0;
     struct stat st;
