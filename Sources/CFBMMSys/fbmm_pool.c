@@ -20,8 +20,6 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
-void fbmm_pool_trim(const uint64_t *empty, uint64_t pages, int memfd, uint64_t base);
-
 static uint64_t valid_mask(uint64_t word, uint64_t pages)
 {
     uint64_t first = word * 64;
@@ -30,26 +28,24 @@ static uint64_t valid_mask(uint64_t word, uint64_t pages)
     return (1ull << (pages - first)) - 1;
 }
 
-uint64_t fbmm_pool_enroll(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t pages)
+/* Set bits among the first `pages` of a bitmap (shared or not). */
+static uint64_t count_bits(const uint64_t *map, uint64_t pages)
 {
     uint64_t n = 0;
+    for (uint64_t w = 0; w * 64 < pages; w++)
+        n += (uint64_t)__builtin_popcountll(__atomic_load_n(&map[w], __ATOMIC_SEQ_CST) & valid_mask(w, pages));
+    return n;
+}
+
+void fbmm_pool_enroll(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t pages)
+{
     for (uint64_t w = 0; w < FBMM_POOL_WORDS; w++) {
-        uint64_t m = valid_mask(w, pages);
         uint64_t busy = __atomic_load_n(&ctl->busy[w], __ATOMIC_RELAXED);
-        empty[w] = m & ~busy;
-        n += (uint64_t)__builtin_popcountll(empty[w]);
+        empty[w] = valid_mask(w, pages) & ~busy;
         __atomic_store_n(&ctl->clean[w], 0, __ATOMIC_RELAXED);
         __atomic_store_n(&ctl->dirty[w], 0, __ATOMIC_RELAXED);
     }
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    return n;
-}
-
-int fbmm_pool_has_dirty(const struct fbmm_pool_ctl *ctl, uint64_t pages)
-{
-    for (uint64_t w = 0; w * 64 < pages; w++)
-        if (__atomic_load_n(&ctl->dirty[w], __ATOMIC_SEQ_CST) & valid_mask(w, pages)) return 1;
-    return 0;
 }
 
 void fbmm_pool_set_sleeping(struct fbmm_pool_ctl *ctl, uint32_t value)
@@ -93,10 +89,7 @@ static void settle_dirty(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *windo
 
 uint64_t fbmm_pool_dirty_pages(const struct fbmm_pool_ctl *ctl, uint64_t pages)
 {
-    uint64_t n = 0;
-    for (uint64_t w = 0; w * 64 < pages; w++)
-        n += (uint64_t)__builtin_popcountll(__atomic_load_n(&ctl->dirty[w], __ATOMIC_RELAXED) & valid_mask(w, pages));
-    return n;
+    return count_bits(ctl->dirty, pages);
 }
 
 void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uint64_t pages,
@@ -105,9 +98,7 @@ void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uin
 {
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     memset(out, 0, sizeof *out);
-    for (uint64_t w = 0; w * 64 < pages; w++)
-        out->clean_pages += (uint64_t)__builtin_popcountll(
-            __atomic_load_n(&ctl->clean[w], __ATOMIC_ACQUIRE) & valid_mask(w, pages));
+    out->clean_pages = count_bits(ctl->clean, pages);
 
     /* Freed pages, in runs that may cross words. A bit the daemon does not
      * expect (the page is clean or empty) is a confused program's: ignored. */
@@ -162,20 +153,17 @@ void fbmm_pool_run(struct fbmm_pool_ctl *ctl, uint64_t *empty, char *window, uin
             w = first / 64;  /* the run may have crossed words */
         }
     }
-    for (uint64_t w = 0; w * 64 < pages; w++)
-        out->empty_pages += (uint64_t)__builtin_popcountll(empty[w]);
 }
 
 uint64_t fbmm_pool_revoke(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t pages, int memfd, uint64_t base)
 {
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), n = 0;
+    uint64_t n = 0;
     for (uint64_t w = 0; w * 64 < pages; w++) {
         uint64_t taken = __atomic_exchange_n(&ctl->clean[w], 0, __ATOMIC_ACQ_REL) & valid_mask(w, pages);
         empty[w] |= taken;
         n += (uint64_t)__builtin_popcountll(taken);
     }
     fbmm_pool_trim(empty, pages, memfd, base);
-    (void)page;
     return n;
 }
 

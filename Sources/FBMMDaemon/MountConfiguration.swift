@@ -53,16 +53,8 @@ public struct MountConfiguration: Sendable {
             guard value == "true" else { throw .invalidValue(key: "allow_other", value: value, reason: "takes no value") }
             allowOther = true
         }
-        if let value = policyOptions.remove("capacity") {
-            do { capacity = try ByteSize(parsing: value).bytes } catch {
-                throw .invalidValue(key: "capacity", value: value, reason: error.description)
-            }
-        }
-        if let value = policyOptions.remove("max-file-size") {
-            do { maxFileSize = try ByteSize(parsing: value).bytes } catch {
-                throw .invalidValue(key: "max-file-size", value: value, reason: error.description)
-            }
-        }
+        if let size = try policyOptions.removeSize("capacity") { capacity = size }
+        if let size = try policyOptions.removeSize("max-file-size") { maxFileSize = size }
         if let value = policyOptions.remove("max-files") {
             guard let n = Int(value), n > 0 else { throw .invalidValue(key: "max-files", value: value, reason: "expected a positive number") }
             maxFiles = n
@@ -71,14 +63,13 @@ public struct MountConfiguration: Sendable {
             guard let n = UInt32(value, radix: 8), n <= 0o7777 else { throw .invalidValue(key: "mode", value: value, reason: "expected octal permissions such as 1777") }
             rootMode = n
         }
-        if let value = policyOptions.remove("prezero") {
-            do { prezero = try ByteSize(parsing: value).bytes } catch {
-                throw .invalidValue(key: "prezero", value: value, reason: error.description)
-            }
+        let prezeroText = policyOptions["prezero"]
+        if let size = try policyOptions.removeSize("prezero"), let text = prezeroText {
             let most = UInt64(FBMM_POOL_MAX_PAGES) * UInt64(pageSize)
-            guard prezero <= most else {
-                throw .invalidValue(key: "prezero", value: value, reason: "at most \(ByteSize(bytes: most)) per mount")
+            guard size <= most else {
+                throw .invalidValue(key: "prezero", value: text, reason: "at most \(ByteSize(bytes: most)) per mount")
             }
+            prezero = size
         }
         if let value = policyOptions.remove("huge") {
             guard let mode = HugePageMode(rawValue: value) else {
@@ -95,5 +86,15 @@ public struct MountConfiguration: Sendable {
         var options = ["fsname=fbmm", "subtype=fbmm", "default_permissions"]
         if allowOther { options.append("allow_other") }
         return options
+    }
+}
+
+private extension PolicyOptions {
+    /// A mount-level size option, parsed (and refused) like any size option,
+    /// then taken out of what the policy sees.
+    mutating func removeSize(_ key: String) throws(PolicyError) -> UInt64? {
+        let size = try size(key)
+        _ = remove(key)
+        return size?.bytes
     }
 }

@@ -85,7 +85,7 @@ final class PrezeroPool: Sendable {
             throw SystemError("prezero enrol", "arena shorter than its pool window", errno: .invalidArgument)
         }
         let arena = try PoolArena(backing: backing, windowOffset: windowOffset, windowBytes: windowBytes, huge: huge)
-        arena.empty = fbmm_pool_enroll(arena.control, arena.emptyMap, expected)
+        fbmm_pool_enroll(arena.control, arena.emptyMap, expected)
         let replaced = arenas.withLock { $0.updateValue(arena, forKey: inode) }
         if let replaced { retire(replaced) }
         totals.withLock { $0.enrolled += 1 }
@@ -194,7 +194,6 @@ final class PrezeroPool: Sendable {
                 fbmm_pool_run(arena.control, arena.emptyMap, arena.windowBase, windowPages,
                               arena.descriptor, arena.windowOffset, budget, fillTo, mayFill ? 512 : 0, &pass)
                 arena.clean = pass.clean_pages
-                arena.empty = pass.empty_pages
                 clean[index] = pass.clean_pages
                 if pass.fill_errno != 0 {
                     backoff[inode] = now + 1
@@ -225,7 +224,7 @@ final class PrezeroPool: Sendable {
                 fbmm_pool_set_sleeping(arena.control, 1)
                 fbmm_pool_trim(arena.emptyMap, windowPages, arena.descriptor, arena.windowOffset)
             }
-            let pending = list.contains { fbmm_pool_has_dirty($0.value.control, windowPages) != 0 }
+            let pending = list.contains { fbmm_pool_dirty_pages($0.value.control, windowPages) > 0 }
             if !pending, fbmm_poll_in(eventDescriptor, 500) > 0 { fbmm_eventfd_drain(eventDescriptor) }
             for (_, arena) in list { fbmm_pool_set_sleeping(arena.control, 0) }
         }
@@ -284,7 +283,6 @@ final class PoolArena: @unchecked Sendable {
     let control: UnsafeMutablePointer<fbmm_pool_ctl>
     let emptyMap: UnsafeMutablePointer<UInt64>
     var clean: UInt64 = 0
-    var empty: UInt64 = 0
     /// Filling towards the arena's share (hysteresis: from half of it to all).
     var filling = true
     /// Set when the file's policy changed: take the ready pages back.

@@ -20,10 +20,6 @@ struct range { uint64_t off, len; };
 static struct range *fl;       /* free ranges below `top`, sorted, disjoint */
 static size_t fl_n, fl_cap;
 static uint64_t top;
-/* Offsets below this are the pre-zeroed pool's control block: never handed
- * out here. Frees of those and of the pool's window are ignored (pool.c
- * owns them). */
-static uint64_t floor_off;
 
 uint64_t fbmm_off_top(void) { return top; }
 
@@ -31,13 +27,11 @@ void fbmm_off_reset(void)
 {
     fl_n = 0;
     top = 0;
-    floor_off = 0;
 }
 
 void fbmm_off_reserve(uint64_t end)
 {
     if (top < end) top = end;
-    floor_off = end;
 }
 
 static int fl_reserve(size_t want)
@@ -110,7 +104,8 @@ int fbmm_off_extend(uint64_t end, size_t len)
 
 void fbmm_off_free(uint64_t off, size_t len)
 {
-    if (!len || off < floor_off || fbmm_pool_owns(off)) return;
+    /* The pool's control block and window are pool.c's, never ours. */
+    if (!len || fbmm_pool_owns(off)) return;
     size_t i = 0;
     while (i < fl_n && fl[i].off < off) i++;
     int join_prev = i > 0 && fl[i - 1].off + fl[i - 1].len == off;

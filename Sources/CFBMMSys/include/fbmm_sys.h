@@ -63,14 +63,12 @@ struct fbmm_pool_pass {
     uint64_t filled_pages;   /* empty pages allocated, zero, made clean */
     uint64_t punched_pages;  /* freed pages returned to the kernel (over budget) */
     uint64_t clean_pages;    /* clean pages after the pass */
-    uint64_t empty_pages;    /* pages the daemon could still fill */
     int      fill_errno;     /* why a fill stopped early (ENOMEM...), or 0 */
 };
 
 /* Prepares the daemon's private `empty` bitmap at enrolment: every window
- * page the shim did not mark busy; clears the shared clean/dirty bitmaps.
- * Returns the number of empty pages. */
-uint64_t fbmm_pool_enroll(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t window_pages);
+ * page the shim did not mark busy; clears the shared clean/dirty bitmaps. */
+void fbmm_pool_enroll(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t window_pages);
 /* Zeroes what the shim freed while at most `budget_pages` are clean (the
  * rest is punched), then fills empty pages until `fill_to` are clean, at
  * most `fill_max` of them. `window` maps the window (file offsets
@@ -88,8 +86,6 @@ uint64_t fbmm_pool_revoke(struct fbmm_pool_ctl *ctl, uint64_t *empty, uint64_t w
                           uint64_t window_offset);
 /* Freed pages the daemon has not settled yet. */
 uint64_t fbmm_pool_dirty_pages(const struct fbmm_pool_ctl *ctl, uint64_t window_pages);
-/* Does the shim have freed pages waiting? */
-int fbmm_pool_has_dirty(const struct fbmm_pool_ctl *ctl, uint64_t window_pages);
 /* Marks the daemon asleep (1) or awake (0). */
 void fbmm_pool_set_sleeping(struct fbmm_pool_ctl *ctl, uint32_t value);
 /* The shim's counters, read atomically. */
