@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/xattr.h>
@@ -80,6 +82,18 @@ ssize_t fbmm_recv_with_fd(int sock, void *buf, size_t len, int *fd_out) {
     return n;
 }
 
+int fbmm_fd_identity(int fd, uint64_t *dev, uint64_t *ino, uint32_t *mode, int *flags) {
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &sx) < 0) return -1;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0) return -1;
+    *dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+    *ino = sx.stx_ino;
+    *mode = sx.stx_mode;
+    *flags = fl;
+    return 0;
+}
+
 int fbmm_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {
     struct ucred cred;
     socklen_t len = sizeof cred;
@@ -102,12 +116,18 @@ int fbmm_connect_seqpacket(const char *path) {
     return fd;
 }
 
-int fbmm_broker_call(const char *path, const struct fbmm_request *request,
+int fbmm_broker_call(const char *path, const struct fbmm_request *request, int attach_fd,
                      struct fbmm_reply *reply, int *fd_out) {
     *fd_out = -1;
     int sock = fbmm_connect_seqpacket(path);
     if (sock < 0) return -1;
-    if (fbmm_send_with_fd(sock, request, sizeof *request, -1) != (ssize_t)sizeof *request) {
+    /* Only a broker run by root or by us (or anyone, when we are root) is
+     * told about our files and believed. */
+    pid_t pid; uid_t uid; gid_t gid;
+    if (fbmm_peer_cred(sock, &pid, &uid, &gid) < 0 || (uid != 0 && uid != getuid() && getuid() != 0)) {
+        close(sock); errno = EPERM; return -1;
+    }
+    if (fbmm_send_with_fd(sock, request, sizeof *request, attach_fd) != (ssize_t)sizeof *request) {
         int saved = errno; close(sock); errno = saved ? saved : EPROTO; return -1;
     }
     ssize_t n = fbmm_recv_with_fd(sock, reply, sizeof *reply, fd_out);

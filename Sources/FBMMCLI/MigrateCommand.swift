@@ -30,7 +30,10 @@ struct MigrateCommand: ParsableCommand {
 
     func run() throws {
         let path = absolutePath(file)
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        // For writing where we may (a writer may move any file it can write),
+        // else for reading (enough for one's own files).
+        var fd = open(path, O_RDWR | O_CLOEXEC)
+        if fd < 0 && (errno == EACCES || errno == EPERM) { fd = open(path, O_RDONLY | O_CLOEXEC) }
         guard fd >= 0 else { throw CLIError("cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var st = stat()
@@ -39,7 +42,6 @@ struct MigrateCommand: ParsableCommand {
         guard let root = mountRoot(of: path) else { throw CLIError("\(path) is not inside an fbmm mount") }
         var request = fbmm_request()
         request.op = UInt32(FBMM_OP_MIGRATE.rawValue)
-        request.fd = fd
         request.ino = UInt64(st.st_ino)
         request.node = Int32(to)
         do {
@@ -48,7 +50,7 @@ struct MigrateCommand: ParsableCommand {
         } catch let error as ByteSize.ParseError {
             throw CLIError(error.description)
         }
-        let (reply, extra) = try brokerCall(mount: root, request)
+        let (reply, extra) = try brokerCall(mount: root, request, attaching: fd)
         try? extra?.close()
         guard reply.status == 0 else {
             throw CLIError("cannot migrate \(path) to node \(to): \(String(cString: strerror(reply.status)))")

@@ -105,7 +105,7 @@ struct MountCommand: ParsableCommand {
     /// Starts `fbmm mount --foreground` as a new session and waits until it
     /// has mounted (or says why it could not).
     private func startBackground(_ configuration: MountConfiguration) throws {
-        let logPath = logFile ?? defaultLogPath(for: configuration.mountpoint)
+        let logPath = try logFile ?? defaultLogPath(for: configuration.mountpoint)
         var pipeFDs: [Int32] = [-1, -1]
         guard pipe(&pipeFDs) == 0 else { throw CLIError("pipe: \(String(cString: strerror(errno)))") }
         let readEnd = pipeFDs[0], writeEnd = pipeFDs[1]
@@ -147,7 +147,9 @@ struct MountCommand: ParsableCommand {
     }
 }
 
-func defaultLogPath(for mountpoint: String) -> String {
+func defaultLogPath(for mountpoint: String) throws -> String {
     let name = mountpoint.split(separator: "/").joined(separator: "-")
-    return "\(Daemon.runtimeDirectory())/\(name.isEmpty ? "root" : name).log"
+    let directory: String
+    do { directory = try RuntimeDirectory.prepare() } catch { throw CLIError(error.description) }
+    return "\(directory)/\(name.isEmpty ? "root" : name).log"
 }

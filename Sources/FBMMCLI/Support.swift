@@ -31,8 +31,9 @@ func brokerPath(ofMount directory: String) -> String? {
     return String(decoding: buffer[0..<n], as: UTF8.self)
 }
 
-/// Talks to the broker of the mount at `directory`.
-func brokerCall(mount directory: String, _ request: fbmm_request) throws -> (fbmm_reply, FileDescriptor?) {
+/// Talks to the broker of the mount at `directory`, attaching `file` (the
+/// open file the request is about, which proves we hold it).
+func brokerCall(mount directory: String, _ request: fbmm_request, attaching file: Int32 = -1) throws -> (fbmm_reply, FileDescriptor?) {
     guard let path = brokerPath(ofMount: directory) else {
         throw CLIError("\(directory) is not an fbmm mount (no \(FBMM_XATTR_BROKER) attribute)")
     }
@@ -41,7 +42,7 @@ func brokerCall(mount directory: String, _ request: fbmm_request) throws -> (fbm
     request.version = UInt16(FBMM_BROKER_VERSION)
     var reply = fbmm_reply()
     var fd: Int32 = -1
-    guard fbmm_broker_call(path, &request, &reply, &fd) == 0 else {
+    guard fbmm_broker_call(path, &request, file, &reply, &fd) == 0 else {
         throw CLIError("cannot reach the fbmm daemon of \(directory) at \(path): \(Errno(rawValue: errno))")
     }
     return (reply, fd >= 0 ? FileDescriptor(rawValue: fd) : nil)

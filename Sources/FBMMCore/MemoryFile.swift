@@ -17,14 +17,32 @@ public final class MemoryFile: Sendable {
 
     /// Creates a new, empty, close-on-exec memfd (sealable, see `sealAgainstShrinking`).
     public init(name: String) throws(SystemError) {
+        // The name only labels the memfd in /proc; the kernel takes at most
+        // 249 bytes (NAME_MAX less "memfd:") and a file may have 255.
+        let label = Self.label(name)
         let fd = try retryingSyscall("memfd_create", name) {
-            fbmm_memfd_create(name, UInt32(fbmm_memfd_flag_cloexec() | fbmm_memfd_flag_allow_sealing()))
+            fbmm_memfd_create(label, UInt32(fbmm_memfd_flag_cloexec() | fbmm_memfd_flag_allow_sealing()))
         }
         self.descriptor = FileDescriptor(rawValue: fd)
         self.name = name
     }
 
     deinit { try? descriptor.close() }
+
+    /// `name` cut to the whole characters that fit in a memfd name.
+    static func label(_ name: String) -> String {
+        let most = 249
+        guard name.utf8.count > most else { return name }
+        var label = ""
+        var bytes = 0
+        for scalar in name.unicodeScalars {
+            let size = String(scalar).utf8.count
+            if bytes + size > most { break }
+            label.unicodeScalars.append(scalar)
+            bytes += size
+        }
+        return label
+    }
 
     private var context: String { "memfd '\(name)'" }
 

@@ -13,13 +13,17 @@ import Glibc
 ///
 /// Why it exists: a process maps the memfd itself so page faults never cross
 /// FUSE. Why it checks so much: the memfd is the file's memory with no
-/// permission check of its own. A peer gets it only if, at the time of the
-/// request, the peer (by SO_PEERCRED pid) itself holds the very file open for
-/// writing through this mount: its fd `request.fd` must resolve (via
-/// /proc/PID/fd) to this mount's device and the inode it names, with a
-/// writable access mode in /proc/PID/fdinfo. The kernel has already checked
-/// the file's permissions when that fd was opened, so the broker adds no
-/// permission model of its own. Anything else gets a refusal and no effect.
+/// permission check of its own. Ownership is proved by possession: a request
+/// about a file carries the peer's own open fd of it (SCM_RIGHTS), and the
+/// broker checks that open file itself (this mount's device, the inode the
+/// request names, the access mode it was opened with), so neither a reused
+/// pid nor a guessed fd number can stand in for it. The kernel checked the
+/// file's permissions when that fd was opened; the memfd, which gives read
+/// and write access both, goes only with an O_RDWR open. Every number in a
+/// request is hostile input. A connection is answered on its own thread,
+/// at most `maxConcurrent` in all and `maxPerUser` per uid, so a peer whose
+/// attached fd hangs on close (a FUSE file of a daemon that never answers)
+/// ties up only its own share.
 final class Broker: Sendable {
     let path: String
     private let listener: Int32
@@ -29,7 +33,10 @@ final class Broker: Sendable {
     /// Connections being handled right now.
     private let active = Atomic<Int>(0)
     static let maxConcurrent = 64
+    static let maxPerUser = 8
     static let maxWaiting = 4096
+    /// Connections being answered per peer uid.
+    private let perUser = Mutex<[UInt32: Int]>([:])
     /// The mount's st_dev, learnt once mounted (files are recognised by (dev, ino)).
     private let mountDevice = Atomic<UInt64>(0)
 
@@ -129,50 +136,86 @@ final class Broker: Sendable {
         close(listener)
     }
 
-    /// Answers a connection whose request has arrived, on its own thread
-    /// while fewer than `maxConcurrent` are busy (stat and migrate can take a while).
+    /// Answers a connection whose request has arrived, on its own thread.
+    /// A peer over its share, or any peer when `maxConcurrent` are busy, is
+    /// refused before its message is read: closing the socket then drops
+    /// any fds it attached without this process closing them (no FUSE flush).
     private func dispatch(_ client: Int32) {
-        if active.wrappingAdd(1, ordering: .relaxed).newValue <= Self.maxConcurrent,
-           startThread({ [self] in
-               handle(client)
-               close(client)
-               active.wrappingSubtract(1, ordering: .relaxed)
-           }) {
+        var credentials = BrokerPeer(pid: 0, uid: 0, gid: 0)
+        guard fbmm_peer_cred(client, &credentials.pid, &credentials.uid, &credentials.gid) == 0 else {
+            refuse(client, .notPermitted, "no peer credentials")
+            close(client)
             return
         }
-        handle(client)
-        close(client)
-        active.wrappingSubtract(1, ordering: .relaxed)
+        let peer = credentials
+        let admitted = perUser.withLock { counts -> Bool in
+            guard counts[peer.uid, default: 0] < Self.maxPerUser else { return false }
+            counts[peer.uid, default: 0] += 1
+            return true
+        }
+        guard admitted else {
+            refuse(client, .resourceTemporarilyUnavailable, "uid \(peer.uid) has \(Self.maxPerUser) requests in flight")
+            close(client)
+            return
+        }
+        let finish: @Sendable () -> Void = { [self] in
+            close(client)
+            active.wrappingSubtract(1, ordering: .relaxed)
+            perUser.withLock { counts in
+                counts[peer.uid, default: 1] -= 1
+                if counts[peer.uid] == 0 { counts[peer.uid] = nil }
+            }
+        }
+        if active.wrappingAdd(1, ordering: .relaxed).newValue <= Self.maxConcurrent,
+           startThread({ [self] in handle(client, peer: peer); finish() }) {
+            return
+        }
+        refuse(client, .resourceTemporarilyUnavailable, "\(Self.maxConcurrent) requests in flight")
+        finish()
     }
 
-    private func handle(_ client: Int32) {
+    private func handle(_ client: Int32, peer: BrokerPeer) {
         var request = fbmm_request()
         var received: Int32 = -1
         let count = withUnsafeMutableBytes(of: &request) { raw in
             fbmm_recv_with_fd(client, raw.baseAddress, raw.count, &received)
         }
-        if received >= 0 { close(received) }  // requests carry no fds
+        // The attached fd is the peer's proof; we only look at it (statx
+        // without syncing, F_GETFL) and close it when done.
+        defer { if received >= 0 { close(received) } }
         guard count == MemoryLayout<fbmm_request>.size,
               request.magic == UInt16(FBMM_BROKER_MAGIC), request.version == UInt16(FBMM_BROKER_VERSION) else {
             refuse(client, .invalidArgument, "malformed request (\(count) bytes)")
             return
         }
-        var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
-        guard fbmm_peer_cred(client, &pid, &uid, &gid) == 0 else {
-            refuse(client, .notPermitted, "no peer credentials")
+        let op = request.op
+        guard op == UInt32(FBMM_OP_GET_BACKING.rawValue) || request.flags == 0,
+              request.flags & ~UInt32(FBMM_BACKING_ARENA) == 0 else {
+            refuse(client, .invalidArgument, "unknown flags \(request.flags) for op \(op)")
             return
         }
-        switch request.op {
+        if op == UInt32(FBMM_OP_STAT.rawValue) {
+            sendStatistics(client, peer: peer)
+            return
+        }
+        guard [FBMM_OP_GET_BACKING, FBMM_OP_MIGRATE, FBMM_OP_POOL].map({ UInt32($0.rawValue) }).contains(op) else {
+            refuse(client, .invalidArgument, "unknown op \(op)")
+            return
+        }
+        let attached: AttachedFile
+        switch identify(received, inode: request.ino) {
+        case .success(let file): attached = file
+        case .failure(let e):
+            refuse(client, e, "op \(op) from pid \(peer.pid) uid \(peer.uid): attached fd is not inode \(request.ino) of this mount")
+            return
+        }
+        switch op {
         case UInt32(FBMM_OP_GET_BACKING.rawValue):
-            getBacking(client, request, pid: pid)
-        case UInt32(FBMM_OP_STAT.rawValue):
-            sendStatistics(client)
+            getBacking(client, request, peer: peer, attached: attached)
         case UInt32(FBMM_OP_MIGRATE.rawValue):
-            migrate(client, request, pid: pid)
-        case UInt32(FBMM_OP_POOL.rawValue):
-            enrollInPool(client, request, pid: pid)
+            migrate(client, request, peer: peer, attached: attached)
         default:
-            refuse(client, .invalidArgument, "unknown op \(request.op)")
+            enrollInPool(client, request, peer: peer, attached: attached)
         }
     }
 
@@ -184,89 +227,77 @@ final class Broker: Sendable {
 
     private func refuse(_ client: Int32, _ errno: Errno, _ why: String) {
         logger.notice("broker refused: \(why)")
-        filesystem.state.withLock { $0.counters.brokerRefusals += 1 }
+        filesystem.countRefusal()
         reply(client, status: errno.rawValue)
     }
 
-    /// Checks that `pid` holds `fd` open on this mount's inode `ino`; returns its open flags.
-    private func verifyOpen(pid: pid_t, fd: Int32, ino: UInt64) -> Result<Int32, Errno> {
+    /// What the peer attached, if it is a regular file of this mount with
+    /// inode `inode`.
+    private func identify(_ fd: Int32, inode: UInt64) -> Result<AttachedFile, Errno> {
         guard fd >= 0 else { return .failure(.badFileDescriptor) }
-        var st = stat()
-        guard stat("/proc/\(pid)/fd/\(fd)", &st) == 0 else { return .failure(.badFileDescriptor) }
+        var file = AttachedFile(device: 0, inode: 0, mode: 0, flags: 0)
+        guard fbmm_fd_identity(fd, &file.device, &file.inode, &file.mode, &file.flags) == 0 else {
+            return .failure(.badFileDescriptor)
+        }
         let device = mountDevice.load(ordering: .relaxed)
-        guard device != 0, UInt64(st.st_dev) == device, UInt64(st.st_ino) == ino else {
+        guard device != 0, file.device == device, file.inode == inode, file.mode & S_IFMT == S_IFREG else {
             return .failure(.notPermitted)
         }
-        guard let info = readText("/proc/\(pid)/fdinfo/\(fd)") else { return .failure(.badFileDescriptor) }
-        for line in info.split(separator: "\n") where line.hasPrefix("flags:") {
-            let value = line.dropFirst("flags:".count).trimmingPrefix(while: { $0 == " " || $0 == "\t" })
-            if let flags = Int32(value, radix: 8) { return .success(flags) }
-        }
-        return .failure(.badFileDescriptor)
+        return .success(file)
     }
 
-    /// The checks GET_BACKING and POOL share: the peer holds the file open
-    /// for writing through this mount. Refuses and returns false otherwise.
-    private func verifyWritable(_ client: Int32, _ request: fbmm_request, pid: pid_t) -> Bool {
-        let flags: Int32
-        switch verifyOpen(pid: pid, fd: request.fd, ino: request.ino) {
-        case .success(let f): flags = f
-        case .failure(let e): refuse(client, e, "pid \(pid) fd \(request.fd) is not inode \(request.ino) of this mount"); return false
-        }
-        guard flags & O_ACCMODE != O_RDONLY else {
-            refuse(client, .permissionDenied, "pid \(pid) has inode \(request.ino) open read-only")
+    /// GET_BACKING and POOL give the file's memory itself, which reads and
+    /// writes alike: only for an fd opened O_RDWR.
+    private func requireReadWrite(_ client: Int32, _ attached: AttachedFile, peer: BrokerPeer) -> Bool {
+        guard attached.readable && attached.writable else {
+            refuse(client, .permissionDenied, "pid \(peer.pid) uid \(peer.uid): inode \(attached.inode) not open for reading and writing")
             return false
         }
         return true
     }
 
     /// Enrols a process's arena in the pre-zeroed pool; the reply carries the
-    /// eventfd its shim kicks. Only a file whose backing the peer already got
-    /// (process-owned) qualifies: the pool's mappings go when it is released.
-    private func enrollInPool(_ client: Int32, _ request: fbmm_request, pid: pid_t) {
-        guard verifyWritable(client, request, pid: pid) else { return }
+    /// eventfd its shim kicks. Only an arena its owner claimed qualifies: the
+    /// pool's mappings go when its last handle is released.
+    private func enrollInPool(_ client: Int32, _ request: fbmm_request, peer: BrokerPeer, attached: AttachedFile) {
+        guard requireReadWrite(client, attached, peer: peer) else { return }
         guard let pool = filesystem.pool else { refuse(client, Errno(rawValue: ENODEV), "prezero pool is off (prezero=0)"); return }
-        let backing = filesystem.state.withLock { ns -> FileBacking? in
-            guard let record = ns.inodes[request.ino], record.processOwned, record.writableHandles > 0 else { return nil }
-            return record.backing
+        let file: FileRef
+        switch filesystem.arenaForPool(attached.inode, peer: peer) {
+        case .success(let f): file = f
+        case .failure(let e): refuse(client, e, "pool: inode \(attached.inode) is not an arena of uid \(peer.uid)"); return
         }
-        guard let backing else { refuse(client, .noSuchFileOrDirectory, "pool: inode \(request.ino) is not an arena"); return }
         do {
-            let pages = try pool.enroll(inode: request.ino, backing: backing)
+            let pages = try pool.enroll(inode: file.inode, backing: file.backing)
             // The program may have exited (its last handle released, which
-            // removes the arena from the pool) while we were enrolling: check
-            // again under the namespace lock that release also takes.
-            let alive = filesystem.state.withLock { ns in
-                guard let record = ns.inodes[request.ino], record.backing === backing, record.openHandles > 0 else {
-                    pool.remove(inode: request.ino)
-                    return false
-                }
-                return true
+            // removes the arena from the pool) while we were enrolling.
+            guard filesystem.arenaStillOpen(file.inode, backing: file.backing, orElse: { pool.remove(inode: file.inode) }) else {
+                refuse(client, .noSuchFileOrDirectory, "pool: inode \(file.inode) was released while enrolling")
+                return
             }
-            guard alive else { refuse(client, .noSuchFileOrDirectory, "pool: inode \(request.ino) was released while enrolling"); return }
             reply(client, status: 0, size: pages, fd: pool.eventDescriptor)
-            logger.debug("pool enrolled inode \(request.ino) of pid \(pid)")
+            logger.debug("pool enrolled inode \(file.inode) of pid \(peer.pid)")
         } catch {
             refuse(client, error.errno, "pool: \(error)")
         }
     }
 
-    private func getBacking(_ client: Int32, _ request: fbmm_request, pid: pid_t) {
-        guard verifyWritable(client, request, pid: pid) else { return }
-        let backing = filesystem.state.withLock { ns -> FileBacking? in
-            guard let record = ns.inodes[request.ino], let backing = record.backing, record.writableHandles > 0 else { return nil }
-            record.processOwned = true
-            ns.counters.brokerHandouts += 1
-            return backing
+    private func getBacking(_ client: Int32, _ request: fbmm_request, peer: BrokerPeer, attached: AttachedFile) {
+        guard requireReadWrite(client, attached, peer: peer) else { return }
+        let arena = request.flags & UInt32(FBMM_BACKING_ARENA) != 0
+        switch filesystem.backingForBroker(attached.inode, peer: peer, arena: arena) {
+        case .success(let file):
+            reply(client, status: 0, size: (try? file.backing.memory.size()) ?? 0, fd: file.backing.memory.descriptor.rawValue)
+            logger.debug("broker gave inode \(file.inode)\(arena ? " (arena)" : "") to pid \(peer.pid)")
+        case .failure(let e):
+            refuse(client, e, arena ? "inode \(attached.inode) cannot become an arena of pid \(peer.pid) uid \(peer.uid)"
+                                    : "inode \(attached.inode) has no writable handle")
         }
-        guard let backing else { refuse(client, .noSuchFileOrDirectory, "inode \(request.ino) has no writable handle"); return }
-        reply(client, status: 0, size: (try? backing.memory.size()) ?? 0, fd: backing.memory.descriptor.rawValue)
-        logger.debug("broker gave inode \(request.ino) to pid \(pid)")
     }
 
-    private func sendStatistics(_ client: Int32) {
+    private func sendStatistics(_ client: Int32, peer: BrokerPeer) {
         do {
-            let data = try filesystem.statistics().json()
+            let data = try filesystem.statistics(visibleTo: peer.isPrivileged ? nil : peer.uid).json()
             let file = try MemoryFile(name: "fbmm-stat")
             let bytes = [UInt8](data)
             var failure: SystemError?
@@ -282,40 +313,54 @@ final class Broker: Sendable {
         }
     }
 
+    /// The byte range a MIGRATE request names, checked: nil for the whole
+    /// file (offset 0, length 0); length 0 otherwise means to the end.
+    /// Offsets past what a file can have (off_t) are refused, not wrapped.
+    static func migrationRange(offset: UInt64, length: UInt64) -> Result<Range<UInt64>?, Errno> {
+        let limit = UInt64(Int64.max)
+        if offset == 0 && length == 0 { return .success(nil) }
+        guard offset <= limit, length <= limit else { return .failure(.invalidArgument) }
+        let (end, overflow) = offset.addingReportingOverflow(length == 0 ? limit - offset : length)
+        guard !overflow, end <= limit else { return .failure(.invalidArgument) }
+        return .success(offset..<end)
+    }
+
     /// Moves a file's resident pages to a node and makes the file's policy
     /// follow, so pages allocated later land there too. The peer must hold the
-    /// file open (any mode) through the mount.
-    private func migrate(_ client: Int32, _ request: fbmm_request, pid: pid_t) {
-        if case .failure(let e) = verifyOpen(pid: pid, fd: request.fd, ino: request.ino) {
-            refuse(client, e, "migrate: pid \(pid) fd \(request.fd) is not inode \(request.ino) of this mount")
-            return
+    /// file open (any mode) through the mount, and own it or have it open
+    /// for writing.
+    private func migrate(_ client: Int32, _ request: fbmm_request, peer: BrokerPeer, attached: AttachedFile) {
+        let file: FileRef
+        switch filesystem.fileForMigration(attached.inode, peer: peer, attached: attached) {
+        case .success(let f): file = f
+        case .failure(let e): refuse(client, e, "migrate: inode \(attached.inode) is not uid \(peer.uid)'s to move"); return
         }
-        let found = filesystem.state.withLock { ns -> (InodeRecord, FileBacking)? in
-            guard let record = ns.inodes[request.ino], let backing = record.backing else { return nil }
-            return (record, backing)
-        }
-        guard let (record, backing) = found else { refuse(client, .noSuchFileOrDirectory, "migrate: no such file"); return }
         guard filesystem.topology.node(Int(request.node))?.hasMemory == true else {
             refuse(client, .invalidArgument, "migrate: node \(request.node) has no memory")
             return
         }
+        let range: Range<UInt64>?
+        switch Self.migrationRange(offset: request.offset, length: request.length) {
+        case .success(let r): range = r
+        case .failure(let e):
+            refuse(client, e, "migrate: offset \(request.offset) length \(request.length) is past any file's end")
+            return
+        }
         do {
             let node = Int(request.node)
-            let range: Range<UInt64>? = request.length == 0 && request.offset == 0 ? nil
-                : request.offset..<(request.length == 0 ? UInt64(Int64.max) : request.offset &+ request.length)
+            let size = try file.backing.memory.size()
             // Policy first, so pages faulted during the move already land on the target.
             if range == nil {
                 let spec = FBMMPolicy.PolicySpec(name: "preferred", options: .init([("nodes", String(node))]))
                 let policy = try filesystem.registry.make(spec, topology: filesystem.topology)
-                try backing.replacePolicy(policy, context: .init(inode: record.number, name: record.name.description, size: backing.memory.size()))
-                filesystem.pool?.policyChanged(record.number)
-                filesystem.state.withLock { _ in record.policySpec = spec }
+                try file.backing.replacePolicy(policy, context: .init(inode: file.inode, name: file.name, size: size))
+                filesystem.pool?.policyChanged(file.inode)
+                filesystem.recordPolicy(file.inode, spec)
             }
-            let moved = try backing.migrate(range, to: node)
-            filesystem.state.withLock { ns in
-                ns.counters.migrations += 1
-                ns.counters.migratedBytes += moved
-            }
+            // Only what the file has: a range past its end moves nothing.
+            let clamped = range.map { min($0.lowerBound, size)..<min($0.upperBound, size) }
+            let moved = clamped?.isEmpty == true ? 0 : try file.backing.migrate(clamped, to: node)
+            filesystem.countMigration(bytes: moved)
             reply(client, status: 0, size: moved)
         } catch let error as SystemError {
             reply(client, status: error.errno.rawValue)

@@ -1,3 +1,4 @@
+import CFBMMSys
 import FBMMCore
 import FBMMPolicy
 import FUSEKit
@@ -52,7 +53,7 @@ public final class Daemon: Sendable {
            let refusal = ShmemHugePageSupport.current().refusal(for: .always, what: "policy \(configuration.policy.name)") {
             throw .hugePages(refusal)
         }
-        let brokerPath = Self.brokerSocketPath()
+        let brokerPath = try Self.brokerSocketPath()
         var configuration = configuration
         if policy.wantsHugePages { configuration.huge = .always }
         let filesystem = MemoryFileSystem(configuration: configuration, topology: topology, policy: policy,
@@ -102,16 +103,12 @@ public final class Daemon: Sendable {
         }
     }
 
-    /// Where a mount's runtime files (broker socket, default log) live:
-    /// /run/fbmm for root, /tmp/fbmm-UID otherwise; created on first use.
-    public static func runtimeDirectory() -> String {
-        let directory = getuid() == 0 ? "/run/fbmm" : "/tmp/fbmm-\(getuid())"
-        mkdir(directory, 0o755)
-        return directory
-    }
-
-    static func brokerSocketPath() -> String {
-        "\(runtimeDirectory())/broker-\(getpid()).sock"
+    /// The broker socket of this daemon, in the checked runtime directory
+    /// (stale sockets of dead daemons removed first).
+    static func brokerSocketPath() throws(DaemonError) -> String {
+        let directory = try RuntimeDirectory.prepare()
+        RuntimeDirectory.removeStaleSockets(in: directory)
+        return "\(directory)/broker-\(getpid()).sock"
     }
 
     /// Mounts and learns the mount's device number (the broker identifies

@@ -9,7 +9,7 @@ import Glibc
 /// One node of the namespace: a directory, a regular file (memory), or a
 /// special file (fifo/socket, metadata only).
 /// Mutable state; only ever touched under `MemoryFileSystem.state`'s lock.
-final class InodeRecord: @unchecked Sendable {
+final class InodeRecord {
     enum Content {
         case directory(children: [FileName: InodeNumber])
         case regular(FileBacking)
@@ -26,15 +26,22 @@ final class InodeRecord: @unchecked Sendable {
     var modificationTime: timespec
     var changeTime: timespec
     var xattrs: [String: [UInt8]] = [:]
+    /// Bytes of names and values in `xattrs` (bounded per file and per mount).
+    var xattrBytes: UInt64 = 0
     /// The kernel's lookup count: the inode must live until it drops to zero.
     var lookups: UInt64 = 0
     /// Open handles, and how many of them can write.
     var openHandles = 0
     var writableHandles = 0
-    /// The pid that created it (shown by `fbmm stat`).
+    /// Opens ever (create counts as one): a file may become an arena only
+    /// while the handle that created it is the only one it ever had.
+    var opens = 0
+    /// The process shown by `fbmm stat`: the creator's FUSE thread id until
+    /// an arena is claimed, then the claiming process's tgid (SO_PEERCRED).
     var creatorPID: Int32
-    /// Set when the broker handed the backing to a process (the shim's arena):
-    /// the file then lives as long as that process holds it open.
+    /// Set when its creator claimed it as its arena through the broker
+    /// (FBMM_BACKING_ARENA): the file then lives as long as that process
+    /// holds it open.
     var processOwned = false
     /// A policy override set with the `user.fbmm.policy` xattr (directories:
     /// inherited by files created in them).
@@ -99,6 +106,26 @@ final class InodeRecord: @unchecked Sendable {
         }
         return st
     }
+}
+
+/// A regular file as code outside the namespace lock may hold it: what it
+/// was when copied under the lock (number, name, owner) and its backing,
+/// which is thread-safe. Records themselves never leave the lock (they are
+/// not Sendable, so the compiler checks that).
+struct FileRef: Sendable {
+    let inode: InodeNumber
+    let name: String
+    let uid: UInt32
+    let backing: FileBacking
+
+    init(_ record: InodeRecord, _ backing: FileBacking) {
+        inode = record.number
+        name = record.name.description
+        uid = record.uid
+        self.backing = backing
+    }
+
+    func context(size: UInt64) -> FileContext { FileContext(inode: inode, name: name, size: size) }
 }
 
 func currentTime() -> timespec {

@@ -53,7 +53,7 @@ public final class MemoryFileSystem: FileSystemOperations {
     // MARK: Helpers
 
     /// Runs `body` under the lock and turns its errno into a value to reply with.
-    func transact<T>(_ body: (inout Namespace) throws(Errno) -> T) -> Result<T, Errno> {
+    func transact<T: Sendable>(_ body: @Sendable (inout Namespace) throws(Errno) -> T) -> Result<T, Errno> {
         state.withLock { (ns) -> Result<T, Errno> in
             do throws(Errno) { return .success(try body(&ns)) } catch { return .failure(error) }
         }
@@ -78,8 +78,12 @@ public final class MemoryFileSystem: FileSystemOperations {
         return (mountPolicy, nil)
     }
 
-    private func fileContext(_ record: InodeRecord, size: UInt64) -> FileContext {
-        FileContext(inode: record.number, name: record.name.description, size: size)
+    /// A regular file's snapshot (nil: no such inode, or not a regular file).
+    func regularFile(_ inode: InodeNumber) -> FileRef? {
+        state.withLock { ns in
+            guard let record = ns.inodes[inode], let backing = record.backing else { return nil }
+            return FileRef(record, backing)
+        }
     }
 
     /// Creates a node under `parent`; called with the lock held.
@@ -159,19 +163,20 @@ public final class MemoryFileSystem: FileSystemOperations {
 
     public func setattr(_ ctx: RequestContext, inode: InodeNumber, changes: SetAttributes, file: OpenFile?,
                         reply: consuming AttrReply) {
-        let result = transact { (ns) throws(Errno) -> (InodeRecord, FileBacking?) in
+        let result = transact { (ns) throws(Errno) -> FileRef? in
             let record = try ns.record(inode)
             if changes.size != nil {
                 if record.isDirectory { throw .isDirectory }
                 guard record.backing != nil else { throw .invalidArgument }
             }
-            return (record, record.backing)
+            return record.backing.map { FileRef(record, $0) }
         }
-        guard case .success(let (record, backing)) = result else {
+        guard case .success(let file) = result else {
             if case .failure(let errno) = result { reply.error(errno) }
             return
         }
-        if let size = changes.size, let backing {
+        if let size = changes.size, let file {
+            let backing = file.backing
             if let refusal = admitGrowth(backing, to: size) { reply.error(refusal); return }
             // The pool's lasting window over an enrolled arena must stay inside
             // the file: a write past the end would be a SIGBUS in the daemon.
@@ -180,16 +185,17 @@ public final class MemoryFileSystem: FileSystemOperations {
                 return
             }
             do {
-                let count = try backing.ensurePlaced(upTo: size, context: fileContext(record, size: size))
+                let count = try backing.ensurePlaced(upTo: size, context: file.context(size: size))
                 try backing.memory.resize(to: size)
                 if count > 0 { state.withLock { $0.counters.placements += UInt64(count) } }
             } catch {
-                logger.warning("truncate \(record.name) to \(size): \(error)")
+                logger.warning("truncate \(file.name) to \(size): \(error)")
                 reply.error(error.errno)
                 return
             }
         }
-        let attributes = state.withLock { _ -> stat in
+        let updated = transact { (ns) throws(Errno) -> stat in
+            let record = try ns.record(inode)
             if let mode = changes.mode { record.mode = (record.mode & S_IFMT) | (mode & 0o7777) }
             if let uid = changes.uid { record.uid = uid }
             if let gid = changes.gid { record.gid = gid }
@@ -207,7 +213,10 @@ public final class MemoryFileSystem: FileSystemOperations {
             record.changeTime = now
             return record.attributes()
         }
-        reply.attributes(attributes)
+        switch updated {
+        case .success(let attributes): reply.attributes(attributes)
+        case .failure(let errno): reply.error(errno)
+        }
     }
 
     public func mknod(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, device: UInt64,
@@ -241,6 +250,7 @@ public final class MemoryFileSystem: FileSystemOperations {
             ns.nextHandle += 1
             ns.handles[handle] = Namespace.OpenHandle(inode: record.number, flags: flags, pid: ctx.pid)
             record.openHandles += 1
+            record.opens += 1
             if flags & O_ACCMODE != O_RDONLY { record.writableHandles += 1 }
             return (entry(record), handle)
         }
@@ -375,6 +385,7 @@ public final class MemoryFileSystem: FileSystemOperations {
             ns.nextHandle += 1
             ns.handles[handle] = Namespace.OpenHandle(inode: inode, flags: flags, pid: ctx.pid)
             record.openHandles += 1
+            record.opens += 1
             if flags & O_ACCMODE != O_RDONLY { record.writableHandles += 1 }
             return handle
         }
@@ -405,21 +416,18 @@ public final class MemoryFileSystem: FileSystemOperations {
 
     public func write(_ ctx: RequestContext, inode: InodeNumber, data: UnsafeRawBufferPointer, offset: Int64,
                       file: OpenFile, reply: consuming WriteReply) {
-        let found = state.withLock { ns -> (InodeRecord, FileBacking)? in
-            guard let record = ns.inodes[inode], let backing = record.backing else { return nil }
-            return (record, backing)
-        }
-        guard let (record, backing) = found else { reply.error(.badFileDescriptor); return }
+        guard let target = regularFile(inode) else { reply.error(.badFileDescriptor); return }
+        let backing = target.backing
         guard offset >= 0 else { reply.error(.invalidArgument); return }
         var start = UInt64(offset)
         do {
             if file.flags & O_APPEND != 0 { start = try backing.memory.size() }
             let end = start + UInt64(data.count)
             if let refusal = admitGrowth(backing, to: end) { reply.error(refusal); return }
-            let count = try backing.ensurePlaced(upTo: end, context: fileContext(record, size: end))
+            let count = try backing.ensurePlaced(upTo: end, context: target.context(size: end))
             try backing.memory.write(data, at: start)
             state.withLock { ns in
-                record.touchModified()
+                ns.inodes[inode]?.touchModified()
                 ns.counters.placements += UInt64(count)
             }
             reply.written(data.count)
@@ -430,19 +438,16 @@ public final class MemoryFileSystem: FileSystemOperations {
 
     public func fallocate(_ ctx: RequestContext, inode: InodeNumber, mode: Int32, offset: Int64, length: Int64,
                           file: OpenFile, reply: consuming StatusReply) {
-        let found = state.withLock { ns -> (InodeRecord, FileBacking)? in
-            guard let record = ns.inodes[inode], let backing = record.backing else { return nil }
-            return (record, backing)
-        }
-        guard let (record, backing) = found else { reply.error(.badFileDescriptor); return }
+        guard let target = regularFile(inode) else { reply.error(.badFileDescriptor); return }
+        let backing = target.backing
         guard offset >= 0, length > 0 else { reply.error(.invalidArgument); return }
         let (end, overflow) = UInt64(offset).addingReportingOverflow(UInt64(length))
         guard !overflow else { reply.error(.fileTooLarge); return }
         do {
             if let refusal = admitGrowth(backing, to: end) { reply.error(refusal); return }
-            try backing.ensurePlaced(upTo: end, context: fileContext(record, size: end))
+            try backing.ensurePlaced(upTo: end, context: target.context(size: end))
             try backing.memory.allocate(mode: mode, offset: UInt64(offset), length: UInt64(length))
-            state.withLock { _ in record.touchModified() }
+            state.withLock { ns in ns.inodes[inode]?.touchModified() }
             reply.ok()
         } catch {
             reply.error(error.errno)
@@ -523,10 +528,11 @@ public final class MemoryFileSystem: FileSystemOperations {
         max((try? backing.memory.size()) ?? 0, (try? backing.memory.allocatedBytes()) ?? 0)
     }
 
-    /// What all files together commit the pool to.
+    /// What all files together commit the pool to, their extended
+    /// attributes (held in the daemon's memory) included.
     func committedTotal() -> UInt64 {
         state.withLock { ns in
-            ns.inodes.values.reduce(UInt64(0)) { sum, record in sum + (record.backing.map(Self.committedBytes) ?? 0) }
+            ns.inodes.values.reduce(ns.xattrBytes) { sum, record in sum + (record.backing.map(Self.committedBytes) ?? 0) }
         }
     }
 

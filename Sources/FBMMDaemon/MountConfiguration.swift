@@ -19,6 +19,12 @@ public struct MountConfiguration: Sendable {
     public var maxFileSize: UInt64 = 4 << 40
     /// `-o max-files=N`
     public var maxFiles: Int?
+    /// `-o xattr-size=SIZE`: the most bytes (names and values) of `user.*`
+    /// extended attributes all files together may hold. They live in the
+    /// daemon's own memory, so they are bounded and counted in `capacity`.
+    public var xattrSize: UInt64 = 16 << 20
+    /// The most bytes of `user.*` attributes one file may hold (ENOSPC past it).
+    public static let xattrSizePerFile: UInt64 = 256 << 10
     /// `-o prezero=SIZE`: the pre-zeroed pool's bound (0: no pool).
     public var prezero: UInt64 = 64 << 20
     /// `-o huge=`: transparent huge pages for the mount's file memory.
@@ -35,6 +41,7 @@ public struct MountConfiguration: Sendable {
         PolicyKey("capacity", default: "unlimited", "most memory the mount's files may hold, e.g. 4G"),
         PolicyKey("max-files", default: "1048576", "most files and directories"),
         PolicyKey("max-file-size", default: "4T", "largest size a file may grow to"),
+        PolicyKey("xattr-size", default: "16M", "most bytes of user.* extended attributes in all files together (256K per file)"),
         PolicyKey("mode", default: "1777", "permissions of the mount's root directory (octal)"),
         PolicyKey("prezero", default: "64M", "pre-zeroed pool: memory kept allocated and zero for programs run under the shim (0: off)"),
         PolicyKey("huge", default: "advise", "transparent huge pages for file memory: always, advise (where the program asks), never"),
@@ -55,6 +62,7 @@ public struct MountConfiguration: Sendable {
         }
         if let size = try policyOptions.removeSize("capacity") { capacity = size }
         if let size = try policyOptions.removeSize("max-file-size") { maxFileSize = size }
+        if let size = try policyOptions.removeSize("xattr-size") { xattrSize = size }
         if let value = policyOptions.remove("max-files") {
             guard let n = Int(value), n > 0 else { throw .invalidValue(key: "max-files", value: value, reason: "expected a positive number") }
             maxFiles = n

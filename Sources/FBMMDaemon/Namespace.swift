@@ -16,6 +16,8 @@ struct Namespace: ~Copyable {
     var handles: [UInt64: OpenHandle] = [:]
     var nextHandle: UInt64 = 1
     var counters = Counters()
+    /// Bytes of `user.*` xattr names and values held by all inodes.
+    var xattrBytes: UInt64 = 0
 
     struct OpenHandle {
         var inode: InodeNumber
@@ -68,6 +70,7 @@ struct Namespace: ~Copyable {
         guard inode != 1, let record = inodes[inode] else { return }
         let unlinked = record.isDirectory ? record.linkCount <= 1 : record.linkCount == 0
         if unlinked && record.lookups == 0 && record.openHandles == 0 {
+            xattrBytes -= min(xattrBytes, record.xattrBytes)
             inodes[inode] = nil
         }
     }

@@ -123,14 +123,16 @@ final class PrezeroPool: Sendable {
         if let arena = arenas.withLock({ $0.removeValue(forKey: inode) }) { retire(arena) }
     }
 
-    /// Keeps a departing arena's shim counters in the mount's totals.
+    /// Keeps a departing arena's shim counters in the mount's totals. They
+    /// are the program's to write (any value at all): added wrapping, shown
+    /// for what they are, never trusted for a decision.
     private func retire(_ arena: PoolArena) {
         let c = arena.shimCounters
         totals.withLock {
-            $0.handed += c.handed
-            $0.returned += c.returned
-            $0.misses += c.misses
-            $0.kicks += c.kicks
+            $0.handed &+= c.handed
+            $0.returned &+= c.returned
+            $0.misses &+= c.misses
+            $0.kicks &+= c.kicks
         }
     }
 
@@ -175,7 +177,7 @@ final class PrezeroPool: Sendable {
                 // equal share, and starts only below half of it, so that an
                 // arena's pool is refilled by what it frees rather than by
                 // allocating while freed pages are punched.
-                let total = clean.reduce(0, +)
+                let total = clean.reduce(0, &+)
                 let headroom = boundPages > total ? boundPages - total : 0
                 let budget = clean[index] + headroom
                 if arena.clean < share / 2 { arena.filling = true }
@@ -187,7 +189,7 @@ final class PrezeroPool: Sendable {
                     clean[index] = 0
                     arena.clean = 0
                     arena.filling = true
-                    totals.withLock { $0.revoked += revoked * Self.page }
+                    totals.withLock { $0.revoked &+= Self.bytes(revoked) }
                 }
                 let mayFill = room && (backoff[inode].map { now > $0 } ?? true)
                 var pass = fbmm_pool_pass()
@@ -202,10 +204,10 @@ final class PrezeroPool: Sendable {
                 if pass.zeroed_pages + pass.filled_pages + pass.punched_pages > 0 {
                     worked = true
                     totals.withLock {
-                        $0.zeroed += pass.zeroed_pages * Self.page
-                        $0.filled += pass.filled_pages * Self.page
-                        $0.punched += pass.punched_pages * Self.page
-                        if pass.fill_errno != 0 { $0.fillStops += 1 }
+                        $0.zeroed &+= Self.bytes(pass.zeroed_pages)
+                        $0.filled &+= Self.bytes(pass.filled_pages)
+                        $0.punched &+= Self.bytes(pass.punched_pages)
+                        if pass.fill_errno != 0 { $0.fillStops &+= 1 }
                     }
                 }
             }
@@ -239,32 +241,39 @@ final class PrezeroPool: Sendable {
         return free >= 2 * bound + (64 << 20)
     }
 
+    /// Pages as bytes, saturating (a count may come from the program).
+    static func bytes(_ pages: UInt64) -> UInt64 {
+        let (product, overflow) = pages.multipliedReportingOverflow(by: page)
+        return overflow ? .max : product
+    }
+
     /// What `fbmm stat` shows under "prezero".
     func usage() -> [String: UInt64] {
         let list = arenas.withLock { Array($0.values) }
         var handed: UInt64 = 0, returned: UInt64 = 0, misses: UInt64 = 0, kicks: UInt64 = 0
         var ready: UInt64 = 0, pending: UInt64 = 0
         for arena in list {
-            pending += fbmm_pool_dirty_pages(arena.control, windowPages)
+            pending &+= fbmm_pool_dirty_pages(arena.control, windowPages)
+            // The shim's counters are untrusted (its program can write them): wrapping sums.
             let c = arena.shimCounters
-            handed += c.handed; returned += c.returned; misses += c.misses; kicks += c.kicks
-            ready += arena.clean
+            handed &+= c.handed; returned &+= c.returned; misses &+= c.misses; kicks &+= c.kicks
+            ready &+= arena.clean
         }
         let t = totals.withLock { $0 }
         return [
             "bound_bytes": bound,
             "window_bytes": windowBytes,
-            "ready_bytes": ready * Self.page,
-            "pending_bytes": pending * Self.page,
+            "ready_bytes": Self.bytes(ready),
+            "pending_bytes": Self.bytes(pending),
             "arenas": UInt64(list.count),
             "enrolled_total": t.enrolled,
             "filled_bytes": t.filled,
             "zeroed_bytes": t.zeroed,
             "punched_bytes": t.punched,
-            "handed_out_bytes": (t.handed + handed) * Self.page,
-            "returned_bytes": (t.returned + returned) * Self.page,
-            "misses": t.misses + misses,
-            "kicks": t.kicks + kicks,
+            "handed_out_bytes": Self.bytes(t.handed &+ handed),
+            "returned_bytes": Self.bytes(t.returned &+ returned),
+            "misses": t.misses &+ misses,
+            "kicks": t.kicks &+ kicks,
             "fill_stops": t.fillStops,
             "revoked_bytes": t.revoked,
         ]

@@ -1,4 +1,5 @@
 import FBMMCore
+import FUSEKit
 import FBMMPolicy
 import Foundation
 
@@ -53,31 +54,49 @@ public struct MountStatistics: Codable, Sendable {
 }
 
 extension MemoryFileSystem {
+    /// One file as stat sees it, copied under the namespace lock.
+    private struct FileSnapshot: Sendable {
+        var inode: InodeNumber
+        var name: String
+        var path: String
+        var ownerPID: Int32
+        var openHandles: Int
+        var backing: FileBacking
+    }
+
     /// Gathers where every file's memory is. Page nodes come from move_pages on
-    /// short-lived windows over the files' data ranges.
-    public func statistics() -> MountStatistics {
-        let snapshot = state.withLock { ns -> ([(InodeRecord, String)], Namespace.Counters) in
-            let files = ns.inodes.values.filter { $0.backing != nil && $0.linkCount > 0 }
-                .map { ($0, ns.path(of: $0.number)) }
+    /// short-lived windows over the files' data ranges. With `visibleTo`, only
+    /// the files that uid owns are listed and counted in the node totals (a
+    /// user learns nothing of other users' files: not their names, sizes,
+    /// placement or owners).
+    public func statistics(visibleTo uid: UInt32? = nil) -> MountStatistics {
+        let snapshot = state.withLock { ns -> ([FileSnapshot], Namespace.Counters) in
+            var files: [FileSnapshot] = []
+            for record in ns.inodes.values where record.linkCount > 0 && (uid == nil || record.uid == uid) {
+                guard let backing = record.backing else { continue }
+                files.append(FileSnapshot(inode: record.number, name: record.name.description,
+                                          path: ns.path(of: record.number), ownerPID: record.creatorPID,
+                                          openHandles: record.openHandles, backing: backing))
+            }
             return (files, ns.counters)
         }
         let topology = (try? Topology()) ?? self.topology
         var nodeTotals: [Int: UInt64] = [:]
         var files: [MountStatistics.FileUsage] = []
-        for (record, path) in snapshot.0.sorted(by: { $0.1 < $1.1 }) {
-            guard let backing = record.backing else { continue }
+        for file in snapshot.0.sorted(by: { $0.path < $1.path }) {
+            let backing = file.backing
             let byNode = (try? backing.residentByNode()) ?? [:]
-            for (node, bytes) in byNode { nodeTotals[node, default: 0] += bytes }
+            for (node, bytes) in byNode { nodeTotals[node, default: 0] &+= bytes }
             files.append(MountStatistics.FileUsage(
-                name: record.name.description, path: path,
+                name: file.name, path: file.path,
                 size: (try? backing.memory.size()) ?? 0,
                 allocated_bytes: (try? backing.memory.allocatedBytes()) ?? 0,
-                resident_bytes: byNode.values.reduce(0, +),
+                resident_bytes: byNode.values.reduce(0, &+),
                 nodes: Dictionary(uniqueKeysWithValues: byNode.map { (String($0.key), $0.value) }),
-                owner_pid: record.creatorPID,
+                owner_pid: file.ownerPID,
                 policy: backing.policy.description,
-                open_handles: state.withLock { _ in record.openHandles },
-                prezero_window_bytes: self.pool?.windowAllocated(record.number)))
+                open_handles: file.openHandles,
+                prezero_window_bytes: self.pool?.windowAllocated(file.inode)))
         }
         var nodes: [String: MountStatistics.NodeUsage] = [:]
         for node in topology.nodes {

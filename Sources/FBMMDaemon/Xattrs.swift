@@ -90,17 +90,17 @@ extension MemoryFileSystem {
                 reply.error(.invalidArgument)
                 return
             }
-            let found = state.withLock { ns -> (InodeRecord)? in
+            let found = state.withLock { ns -> FileRef?? in
                 guard let record = ns.inodes[inode] else { return nil }
                 record.policySpec = spec
                 record.changeTime = currentTime()
-                return record
+                return .some(record.backing.map { FileRef(record, $0) })
             }
-            guard let record = found else { reply.error(.noSuchFileOrDirectory); return }
-            if let backing = record.backing {
+            guard let file = found else { reply.error(.noSuchFileOrDirectory); return }
+            if let file {
                 do {
-                    let size = try backing.memory.size()
-                    try backing.replacePolicy(policy, context: FileContext(inode: inode, name: record.name.description, size: size))
+                    let size = try file.backing.memory.size()
+                    try file.backing.replacePolicy(policy, context: file.context(size: size))
                     pool?.policyChanged(inode)
                 } catch {
                     reply.error(error.errno)
@@ -112,13 +112,26 @@ extension MemoryFileSystem {
             if let errno = setKnob(name: name, value: value) { reply.error(errno) } else { reply.ok() }
         default:
             guard name.hasPrefix("user.") else { reply.error(.notSupported); return }
-            guard value.count <= 65536 else { reply.error(Errno(rawValue: E2BIG)); return }
+            guard value.count <= 65536, name.utf8.count <= 255 else { reply.error(Errno(rawValue: E2BIG)); return }
+            let committed = configuration.capacity == nil ? 0 : committedTotal()
             let result = transact { (ns) throws(Errno) in
                 let record = try ns.record(inode)
-                let exists = record.xattrs[name] != nil
-                if flags & xattrCreate != 0 && exists { throw .fileExists }
-                if flags & xattrReplace != 0 && !exists { throw Errno(rawValue: ENODATA) }
+                let old = record.xattrs[name]
+                if flags & xattrCreate != 0 && old != nil { throw .fileExists }
+                if flags & xattrReplace != 0 && old == nil { throw Errno(rawValue: ENODATA) }
+                let cost = UInt64(name.utf8.count + value.count)
+                let freed = old.map { UInt64(name.utf8.count + $0.count) } ?? 0
+                let fileBytes = record.xattrBytes + cost - min(freed, record.xattrBytes + cost)
+                let mountBytes = ns.xattrBytes + cost - min(freed, ns.xattrBytes + cost)
+                guard fileBytes <= MountConfiguration.xattrSizePerFile, mountBytes <= configuration.xattrSize else {
+                    throw .noSpace
+                }
+                if let capacity = configuration.capacity, cost > freed, committed + (cost - freed) > capacity {
+                    throw .noSpace
+                }
                 record.xattrs[name] = value
+                record.xattrBytes = fileBytes
+                ns.xattrBytes = mountBytes
                 record.changeTime = currentTime()
             }
             switch result {
@@ -134,14 +147,14 @@ extension MemoryFileSystem {
             return
         }
         if name == Self.policyAttribute {
-            let found = state.withLock { ns -> InodeRecord? in
+            let found = state.withLock { ns -> FileRef?? in
                 guard let record = ns.inodes[inode], record.policySpec != nil else { return nil }
                 record.policySpec = nil
-                return record
+                return .some(record.backing.map { FileRef(record, $0) })
             }
-            guard let record = found else { reply.error(Errno(rawValue: ENODATA)); return }
-            if let backing = record.backing, let size = try? backing.memory.size() {
-                try? backing.replacePolicy(mountPolicy, context: FileContext(inode: inode, name: record.name.description, size: size))
+            guard let file = found else { reply.error(Errno(rawValue: ENODATA)); return }
+            if let file, let size = try? file.backing.memory.size() {
+                try? file.backing.replacePolicy(mountPolicy, context: file.context(size: size))
                 pool?.policyChanged(inode)
             }
             reply.ok()
@@ -149,7 +162,10 @@ extension MemoryFileSystem {
         }
         let result = transact { (ns) throws(Errno) in
             let record = try ns.record(inode)
-            guard record.xattrs.removeValue(forKey: name) != nil else { throw Errno(rawValue: ENODATA) }
+            guard let old = record.xattrs.removeValue(forKey: name) else { throw Errno(rawValue: ENODATA) }
+            let freed = UInt64(name.utf8.count + old.count)
+            record.xattrBytes -= min(record.xattrBytes, freed)
+            ns.xattrBytes -= min(ns.xattrBytes, freed)
         }
         switch result {
         case .success: reply.ok()

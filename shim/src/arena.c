@@ -150,7 +150,7 @@ int fbmm_arena_open(struct fbmm_arena *a)
         a->mem_fd = fd;
     } else {
         int memfd;
-        if (fbmm_broker_request(sock, FBMM_OP_GET_BACKING, fd, (uint64_t)st.st_ino, 1, &memfd,
+        if (fbmm_broker_request(sock, FBMM_OP_GET_BACKING, FBMM_BACKING_ARENA, fd, (uint64_t)st.st_ino, 1, &memfd,
                                 NULL, a->reason, sizeof a->reason) < 0)
             goto fail;
         a->mem_fd = fd_high(memfd);

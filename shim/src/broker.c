@@ -1,8 +1,10 @@
 /*
- * Client side of the broker protocol (fbmm_broker.h): one SEQPACKET request,
- * one reply carrying an fd via SCM_RIGHTS (the backing memfd, or the pool's
- * eventfd). Only system calls:
- * this runs under the shim's lock, possibly in a fork child.
+ * Client side of the broker protocol (fbmm_broker.h): one SEQPACKET request
+ * carrying our own fd of the file (SCM_RIGHTS: possession is the proof of
+ * ownership), one reply carrying an fd (the backing memfd, or the pool's
+ * eventfd). The broker is trusted only when its SO_PEERCRED uid is root or
+ * ours: a socket bound by anyone else gets no say over our memory. Only
+ * system calls: this runs under the shim's lock, possibly in a fork child.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -31,7 +33,19 @@ static void set_why(char *why, size_t n, const char *a, int err)
     if (n) why[k] = 0;
 }
 
-int fbmm_broker_request(const char *sock, uint32_t op, int fd, uint64_t ino, int want_fd,
+static void set_why_uid(char *why, size_t n, unsigned uid)
+{
+    char digits[16];
+    int k = 0;
+    do { digits[k++] = (char)('0' + uid % 10); uid /= 10; } while (uid && k < 15);
+    char text[64] = "the broker socket belongs to uid ";
+    size_t t = strlen(text);
+    while (k && t + 1 < sizeof text) text[t++] = digits[--k];
+    text[t] = 0;
+    set_why(why, n, text, 0);
+}
+
+int fbmm_broker_request(const char *sock, uint32_t op, uint32_t flags, int fd, uint64_t ino, int want_fd,
                         int *fd_out, uint64_t *size, char *why, size_t whylen)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -58,11 +72,36 @@ int fbmm_broker_request(const char *sock, uint32_t op, int fd, uint64_t ino, int
         set_why(why, whylen, "cannot connect to the broker", err);
         goto out;
     }
+    struct ucred peer;
+    socklen_t pl = sizeof peer;
+    if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &peer, &pl) < 0) {
+        err = errno;
+        set_why(why, whylen, "broker credentials", err);
+        goto out;
+    }
+    if (peer.uid != 0 && peer.uid != getuid()) {
+        err = EPERM;
+        set_why_uid(why, whylen, (unsigned)peer.uid);
+        goto out;
+    }
     struct fbmm_request req = {
         .magic = FBMM_BROKER_MAGIC, .version = FBMM_BROKER_VERSION,
-        .op = op, .fd = fd, .ino = ino,
+        .op = op, .flags = flags, .ino = ino,
     };
-    if (send(s, &req, sizeof req, MSG_NOSIGNAL) != (ssize_t)sizeof req) {
+    struct iovec sv = { .iov_base = &req, .iov_len = sizeof req };
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } sctl;
+    struct msghdr sm = { .msg_iov = &sv, .msg_iovlen = 1 };
+    if (fd >= 0) {
+        memset(&sctl, 0, sizeof sctl);
+        sm.msg_control = sctl.buf;
+        sm.msg_controllen = sizeof sctl.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&sm);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    if (sendmsg(s, &sm, MSG_NOSIGNAL) != (ssize_t)sizeof req) {
         err = errno ? errno : EPROTO;
         set_why(why, whylen, "broker send", err);
         goto out;

@@ -120,7 +120,7 @@ static int enroll(void)
     uint64_t got = 0;
     struct stat st;
     if (fstat(a->name_fd, &st) < 0 ||
-        fbmm_broker_request(a->sock, FBMM_OP_POOL, a->name_fd, (uint64_t)st.st_ino, 1, &efd, &got,
+        fbmm_broker_request(a->sock, FBMM_OP_POOL, 0, a->name_fd, (uint64_t)st.st_ino, 1, &efd, &got,
                             why, sizeof why) < 0 || got != pages) {
         if (efd >= 0) close(efd);
         sys_munmap(ctl, FBMM_POOL_CTL_BYTES);

@@ -97,10 +97,11 @@ int  fbmm_arena_fd_ok(void);
 int  fbmm_arena_grow(uint64_t need);
 /* Frees the memory of [off, off+len): hole punch on the backing. */
 int  fbmm_arena_punch(uint64_t off, uint64_t len);
-/* One broker exchange about our fd `fd` (inode `ino`): op is a
- * fbmm_broker_op. On success *fd_out gets the attached fd (or -1 when none
- * came and none is needed: want_fd 0) and *size the reply's size. */
-int  fbmm_broker_request(const char *sock, uint32_t op, int fd, uint64_t ino, int want_fd,
+/* One broker exchange about our fd `fd` (inode `ino`), which goes along
+ * (SCM_RIGHTS): op is a fbmm_broker_op, flags its FBMM_BACKING_* flags. On
+ * success *fd_out gets the attached fd (or -1 when none came and none is
+ * needed: want_fd 0) and *size the reply's size. */
+int  fbmm_broker_request(const char *sock, uint32_t op, uint32_t flags, int fd, uint64_t ino, int want_fd,
                          int *fd_out, uint64_t *size, char *why, size_t whylen);
 /* Says once (verbose) that we fall back, and why. */
 void fbmm_note_fallback(const char *why, const char *detail);

@@ -4,12 +4,25 @@
  * Why a broker: the page-fault path must never cross FUSE (the page cache of
  * a FUSE file cannot be placed by the filesystem), so a process that opened a
  * file through the mount asks the daemon for the file's backing memfd and maps
- * that directly. The daemon hands the fd out only to a peer (SO_PEERCRED) that
- * itself holds that very file open for writing through the mount.
+ * that directly.
+ *
+ * Trust model (version 2): ownership is proved by possession, never by pid.
+ * A request about a file carries the peer's own open fd of that file through
+ * the mount, attached with SCM_RIGHTS. The daemon checks the received open
+ * file itself (statx: this mount's device and the inode named in `ino`;
+ * F_GETFL: its access mode), so a pid that died and was reused, an fd number
+ * guessed in another process, or a file opened write-only cannot yield
+ * anything. GET_BACKING and POOL need an fd opened O_RDWR (the memfd gives
+ * read and write access both); MIGRATE needs any fd of the file, and is
+ * refused unless the peer owns the file, is root, or opened it for writing.
+ * STAT carries no fd and reports only the files whose owner is the peer's
+ * uid (root and the mount's own user see all).
  *
  * Transport: AF_UNIX SOCK_SEQPACKET; one request message, one reply message.
  * The socket path is published as the xattr "user.fbmm.broker" on the mount's
  * root directory (so a process finds the broker from the mount path alone).
+ * A client checks the broker's SO_PEERCRED (root, or its own uid) before it
+ * trusts a reply.
  *
  * This header must stay plain C with fixed-size fields: the shim includes it
  * and runs inside arbitrary processes.
@@ -20,7 +33,7 @@
 #include <stdint.h>
 
 #define FBMM_BROKER_MAGIC   0x4642u /* "FB" */
-#define FBMM_BROKER_VERSION 1u
+#define FBMM_BROKER_VERSION 2u
 
 /* xattr on the mount root whose value is the broker socket path. */
 #define FBMM_XATTR_BROKER   "user.fbmm.broker"
@@ -34,31 +47,41 @@
 #define FBMM_XATTR_POLICY   "user.fbmm.policy"
 
 enum fbmm_broker_op {
-    /* Give me the backing memfd of the file I hold open as `fd`.
-     * Reply carries the memfd via SCM_RIGHTS when status == 0. */
+    /* Give me the backing memfd of the file whose fd (opened O_RDWR through
+     * the mount) is attached. Reply carries the memfd via SCM_RIGHTS when
+     * status == 0. With FBMM_BACKING_ARENA in `flags` the file also becomes
+     * the peer's arena: it is unlinked when its last handle closes. Only the
+     * file's creator may ask that, with the handle that created it still its
+     * only open (the shim's O_CREAT|O_EXCL arena, asked for at once). */
     FBMM_OP_GET_BACKING = 1,
     /* Report statistics: reply carries a memfd holding UTF-8 JSON
-     * (same document as `fbmm stat --json`), length in `size`. */
+     * (same document as `fbmm stat --json`, limited to what the peer may
+     * see), length in `size`. No fd attached. */
     FBMM_OP_STAT = 2,
-    /* Migrate resident pages of the file the peer holds open as `fd`
-     * (any access mode) in [offset, offset+length) to node `node`;
-     * length 0 means to end of file. Reply `size` = bytes moved. */
+    /* Migrate resident pages of the file whose fd (any access mode) is
+     * attached, in [offset, offset+length), to node `node`; length 0 means
+     * to end of file (offset 0 and length 0: the whole file, and its policy
+     * follows). Reply `size` = bytes moved. */
     FBMM_OP_MIGRATE = 3,
-    /* Enrol the file the peer holds open for writing as `fd` (its arena) in
-     * the pre-zeroed pool. The peer has grown the file past the window and
-     * written the control block (fbmm_pool.h) first. Reply `size` = window
-     * pages; the reply carries the pool's eventfd. */
+    /* Enrol the arena whose fd (O_RDWR) is attached in the pre-zeroed pool.
+     * The peer has grown the file past the window and written the control
+     * block (fbmm_pool.h) first. Reply `size` = window pages; the reply
+     * carries the pool's eventfd. */
     FBMM_OP_POOL = 4,
 };
 
-/* Request: exactly sizeof(struct fbmm_request) bytes, no fds attached. */
+/* fbmm_request.flags */
+#define FBMM_BACKING_ARENA 1u
+
+/* Request: exactly sizeof(struct fbmm_request) bytes; at most one fd
+ * attached (GET_BACKING, MIGRATE, POOL: the file's; STAT: none). */
 struct fbmm_request {
     uint16_t magic;    /* FBMM_BROKER_MAGIC */
     uint16_t version;  /* FBMM_BROKER_VERSION */
     uint32_t op;       /* enum fbmm_broker_op */
-    int32_t  fd;       /* the peer's own fd number for the file (GET_BACKING, MIGRATE) */
+    uint32_t flags;    /* GET_BACKING: FBMM_BACKING_ARENA; otherwise 0 */
     int32_t  node;     /* MIGRATE: target node */
-    uint64_t ino;      /* st_ino of that fd as the peer sees it (must match) */
+    uint64_t ino;      /* st_ino of the attached fd as the peer sees it (must match) */
     uint64_t offset;   /* MIGRATE */
     uint64_t length;   /* MIGRATE */
 };

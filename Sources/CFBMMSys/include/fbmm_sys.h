@@ -31,6 +31,11 @@ int fbmm_madv_remove(void);
 ssize_t fbmm_send_with_fd(int sock, const void *buf, size_t len, int fd_to_send);
 /* Receive up to `len` bytes; *fd_out gets a received fd or -1. MSG_CMSG_CLOEXEC. */
 ssize_t fbmm_recv_with_fd(int sock, void *buf, size_t len, int *fd_out);
+/* What a descriptor a peer sent us is, without asking any filesystem's
+ * daemon (statx AT_STATX_DONT_SYNC: a FUSE fd of a hung daemon cannot stall
+ * us here): its st_dev, st_ino, file type bits and open flags (F_GETFL).
+ * Returns 0 or -1 with errno. */
+int fbmm_fd_identity(int fd, uint64_t *dev, uint64_t *ino, uint32_t *mode, int *flags);
 /* SO_PEERCRED of a connected unix socket. */
 int fbmm_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
 
@@ -38,10 +43,12 @@ int fbmm_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
 int fbmm_accept_cloexec(int listener);
 /* A connected AF_UNIX SOCK_SEQPACKET client socket (close-on-exec). */
 int fbmm_connect_seqpacket(const char *path);
-/* One request/reply exchange with the broker at `path`; *fd_out gets an
- * attached fd or -1. Returns 0 or -1 with errno set (transport errors only;
- * the broker's own verdict is reply->status). */
-int fbmm_broker_call(const char *path, const struct fbmm_request *request,
+/* One request/reply exchange with the broker at `path`, with `attach_fd`
+ * (the file the request is about; -1: none) attached; *fd_out gets an
+ * attached fd or -1. A broker whose SO_PEERCRED uid is neither root nor
+ * ours is not talked to (EPERM) unless we are root. Returns 0 or -1 with
+ * errno set (transport errors only; the broker's verdict is reply->status). */
+int fbmm_broker_call(const char *path, const struct fbmm_request *request, int attach_fd,
                      struct fbmm_reply *reply, int *fd_out);
 
 /* getxattr(2) (sys/xattr.h is not in Swift's Glibc module). */
