@@ -56,6 +56,11 @@ ssize_t fbmm_send_with_fd(int sock, const void *buf, size_t len, int fd_to_send)
 }
 
 ssize_t fbmm_recv_with_fd(int sock, void *buf, size_t len, int *fd_out) {
+    int count;
+    return fbmm_recv_counting_fds(sock, buf, len, fd_out, &count);
+}
+
+ssize_t fbmm_recv_counting_fds(int sock, void *buf, size_t len, int *fd_out, int *count_out) {
     struct iovec iov = { .iov_base = buf, .iov_len = len };
     /* Room for several fds: a hostile peer may attach more than one; all
      * received fds beyond the first are closed so none leak. */
@@ -63,11 +68,13 @@ ssize_t fbmm_recv_with_fd(int sock, void *buf, size_t len, int *fd_out) {
     struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
                           .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
     *fd_out = -1;
+    *count_out = 0;
     ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
     if (n < 0) return n;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
         size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        *count_out += (int)count;
         for (size_t i = 0; i < count; i++) {
             int fd;
             memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));

@@ -11,7 +11,7 @@ import Glibc
 /// server and whatever it started can be stopped together, and so that the
 /// terminal's Ctrl-C reaches only the bench, which then stops them itself.
 enum BenchProcesses {
-    private static let live = Mutex(Set<pid_t>())
+    private static let live = Locked(Set<pid_t>())
     private static let interrupted = Atomic<Bool>(false)
     nonisolated(unsafe) private static var sources: [any DispatchSourceSignal] = []
 

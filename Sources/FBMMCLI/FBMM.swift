@@ -9,7 +9,7 @@ import Synchronization
 /// own `fbmm` with `FBMM.main(policies: [MyPolicy.self])`; the built-ins, the
 /// CLI and every mount option stay the same.
 public enum FBMM {
-    private static let registryStore = Mutex(PolicyRegistry())
+    private static let registryStore = Locked(PolicyRegistry())
 
     /// The policies this executable knows (built-ins plus those given to `main`).
     public static var registry: PolicyRegistry { registryStore.withLock { $0 } }

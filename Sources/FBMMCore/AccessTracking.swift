@@ -156,7 +156,7 @@ public final class SoftDirtyTracker: AccessTracker {
         var window: Double = 0.010
         var cpu: Double = 0
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
     public let samples: Int
 
     public init(samples: Int = 4) { self.samples = samples }
@@ -272,7 +272,7 @@ public final class DamonTracker: AccessTracker {
         var cpu: Double = 0
         var failures = 0
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init() {}
 

@@ -36,7 +36,7 @@ final class Broker: Sendable {
     static let maxPerUser = 8
     static let maxWaiting = 4096
     /// Connections being answered per peer uid.
-    private let perUser = Mutex<[UInt32: Int]>([:])
+    private let perUser = Locked<[UInt32: Int]>([:])
     /// The mount's st_dev, learnt once mounted (files are recognised by (dev, ino)).
     private let mountDevice = Atomic<UInt64>(0)
 
@@ -177,8 +177,9 @@ final class Broker: Sendable {
     private func handle(_ client: Int32, peer: BrokerPeer) {
         var request = fbmm_request()
         var received: Int32 = -1
+        var attachedCount: Int32 = 0
         let count = withUnsafeMutableBytes(of: &request) { raw in
-            fbmm_recv_with_fd(client, raw.baseAddress, raw.count, &received)
+            fbmm_recv_counting_fds(client, raw.baseAddress, raw.count, &received, &attachedCount)
         }
         // The attached fd is the peer's proof; we only look at it (statx
         // without syncing, F_GETFL) and close it when done.
@@ -186,6 +187,10 @@ final class Broker: Sendable {
         guard count == MemoryLayout<fbmm_request>.size,
               request.magic == UInt16(FBMM_BROKER_MAGIC), request.version == UInt16(FBMM_BROKER_VERSION) else {
             refuse(client, .invalidArgument, "malformed request (\(count) bytes)")
+            return
+        }
+        guard attachedCount <= 1 else {
+            refuse(client, .invalidArgument, "\(attachedCount) fds attached (at most one: the file's)")
             return
         }
         let op = request.op

@@ -23,11 +23,11 @@ final class FileBacking: Sendable {
         var policy: any MemoryManagementPolicy
         var placedUpTo: UInt64
     }
-    private let state: Mutex<PlacementState>
+    private let state: Locked<PlacementState>
 
     init(name: String, policy: any MemoryManagementPolicy) throws(SystemError) {
         memory = try MemoryFile(name: name)
-        state = Mutex(PlacementState(policy: policy, placedUpTo: 0))
+        state = Locked(PlacementState(policy: policy, placedUpTo: 0))
     }
 
     var policy: any MemoryManagementPolicy { state.withLock { $0.policy } }

@@ -21,7 +21,7 @@ public final class MemoryFileSystem: FileSystemOperations {
     let mountPolicy: any MemoryManagementPolicy
     let registry: PolicyRegistry
     let logger: Logger
-    let state: Mutex<Namespace>
+    let state: Locked<Namespace>
     /// The broker socket path, published as the root's `user.fbmm.broker` xattr.
     let brokerPath: String
     /// The pre-zeroed pool (nil with `prezero=0`).
@@ -46,7 +46,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         } else {
             pool = nil
         }
-        self.state = Mutex(Namespace(rootUID: configuration.rootUID, rootGID: configuration.rootGID,
+        self.state = Locked(Namespace(rootUID: configuration.rootUID, rootGID: configuration.rootGID,
                                      rootMode: configuration.rootMode))
     }
 

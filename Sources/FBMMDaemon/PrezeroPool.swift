@@ -29,8 +29,8 @@ final class PrezeroPool: Sendable {
     let windowBytes: UInt64
     let huge: HugePageMode
     let eventDescriptor: Int32
-    private let arenas = Mutex<[InodeNumber: PoolArena]>([:])
-    private let totals = Mutex(Totals())
+    private let arenas = Locked<[InodeNumber: PoolArena]>([:])
+    private let totals = Locked(Totals())
     private let stopping = Atomic<Bool>(false)
     private let running = Atomic<Bool>(false)
     private let logger: Logger

@@ -115,10 +115,10 @@ public final class TieredPolicy: MaintainingPolicy {
         }
     }
 
-    private let knobs: Mutex<Knobs>
+    private let knobs: Locked<Knobs>
 
     /// Fast bytes placed per file (inode) by `place`: the placement budget.
-    private let budget = Mutex<[UInt64: UInt64]>([:])
+    private let budget = Locked<[UInt64: UInt64]>([:])
 
     private struct PageHistory {
         var heat: [UInt8] = []
@@ -131,7 +131,7 @@ public final class TieredPolicy: MaintainingPolicy {
         var history: [UInt64: PageHistory] = [:]
         var lastScan: Double?
     }
-    private let maintenance = Mutex(Maintenance())
+    private let maintenance = Locked(Maintenance())
 
     private struct Counters {
         var scans: UInt64 = 0
@@ -148,7 +148,7 @@ public final class TieredPolicy: MaintainingPolicy {
         var slowBytes: UInt64 = 0
         var passSeconds = 0.0
     }
-    private let stats = Mutex(Counters())
+    private let stats = Locked(Counters())
     private let stopped = Atomic<Bool>(false)
 
     public init(options: PolicyOptions, topology: Topology) throws(PolicyError) {
@@ -165,7 +165,7 @@ public final class TieredPolicy: MaintainingPolicy {
         for key in ["scan-interval", "promote-threshold", "demote-watermark", "rate-limit", "tracker"] {
             if let value = options[key] { try knobs.apply(key, value) }
         }
-        self.knobs = Mutex(knobs)
+        self.knobs = Locked(knobs)
     }
 
     public var currentKnobs: Knobs { knobs.withLock { $0 } }

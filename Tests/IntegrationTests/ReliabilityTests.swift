@@ -58,12 +58,12 @@ struct ReliabilityTests {
                 message = (0..<Int.random(in: 0...96, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
             case 1:  // a valid header with a truncated body
                 var request = fbmm_request(magic: UInt16(FBMM_BROKER_MAGIC), version: UInt16(FBMM_BROKER_VERSION),
-                                           op: UInt32(FBMM_OP_GET_BACKING.rawValue), fd: 3, node: 0, ino: 2, offset: 0, length: 0)
+                                           op: UInt32(FBMM_OP_GET_BACKING.rawValue), flags: 0, node: 0, ino: 2, offset: 0, length: 0)
                 message = withUnsafeBytes(of: &request) { Array($0) }
                 message.removeLast(Int.random(in: 1..<message.count, using: &rng))
-            case 2:  // well-formed requests for fds and inodes the peer does not hold
+            case 2:  // well-formed requests for inodes the peer does not hold (with /dev/null or nothing attached)
                 var request = fbmm_request(magic: UInt16(FBMM_BROKER_MAGIC), version: UInt16(FBMM_BROKER_VERSION),
-                                           op: UInt32.random(in: 0...5, using: &rng), fd: Int32.random(in: -5...2000, using: &rng),
+                                           op: UInt32.random(in: 0...5, using: &rng), flags: UInt32.random(in: 0...3, using: &rng),
                                            node: Int32.random(in: -3...70, using: &rng), ino: UInt64.random(in: 0...100, using: &rng),
                                            offset: rng.next(), length: rng.next())
                 if request.op == UInt32(FBMM_OP_STAT.rawValue) { request.op = 99 }

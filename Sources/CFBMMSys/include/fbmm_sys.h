@@ -31,6 +31,8 @@ int fbmm_madv_remove(void);
 ssize_t fbmm_send_with_fd(int sock, const void *buf, size_t len, int fd_to_send);
 /* Receive up to `len` bytes; *fd_out gets a received fd or -1. MSG_CMSG_CLOEXEC. */
 ssize_t fbmm_recv_with_fd(int sock, void *buf, size_t len, int *fd_out);
+/* The same, and *count_out gets how many fds came (all but *fd_out closed). */
+ssize_t fbmm_recv_counting_fds(int sock, void *buf, size_t len, int *fd_out, int *count_out);
 /* What a descriptor a peer sent us is, without asking any filesystem's
  * daemon (statx AT_STATX_DONT_SYNC: a FUSE fd of a hung daemon cannot stall
  * us here): its st_dev, st_ino, file type bits and open flags (F_GETFL).
