@@ -87,7 +87,7 @@ public final class MemoryFileSystem: FileSystemOperations {
     }
 
     /// Creates a node under `parent`; called with the lock held.
-    private func makeNode(_ ns: inout Namespace, _ ctx: RequestContext, parent: InodeNumber, name: FileName,
+    private func makeNode(_ ns: inout Namespace, _ ctx: RequestContext, owner: Int32, parent: InodeNumber, name: FileName,
                           mode: UInt32) throws(Errno) -> InodeRecord {
         try validateName(name)
         let dir = try ns.directory(parent)
@@ -120,7 +120,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         var finalMode = (type == 0 ? S_IFREG : type) | (mode & 0o7777 & ~ctx.umask)
         if type == S_IFDIR && dir.mode & S_ISGID != 0 { finalMode |= S_ISGID }
         let record = InodeRecord(number: number, content: content, mode: finalMode, uid: ctx.uid, gid: gid,
-                                 parent: parent, name: name, creatorPID: ctx.pid)
+                                 parent: parent, name: name, creatorPID: owner)
         record.policySpec = inheritedSpec
         ns.inodes[number] = record
         dir.children[name] = number
@@ -129,6 +129,16 @@ public final class MemoryFileSystem: FileSystemOperations {
         record.lookups += 1
         ns.counters.filesCreated += 1
         return record
+    }
+
+    /// FUSE names the thread that made a request; `fbmm stat` shows the
+    /// process (the thread's Tgid), or the thread id if it is already gone.
+    private func processID(ofThread tid: Int32) -> Int32 {
+        guard tid > 0, let status = readText("/proc/\(tid)/status") else { return tid }
+        for line in status.split(separator: "\n") where line.hasPrefix("Tgid:") {
+            return Int32(line.dropFirst(5).trimmingPrefix(while: { $0 == " " || $0 == "\t" })) ?? tid
+        }
+        return tid
     }
 
     // MARK: Namespace operations
@@ -221,8 +231,9 @@ public final class MemoryFileSystem: FileSystemOperations {
 
     public func mknod(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, device: UInt64,
                       reply: consuming EntryReply) {
+        let owner = processID(ofThread: ctx.pid)  // (reads /proc: not under the lock)
         let result = transact { (ns) throws(Errno) -> Entry in
-            let record = try makeNode(&ns, ctx, parent: parent, name: name, mode: mode)
+            let record = try makeNode(&ns, ctx, owner: owner, parent: parent, name: name, mode: mode)
             if case .special = record.content { record.content = .special(device: device) }
             return entry(record)
         }
@@ -233,8 +244,9 @@ public final class MemoryFileSystem: FileSystemOperations {
     }
 
     public func mkdir(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, reply: consuming EntryReply) {
+        let owner = processID(ofThread: ctx.pid)  // (reads /proc: not under the lock)
         let result = transact { (ns) throws(Errno) -> Entry in
-            entry(try makeNode(&ns, ctx, parent: parent, name: name, mode: S_IFDIR | (mode & 0o7777)))
+            entry(try makeNode(&ns, ctx, owner: owner, parent: parent, name: name, mode: S_IFDIR | (mode & 0o7777)))
         }
         switch result {
         case .success(let e): reply.entry(e)
@@ -244,8 +256,9 @@ public final class MemoryFileSystem: FileSystemOperations {
 
     public func create(_ ctx: RequestContext, parent: InodeNumber, name: FileName, mode: UInt32, flags: Int32,
                        reply: consuming CreateReply) {
+        let owner = processID(ofThread: ctx.pid)  // (reads /proc: not under the lock)
         let result = transact { (ns) throws(Errno) -> (Entry, UInt64) in
-            let record = try makeNode(&ns, ctx, parent: parent, name: name, mode: S_IFREG | (mode & 0o7777))
+            let record = try makeNode(&ns, ctx, owner: owner, parent: parent, name: name, mode: S_IFREG | (mode & 0o7777))
             let handle = ns.nextHandle
             ns.nextHandle += 1
             ns.handles[handle] = Namespace.OpenHandle(inode: record.number, flags: flags, pid: ctx.pid)

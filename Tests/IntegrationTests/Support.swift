@@ -156,3 +156,82 @@ final class TestMount {
 
     deinit { close() }
 }
+
+/// An unprivileged user made for one test (`useradd --system`, no home, no
+/// shell), so that a test can act as a hostile local user. `remove()` — which
+/// tests call from `defer`, so it happens on failure too — kills every process
+/// still running as the user (by pid, found in /proc), deletes the user with
+/// `userdel` and removes its fbmm runtime directory `/tmp/fbmm-UID`.
+final class TestUser {
+    let name: String
+    let uid: uid_t
+    let gid: gid_t
+    private(set) var removed = false
+
+    /// `tag` names the user's role in the test (tA, tB...): fbmm-tA-1a2b3c4d.
+    init(_ tag: String) throws {
+        try #require(geteuid() == 0, "creating test users needs root")
+        try #require(FileManager.default.isExecutableFile(atPath: "/usr/sbin/useradd")
+                     && FileManager.default.isExecutableFile(atPath: "/usr/sbin/userdel"),
+                     "useradd/userdel (package passwd) are needed to create the test's unprivileged users")
+        try #require(FileManager.default.isExecutableFile(atPath: TestUser.setpriv),
+                     "setpriv (package util-linux) is needed to run commands as the test's users")
+        let name = "fbmm-\(tag)-\(String(UInt32.random(in: 0..<UInt32.max), radix: 16))"
+        let made = try IntegrationTests.run(["/usr/sbin/useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+        try #require(made.ok, "useradd \(name) failed (\(made.status)): \(made.stderr)")
+        guard let entry = getpwnam(name) else {
+            _ = try? IntegrationTests.run(["/usr/sbin/userdel", name])
+            throw TestMount.MountFailure(message: "useradd made \(name) but getpwnam does not find it")
+        }
+        self.name = name
+        uid = entry.pointee.pw_uid
+        gid = entry.pointee.pw_gid
+    }
+
+    static let setpriv = "/usr/bin/setpriv"
+
+    /// `arguments` run as this user, with no supplementary groups.
+    func command(_ arguments: [String]) -> [String] {
+        [TestUser.setpriv, "--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--"] + arguments
+    }
+
+    /// Runs `arguments` to completion as this user (HOME=/: root's home is not theirs).
+    @discardableResult
+    func run(_ arguments: [String], environment: [String: String] = [:], input: Data? = nil,
+             timeout: TimeInterval = 120) throws -> CommandResult {
+        var env = ["HOME": "/"]
+        for (k, v) in environment { env[k] = v }
+        return try IntegrationTests.run(command(arguments), environment: env, input: input, timeout: timeout)
+    }
+
+    /// The processes whose real or effective uid is this user's, now.
+    func processes() -> [pid_t] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { entry -> pid_t? in
+            guard let pid = pid_t(entry), pid != getpid(),
+                  let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else { return nil }
+            let ids = line.dropFirst(4).split(whereSeparator: { $0 == " " || $0 == "\t" }).prefix(2).compactMap { uid_t($0) }
+            return ids.contains(uid) ? pid : nil
+        }
+    }
+
+    /// Its fbmm runtime directory when it runs a daemon itself.
+    var runtimeDirectory: String { "/tmp/fbmm-\(uid)" }
+
+    func remove() {
+        guard !removed else { return }
+        removed = true
+        // Kill by pid until none is left (a dying process may still fork).
+        for _ in 0..<50 {
+            let left = processes()
+            if left.isEmpty { break }
+            left.forEach { kill($0, SIGKILL) }
+            usleep(20_000)
+        }
+        _ = try? IntegrationTests.run(["/usr/sbin/userdel", name])
+        _ = try? IntegrationTests.run(["rm", "-rf", runtimeDirectory])
+    }
+
+    deinit { remove() }
+}
