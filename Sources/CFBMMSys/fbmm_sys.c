@@ -39,20 +39,7 @@ int fbmm_madv_populate_write(void) { return MADV_POPULATE_WRITE; }
 int fbmm_madv_remove(void) { return MADV_REMOVE; }
 
 ssize_t fbmm_send_with_fd(int sock, const void *buf, size_t len, int fd_to_send) {
-    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
-    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (fd_to_send >= 0) {
-        memset(&ctl, 0, sizeof ctl);
-        msg.msg_control = ctl.buf;
-        msg.msg_controllen = sizeof ctl.buf;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd_to_send, sizeof(int));
-    }
-    return sendmsg(sock, &msg, MSG_NOSIGNAL);
+    return fbmm_broker_send(sock, buf, len, fd_to_send);
 }
 
 ssize_t fbmm_recv_with_fd(int sock, void *buf, size_t len, int *fd_out) {

@@ -56,12 +56,10 @@ public struct MountStatistics: Codable, Sendable {
 extension MemoryFileSystem {
     /// One file as stat sees it, copied under the namespace lock.
     private struct FileSnapshot: Sendable {
-        var inode: InodeNumber
-        var name: String
+        var file: FileRef
         var path: String
         var ownerPID: Int32
         var openHandles: Int
-        var backing: FileBacking
     }
 
     /// Gathers where every file's memory is. Page nodes come from move_pages on
@@ -74,9 +72,8 @@ extension MemoryFileSystem {
             var files: [FileSnapshot] = []
             for record in ns.inodes.values where record.linkCount > 0 && (uid == nil || record.uid == uid) {
                 guard let backing = record.backing else { continue }
-                files.append(FileSnapshot(inode: record.number, name: record.name.description,
-                                          path: ns.path(of: record.number), ownerPID: record.creatorPID,
-                                          openHandles: record.openHandles, backing: backing))
+                files.append(FileSnapshot(file: FileRef(record, backing), path: ns.path(of: record.number),
+                                          ownerPID: record.creatorPID, openHandles: record.openHandles))
             }
             return (files, ns.counters)
         }
@@ -84,11 +81,11 @@ extension MemoryFileSystem {
         var nodeTotals: [Int: UInt64] = [:]
         var files: [MountStatistics.FileUsage] = []
         for file in snapshot.0.sorted(by: { $0.path < $1.path }) {
-            let backing = file.backing
+            let backing = file.file.backing
             let byNode = (try? backing.residentByNode()) ?? [:]
             for (node, bytes) in byNode { nodeTotals[node, default: 0] &+= bytes }
             files.append(MountStatistics.FileUsage(
-                name: file.name, path: file.path,
+                name: file.file.name, path: file.path,
                 size: (try? backing.memory.size()) ?? 0,
                 allocated_bytes: (try? backing.memory.allocatedBytes()) ?? 0,
                 resident_bytes: byNode.values.reduce(0, &+),
@@ -96,7 +93,7 @@ extension MemoryFileSystem {
                 owner_pid: file.ownerPID,
                 policy: backing.policy.description,
                 open_handles: file.openHandles,
-                prezero_window_bytes: self.pool?.windowAllocated(file.inode)))
+                prezero_window_bytes: self.pool?.windowAllocated(file.file.inode)))
         }
         var nodes: [String: MountStatistics.NodeUsage] = [:]
         for node in topology.nodes {

@@ -88,20 +88,7 @@ int fbmm_broker_request(const char *sock, uint32_t op, uint32_t flags, int fd, u
         .magic = FBMM_BROKER_MAGIC, .version = FBMM_BROKER_VERSION,
         .op = op, .flags = flags, .ino = ino,
     };
-    struct iovec sv = { .iov_base = &req, .iov_len = sizeof req };
-    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } sctl;
-    struct msghdr sm = { .msg_iov = &sv, .msg_iovlen = 1 };
-    if (fd >= 0) {
-        memset(&sctl, 0, sizeof sctl);
-        sm.msg_control = sctl.buf;
-        sm.msg_controllen = sizeof sctl.buf;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&sm);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    }
-    if (sendmsg(s, &sm, MSG_NOSIGNAL) != (ssize_t)sizeof req) {
+    if (fbmm_broker_send(s, &req, sizeof req, fd) != (ssize_t)sizeof req) {
         err = errno ? errno : EPROTO;
         set_why(why, whylen, "broker send", err);
         goto out;

@@ -31,6 +31,8 @@
 #define FBMM_BROKER_H
 
 #include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
 
 #define FBMM_BROKER_MAGIC   0x4642u /* "FB" */
 #define FBMM_BROKER_VERSION 2u
@@ -93,5 +95,25 @@ struct fbmm_reply {
     int32_t  status;   /* 0, or a positive errno value (EPERM, EINVAL, ENOENT...) */
     uint64_t size;     /* GET_BACKING: current file size; STAT: JSON length; MIGRATE: bytes moved */
 };
+
+/* Sends one message of `len` bytes with `fd` attached (SCM_RIGHTS; none if
+ * fd < 0), as both sides of the protocol do. */
+static inline ssize_t fbmm_broker_send(int sock, const void *buf, size_t len, int fd)
+{
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (fd >= 0) {
+        memset(&ctl, 0, sizeof ctl);
+        msg.msg_control = ctl.buf;
+        msg.msg_controllen = sizeof ctl.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    return sendmsg(sock, &msg, MSG_NOSIGNAL);
+}
 
 #endif /* FBMM_BROKER_H */
