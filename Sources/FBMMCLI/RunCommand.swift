@@ -42,6 +42,9 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         var command = self.command
+        // The passthrough argument takes everything, --help too: before any
+        // "--" (or a program name), -h and --help are ours.
+        if command.first == "--help" || command.first == "-h" { throw CleanExit.helpRequest(self) }
         if command.first == "--" { command.removeFirst() }
         guard let program = command.first else { throw CLIError("no program given (fbmm run --mount DIR -- PROGRAM [ARGS...])") }
         guard let mountDir = mount ?? ProcessInfo.processInfo.environment["FBMM_MOUNT"] else {

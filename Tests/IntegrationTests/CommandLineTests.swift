@@ -33,6 +33,17 @@ struct CommandLineTests {
         BadInput(label: "contig on a node that does not exist", policy: "contig", options: ["nodes=9"], expected: "node 9 does not exist"),
     ]
 
+    /// `--help` and `-h` are the first thing a new user types: every
+    /// subcommand answers them with its usage, on stdout, exit 0.
+    @Test(arguments: ["mount", "umount", "run", "stat", "policies", "migrate", "bench", "set", "track"])
+    func everySubcommandAnswersHelp(_ subcommand: String) throws {
+        for flag in ["--help", "-h"] {
+            let result = try run([Artefacts.fbmm, subcommand, flag], timeout: 30)
+            #expect(result.ok, "fbmm \(subcommand) \(flag) exits 0: \(result.stderr)")
+            #expect(result.stdout.contains("USAGE: fbmm \(subcommand)"), "fbmm \(subcommand) \(flag) prints its usage: \(result.stdout.prefix(200))")
+        }
+    }
+
     @Test(arguments: badInputs)
     func badPolicyInputIsOneLineAndMountsNothing(_ input: BadInput) throws {
         try requireFUSE()
