@@ -38,6 +38,14 @@ public enum RuntimeDirectory {
         return directory
     }
 
+    /// Whether `pid` runs: a zombie (a killed daemon whose parent has not
+    /// reaped it yet) serves nothing any more.
+    static func isAlive(_ pid: pid_t) -> Bool {
+        guard let stat = readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
+        let state = stat[stat.index(after: close)...].drop(while: { $0 == " " }).first
+        return state != "Z" && state != "X"
+    }
+
     /// Removes broker sockets that no daemon serves any more (a daemon that
     /// was killed cannot remove its own): a socket named after a pid that is
     /// gone and that refuses connections.
@@ -50,7 +58,7 @@ public enum RuntimeDirectory {
             }
             guard name.hasPrefix("broker-"), name.hasSuffix(".sock"),
                   let pid = pid_t(name.dropFirst("broker-".count).dropLast(".sock".count)), pid > 0 else { continue }
-            guard kill(pid, 0) != 0, errno == ESRCH else { continue }
+            guard !isAlive(pid) else { continue }
             let socketPath = "\(directory)/\(name)"
             var st = stat()
             guard lstat(socketPath, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK, st.st_uid == getuid() else { continue }

@@ -344,20 +344,28 @@ def fuzz(cases, seed):
     by_status = {}
     try:
         for case in range(cases):
-            op = rng.choice([OP_GET_BACKING] * 3 + [OP_MIGRATE] * 3 + [OP_POOL] * 2 + [OP_STAT] +
-                            [0, 5, 6, 255, rng.getrandbits(32)])
-            flags = rng.choice([0] * 6 + [BACKING_ARENA] * 2 + [2, 3, 1 << 31, rng.getrandbits(32)])
-            node = rng.choice([0] * 5 + [-1, 1, 2, 63, 64, 1024, 4096, -(1 << 31), (1 << 31) - 1,
-                                         rng.randint(-(1 << 31), (1 << 31) - 1)])
-            req_ino = rng.choice(inodes + [rng.getrandbits(64)])
+            if rng.random() < 0.5:
+                # Authorised: the right fd for the inode, a known op, sane
+                # flags; only the numbers are hostile (past the ownership check).
+                op = rng.choice([OP_GET_BACKING, OP_MIGRATE, OP_MIGRATE, OP_MIGRATE, OP_POOL, OP_STAT])
+                one, req_ino = rng.choice([(rw, ino), (arena, arena_ino), (ro, ino)])
+                fds = [one] if op != OP_STAT or rng.random() < 0.2 else []
+                flags = BACKING_ARENA if op == OP_GET_BACKING and one == arena and rng.random() < 0.5 else 0
+                node = rng.choice([0] * 8 + [-1, 1, 4096, rng.randint(-(1 << 31), (1 << 31) - 1)])
+            else:
+                op = rng.choice([OP_GET_BACKING] * 3 + [OP_MIGRATE] * 3 + [OP_POOL] * 2 + [OP_STAT] +
+                                [0, 5, 6, 255, rng.getrandbits(32)])
+                flags = rng.choice([0] * 6 + [BACKING_ARENA] * 2 + [2, 3, 1 << 31, rng.getrandbits(32)])
+                node = rng.choice([0] * 5 + [-1, 1, 2, 63, 64, 1024, 4096, -(1 << 31), (1 << 31) - 1,
+                                             rng.randint(-(1 << 31), (1 << 31) - 1)])
+                req_ino = rng.choice(inodes + [rng.getrandbits(64)])
+                if rng.random() < 0.08:
+                    fds = [rw, ro] if rng.random() < 0.5 else [arena, rw, devnull]
+                else:
+                    one = rng.choice(attachable)
+                    fds = [] if one is None else [one]
             offset = rng.choice([0] * 6 + EDGE64 + [rng.getrandbits(64), rng.randrange(8 << 20)])
             length = rng.choice([0] * 6 + EDGE64 + [rng.getrandbits(64), rng.randrange(8 << 20)])
-            how = rng.random()
-            if how < 0.08:
-                fds = [rw, ro] if rng.random() < 0.5 else [arena, rw, devnull]
-            else:
-                one = rng.choice(attachable)
-                fds = [] if one is None else [one]
             magic, version = MAGIC, VERSION
             if rng.random() < 0.04:
                 magic = rng.getrandbits(16)
