@@ -26,9 +26,6 @@
 
 #define MIN_ARENA   (64ull << 20)   /* first size: few FUSE setattr round trips */
 #define ARENA_ALIGN (2ull << 20)    /* sizes in huge-page units */
-/* Our fds are moved up here, away from the low numbers that programs dup2
- * onto or close in loops. */
-#define FD_FLOOR    700
 
 struct fbmm_arena fbmm_arena;
 
@@ -42,9 +39,10 @@ static void why_set(struct fbmm_arena *a, const char *s1, const char *s2, int er
     a->reason[k] = 0;
 }
 
+/* Moves fd up to FBMM_FD_FLOOR or more (keeps it where it is if it cannot). */
 static int fd_high(int fd)
 {
-    int h = fcntl(fd, F_DUPFD_CLOEXEC, FD_FLOOR);
+    int h = fbmm_fd_move(fd);
     if (h < 0) return fd;
     close(fd);
     return h;
@@ -145,6 +143,8 @@ int fbmm_arena_open(struct fbmm_arena *a)
         why_set(a, "fstat of the arena file", NULL, errno);
         goto fail;
     }
+    a->name_dev = st.st_dev;
+    a->name_ino = st.st_ino;
     if (a->tmpfs) {
         unlink(path);  /* the fd and the mappings keep the memory alive */
         a->mem_fd = fd;
@@ -181,10 +181,13 @@ fail:
     return -1;
 }
 
+/* Closes what is still ours: a number that a raw close handed to the
+ * program is the program's. */
 void fbmm_arena_close(struct fbmm_arena *a)
 {
-    if (a->mem_fd >= 0 && a->mem_fd != a->name_fd) close(a->mem_fd);
-    if (a->name_fd >= 0) close(a->name_fd);
+    if (a->mem_fd >= 0 && a->mem_fd != a->name_fd && fbmm_fd_is(a->mem_fd, a->mem_dev, a->mem_ino))
+        close(a->mem_fd);
+    if (a->name_fd >= 0 && fbmm_fd_is(a->name_fd, a->name_dev, a->name_ino)) close(a->name_fd);
     a->mem_fd = a->name_fd = -1;
 }
 
@@ -205,20 +208,42 @@ int fbmm_arena_ready(void)
     return 0;
 }
 
-/* Guards against a program having closed our fd and the number being reused
- * for one of its own files, which we must never truncate, punch or map. */
+/* Our descriptor was closed behind libc's back (the interposers in fds.c
+ * see every other way), and the number may be reused for one of the
+ * program's own files, which we must never truncate, punch, map or close. */
+static void forget(int *fd, const char *which)
+{
+    static int once;
+    *fd = -1;
+    fbmm_say_once(&once, "falling back to anonymous memory: the arena's ", which,
+                  " was closed or replaced behind libc's back");
+}
+
 int fbmm_arena_fd_ok(void)
 {
-    struct stat st;
-    return fbmm_arena.mem_fd >= 0 && fstat(fbmm_arena.mem_fd, &st) == 0 &&
-           st.st_dev == fbmm_arena.mem_dev && st.st_ino == fbmm_arena.mem_ino;
+    struct fbmm_arena *a = &fbmm_arena;
+    if (a->mem_fd < 0) return 0;
+    if (fbmm_fd_is(a->mem_fd, a->mem_dev, a->mem_ino)) return 1;
+    if (a->name_fd == a->mem_fd) a->name_fd = -1;  /* tmpfs: the same fd */
+    forget(&a->mem_fd, "backing descriptor");
+    return 0;
+}
+
+int fbmm_arena_name_ok(void)
+{
+    struct fbmm_arena *a = &fbmm_arena;
+    if (a->name_fd < 0) return 0;
+    if (fbmm_fd_is(a->name_fd, a->name_dev, a->name_ino)) return 1;
+    if (a->mem_fd == a->name_fd) a->mem_fd = -1;
+    forget(&a->name_fd, "file descriptor");
+    return 0;
 }
 
 int fbmm_arena_grow(uint64_t need)
 {
     struct fbmm_arena *a = &fbmm_arena;
     if (need <= a->size) return 0;
-    if (a->grow_dead || !fbmm_arena_fd_ok()) {
+    if (a->grow_dead || !fbmm_arena_fd_ok() || !fbmm_arena_name_ok()) {
         errno = ENOMEM;
         return -1;
     }

@@ -13,7 +13,11 @@
  *      the kernel with copy_file_range) and map the new backing MAP_FIXED
  *      over the same addresses with the same protections. If that fails,
  *      copy into MAP_FIXED private anonymous memory instead: never share.
- *      Then tell the parent through the pipe.
+ *      When the parent's backing cannot be read through its descriptor (the
+ *      program closed it behind libc's back: fds.c keeps every other way
+ *      out), each piece is copied from the live mapping, which the child
+ *      inherited at the same addresses, into a scratch mapping moved into
+ *      place. Then tell the parent through the pipe.
  *  parent: wait for the child's byte (or EOF if it died), release the lock.
  *      So fork() returns only once the child's copy is complete, and no later
  *      write by the forking thread can be seen by the child.
@@ -69,35 +73,81 @@ static int copy_data(int from, int to, char *mem, uint64_t off, uint64_t len)
     return 0;
 }
 
-/* Replaces piece p with a private anonymous copy. */
-static int copy_to_anon(struct fbmm_piece *p, int from)
+/* Copies piece p from its live mapping (the parent's file, still mapped in
+ * the child at the same addresses) into dst: for when the child cannot read
+ * the parent's backing through a descriptor. */
+static int copy_live(const struct fbmm_piece *p, char *dst)
 {
-    void *m = sys_mmap((void *)p->addr, p->len, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-    if (m == MAP_FAILED) return -1;
-    if (!(p->flags & P_WIPEFORK) && copy_data(from, -1, m, p->off, p->len) < 0) return -1;
-    if (p->prot != (PROT_READ | PROT_WRITE)) sys_mprotect(m, p->len, (int)p->prot);
+    if (!(p->prot & PROT_READ) && sys_mprotect((void *)p->addr, p->len, PROT_READ) < 0) return -1;
+    fbmm_copy_sparse((const char *)p->addr, dst, p->len);
     return 0;
 }
 
-/* Replaces piece p with a mapping of the new arena holding a copy. */
-static int copy_to_file(struct fbmm_piece *p, int from, int to)
+/* Fills the scratch mapping m (zero) with the data of piece p: from the
+ * parent's backing `from` if readable, else from the live mapping. */
+static int fill(const struct fbmm_piece *p, int from, char *m)
 {
-    if (!(p->flags & P_WIPEFORK) && copy_data(from, to, NULL, p->off, p->len) < 0) {
-        /* copy_file_range refused (older kernel, other file systems): copy
-         * through a writable mapping of the new file instead. */
-        void *m = sys_mmap((void *)p->addr, p->len, PROT_READ | PROT_WRITE,
-                           MAP_SHARED | MAP_FIXED, to, (off_t)p->off);
-        if (m == MAP_FAILED || copy_data(from, -1, m, p->off, p->len) < 0) return -1;
-        if (p->prot != (PROT_READ | PROT_WRITE)) sys_mprotect(m, p->len, (int)p->prot);
-        return 0;
+    if (from >= 0 && copy_data(from, -1, m, p->off, p->len) == 0) return 0;
+    return copy_live(p, m);
+}
+
+/* Moves the filled scratch mapping m over piece p (replacing the parent's
+ * mapping there in one step) with p's protection. */
+static int place(void *m, const struct fbmm_piece *p)
+{
+    if (sys_mremap(m, p->len, p->len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)p->addr) == MAP_FAILED)
+        return -1;
+    if (p->prot != (PROT_READ | PROT_WRITE)) sys_mprotect((void *)p->addr, p->len, (int)p->prot);
+    return 0;
+}
+
+/* Replaces piece p with a private anonymous copy. `from`: the parent's
+ * backing, or -1 when it cannot be read (copy from the live mapping). */
+static int copy_to_anon(const struct fbmm_piece *p, int from)
+{
+    if (p->flags & P_WIPEFORK)
+        return sys_mmap((void *)p->addr, p->len, (int)p->prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                        -1, 0) == MAP_FAILED ? -1 : 0;
+    void *m = sys_mmap(NULL, p->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -1;
+    if (fill(p, from, m) < 0 || place(m, p) < 0) {
+        sys_munmap(m, p->len);
+        return -1;
     }
-    return sys_mmap((void *)p->addr, p->len, (int)p->prot, MAP_SHARED | MAP_FIXED, to,
-                    (off_t)p->off) == MAP_FAILED ? -1 : 0;
+    return 0;
+}
+
+/* Replaces piece p with a mapping of the new arena `to` holding a copy (at
+ * the same file offsets). */
+static int copy_to_file(const struct fbmm_piece *p, int from, int to)
+{
+    /* Wipe-on-fork: the new file's range is a hole, so it reads zero. In
+     * the kernel (copy_file_range, data ranges only) when we can. */
+    if ((p->flags & P_WIPEFORK) || (from >= 0 && copy_data(from, to, NULL, p->off, p->len) == 0))
+        return sys_mmap((void *)p->addr, p->len, (int)p->prot, MAP_SHARED | MAP_FIXED, to,
+                        (off_t)p->off) == MAP_FAILED ? -1 : 0;
+    /* copy_file_range refused (older kernel, other file systems), or the
+     * parent's backing is unreadable: copy through a scratch mapping of the
+     * new file, then move it into place. */
+    void *m = sys_mmap(NULL, p->len, PROT_READ | PROT_WRITE, MAP_SHARED, to, (off_t)p->off);
+    if (m == MAP_FAILED) return -1;
+    if (fill(p, from, m) < 0 || place(m, p) < 0) {
+        sys_munmap(m, p->len);
+        return -1;
+    }
+    return 0;
 }
 
 static void child_fixup(void)
 {
+    /* Before anything else opens a descriptor: are ours still ours? (A raw
+     * close by the program, which no interposer sees, may have handed the
+     * numbers to its own files; those are forgotten here.) */
+    int from = -1;
+    if (fbmm_arena.state == ARENA_READY) {
+        fbmm_arena_name_ok();
+        if (fbmm_arena_fd_ok()) from = fbmm_arena.mem_fd;
+    }
     struct fbmm_arena old = fbmm_arena;
     int any = 0;
     fbmm_pool_child(0);       /* the parent's pool is not ours to touch */
@@ -110,6 +160,11 @@ static void child_fixup(void)
         fbmm_off_reset();
         fbmm_pool_child(1);
         return;
+    }
+    if (from < 0) {
+        static int once;
+        fbmm_say_once(&once, "fork child: the parent's arena descriptor is gone; ",
+                      "copying from the live mappings", NULL);
     }
 
     struct fbmm_arena neu;
@@ -133,14 +188,18 @@ static void child_fixup(void)
             fbmm_rt_remove(i, 1);
             continue;
         }
-        if (ok && copy_to_file(p, old.mem_fd, neu.mem_fd) == 0) { i++; continue; }
-        if (copy_to_anon(p, old.mem_fd) < 0) {
+        if (ok && copy_to_file(p, from, neu.mem_fd) == 0) { i++; continue; }
+        if (copy_to_anon(p, from) < 0) {
             /* Leave no mapping that could share memory with the parent. */
             sys_mmap((void *)p->addr, p->len, PROT_NONE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
             fbmm_say("fork child: could not copy a region; it is now inaccessible", NULL, NULL);
         }
-        if (ok) fbmm_off_free(p->off, p->len);
+        /* A failed copy_to_file may have left data in the new file: the
+         * offsets go back only as holes, so that reuse reads zero. */
+        if (ok && fallocate(neu.mem_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)p->off,
+                            (off_t)p->len) == 0)
+            fbmm_off_free(p->off, p->len);
         if (p->flags & P_HEAD) {
             p->flags = P_HEAD | P_ANON;  /* free() must still recognise it */
             i++;

@@ -29,6 +29,7 @@ void fbmm_init(void)
     if (!init_done) {
         fbmm_config_load();
         fbmm_malloc_resolve();
+        fbmm_fds_resolve();
         fbmm_fork_register();
         __atomic_store_n(&init_done, 1, __ATOMIC_RELEASE);
     }

@@ -95,6 +95,9 @@ FBMM_EXPORT void *mremap(void *old, size_t ol, size_t nl, int flags, ...)
     } else {
         r = fbmm_vm_remap(a, ROUND_UP(ol, fbmm_page), ROUND_UP(nl, fbmm_page), flags,
                           (uintptr_t)na);
+        /* Growth with the backing descriptor gone: anonymous memory. */
+        if (r == MAP_FAILED && errno == ENOMEM && fbmm_arena.mem_fd < 0 && ROUND_UP(nl, fbmm_page) > ROUND_UP(ol, fbmm_page))
+            r = fbmm_vm_remap_anon(a, ROUND_UP(ol, fbmm_page), ROUND_UP(nl, fbmm_page), flags, (uintptr_t)na);
     }
     int err = errno;
     fbmm_unlock();

@@ -34,6 +34,8 @@ static struct {
     int state;
     struct fbmm_pool_ctl *ctl;
     int efd;
+    dev_t efd_dev;       /* identity of efd, checked before each kick */
+    ino_t efd_ino;
     uint64_t pages;      /* window pages */
     uint64_t win_off;    /* file offset of the window (0: not taken yet) */
     uint64_t cursor;     /* next-fit: word to search from */
@@ -52,10 +54,28 @@ size_t fbmm_pool_window_part(uint64_t off, size_t len)
     return off + len <= end ? len : (size_t)(end - off);
 }
 
+int fbmm_pool_fd(void)
+{
+    return __atomic_load_n(&pool.state, __ATOMIC_RELAXED) == POOL_READY ? __atomic_load_n(&pool.efd, __ATOMIC_RELAXED) : -1;
+}
+
+void fbmm_pool_fd_set(int fd)
+{
+    pool.efd = fd;
+}
+
 static void kick(void)
 {
     if (__atomic_exchange_n(&pool.ctl->sleeping, 0, __ATOMIC_SEQ_CST)) {
         uint64_t one = 1;
+        /* Never write into a program's file that got the number of ours
+         * (closed behind libc's back): without kicks the daemon still
+         * refills, on its timer. (All eventfds share one inode, so a
+         * program's own eventfd at that number would get a count.) */
+        if (!fbmm_fd_is(pool.efd, pool.efd_dev, pool.efd_ino)) {
+            pool.efd = -1;
+            return;
+        }
         ssize_t r = write(pool.efd, &one, sizeof one);
         (void)r;
         __atomic_fetch_add(&pool.ctl->kicks, 1, __ATOMIC_RELAXED);
@@ -119,7 +139,7 @@ static int enroll(void)
     int efd = -1;
     uint64_t got = 0;
     struct stat st;
-    if (fstat(a->name_fd, &st) < 0 ||
+    if (!fbmm_arena_name_ok() || fstat(a->name_fd, &st) < 0 ||
         fbmm_broker_request(a->sock, FBMM_OP_POOL, 0, a->name_fd, (uint64_t)st.st_ino, 1, &efd, &got,
                             why, sizeof why) < 0 || got != pages) {
         if (efd >= 0) close(efd);
@@ -128,8 +148,12 @@ static int enroll(void)
         fbmm_say_once(&once, "no pre-zeroed pool: ", why, NULL);
         return -1;
     }
-    int high = fcntl(efd, F_DUPFD_CLOEXEC, 700);
+    int high = fbmm_fd_move(efd);
     if (high >= 0) { close(efd); efd = high; }
+    if (fstat(efd, &st) == 0) {
+        pool.efd_dev = st.st_dev;
+        pool.efd_ino = st.st_ino;
+    }
     pool.ctl = ctl;
     pool.efd = efd;
     pool.pages = pages;
@@ -230,7 +254,7 @@ void fbmm_pool_child(int fresh)
     if (fresh) pool.win_off = 0;  /* the child starts a new offset space */
     if (pool.state == POOL_READY) {
         sys_munmap(pool.ctl, FBMM_POOL_CTL_BYTES);
-        close(pool.efd);
+        if (fbmm_fd_is(pool.efd, pool.efd_dev, pool.efd_ino)) close(pool.efd);
     }
     pool.ctl = NULL;
     pool.efd = -1;

@@ -54,6 +54,19 @@ void fbmm_lock(void);          /* blocks signals, then takes the mutex */
 void fbmm_unlock(void);
 void fbmm_lock_reset_child(void);
 
+/* ---- fds.c: the shim's descriptors against the program's close/dup2 --- */
+
+/* Our descriptors live at or above this number, away from the low numbers
+ * programs dup2 onto or close in loops. */
+#define FBMM_FD_FLOOR 700
+void fbmm_fds_resolve(void);
+/* A close-on-exec duplicate of fd at or above the floor (or above the soft
+ * RLIMIT_NOFILE when that is full); fd stays open. -1 when there is none. */
+int  fbmm_fd_move(int fd);
+/* Whether fd is open on the file (dev, ino): the program may have closed
+ * ours with a raw system call and reused the number for its own file. */
+int  fbmm_fd_is(int fd, dev_t dev, ino_t ino);
+
 /* ---- offsets.c: allocator of arena file offset ranges (locked) -------- */
 
 #define FBMM_NO_OFF UINT64_MAX
@@ -80,6 +93,8 @@ struct fbmm_arena {
     uint64_t size;             /* current file size */
     dev_t    mem_dev;          /* identity of mem_fd, checked before use */
     ino_t    mem_ino;
+    dev_t    name_dev;         /* identity of name_fd */
+    ino_t    name_ino;
     char     reason[160];      /* why the arena failed, for messages */
 };
 enum { ARENA_NONE = 0, ARENA_READY = 1, ARENA_FAILED = 2 };
@@ -91,8 +106,13 @@ int  fbmm_arena_ready(void);
 /* Opens a fresh arena file + backing (used by init and the fork child). */
 int  fbmm_arena_open(struct fbmm_arena *a);
 void fbmm_arena_close(struct fbmm_arena *a);
-/* Is mem_fd still our backing (not closed and reused by the program)? */
+/* Is mem_fd still our backing (not closed and reused by the program)? A
+ * descriptor found not to be ours any more is forgotten (-1) for good: the
+ * arena then maps nothing new (allocations fall back to anonymous memory)
+ * and a fork child copies from the live mappings. */
 int  fbmm_arena_fd_ok(void);
+/* Same for name_fd (the FUSE fd: growth, the pool's enrolment). */
+int  fbmm_arena_name_ok(void);
 /* Grows the file (via the FUSE fd) so that it is at least `need` bytes. */
 int  fbmm_arena_grow(uint64_t need);
 /* Frees the memory of [off, off+len): hole punch on the backing. */
@@ -166,6 +186,15 @@ int   fbmm_vm_discard(uintptr_t a, size_t len, int advice);
 /* mremap on a range made only of our pieces. Returns MAP_FAILED/errno;
  * errno ENOENT (with MAP_FAILED) means "none of it is ours". */
 void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na);
+/* mremap growth when the backing descriptor is gone (fbmm_vm_remap failed
+ * ENOMEM with mem_fd forgotten): the region becomes plain anonymous memory,
+ * in place if the addresses behind it are free, else moved (MREMAP_MAYMOVE),
+ * its data copied. Same arguments; [a, a+ol) must be all ours. */
+void *fbmm_vm_remap_anon(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na);
+/* Copies len bytes from src (a mapping of shared memory) into dst (zero):
+ * pages that read zero are not written, and pages absent from the page
+ * cache are skipped when they are surely holes (no swap). */
+void  fbmm_copy_sparse(const char *src, char *dst, size_t len);
 /* Records flags (fork behaviour) or protections on pieces in a range. */
 void  fbmm_vm_set(uintptr_t a, size_t len, uint32_t set, uint32_t clear,
                   int prot /* -1: keep */);
@@ -187,6 +216,10 @@ void fbmm_pool_give(uint64_t off, size_t len);
 /* Fork child: drop the parent's pool (its control block is the parent's);
  * `fresh` when the child also starts a new offset space (forgets the window). */
 void fbmm_pool_child(int fresh);
+/* The pool's eventfd (-1: none), for the close/dup2 interposers; set: it
+ * moved (or is gone, -1). */
+int  fbmm_pool_fd(void);
+void fbmm_pool_fd_set(int fd);
 /* Applies the mount's huge-page mode to a new mapping of the arena. */
 void fbmm_vm_advise_huge(void *p, size_t len);
 

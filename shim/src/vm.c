@@ -7,6 +7,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <string.h>
+#include <sys/sysinfo.h>
 
 #include "shim.h"
 #include "sys.h"
@@ -59,6 +61,12 @@ void fbmm_vm_forget(uintptr_t a, size_t len)
 void *fbmm_vm_map(void *addr, size_t len, int prot, int flags, uint32_t pflags)
 {
     if (fbmm_arena_ready() < 0) return MAP_FAILED;
+    /* The backing descriptor is gone (a raw close or dup2 by the program):
+     * never map whatever now has its number; fall back. */
+    if (!fbmm_arena_fd_ok()) {
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
     /* Pre-zeroed pages when the pool has them: mapped populated, so the
      * program's first touches do not fault. PROT_NONE is a reservation. */
     uint64_t off;
@@ -220,6 +228,10 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
     struct fbmm_piece last = fbmm_rt[fbmm_rt_lower(end - 1)];
     size_t delta = nl - ol;
     uint64_t ext = FBMM_NO_OFF;
+    if (delta && !fbmm_arena_fd_ok()) {
+        errno = ENOMEM;  /* no backing to grow into: fbmm_vm_remap_anon */
+        return MAP_FAILED;
+    }
     if (delta) {
         /* File offsets right after the last piece keep it one VMA (never
          * out of the pool's window: its pages are handed out by the run). */
@@ -296,5 +308,84 @@ fail_ext:
         if (fbmm_arena_punch(ext, delta) == 0) fbmm_off_free(ext, delta);
         errno = err;
     }
+    return MAP_FAILED;
+}
+
+/* Whether a page of a shared memory mapping that mincore reports absent is
+ * surely a hole (reads zero): only when no swap is configured, since a
+ * swapped-out shmem page is absent from the page cache too. */
+static int absent_is_hole(void)
+{
+    struct sysinfo si;
+    return sysinfo(&si) == 0 && si.totalswap == 0;
+}
+
+static int page_zero(const char *p)
+{
+    const uint64_t *w = (const uint64_t *)p;
+    for (size_t i = 0; i < fbmm_page / sizeof *w; i++)
+        if (w[i]) return 0;
+    return 1;
+}
+
+void fbmm_copy_sparse(const char *src, char *dst, size_t len)
+{
+    int sparse = absent_is_hole();
+    unsigned char vec[512];
+    for (size_t done = 0; done < len;) {
+        size_t chunk = len - done < sizeof vec * fbmm_page ? len - done : sizeof vec * fbmm_page;
+        int know = sparse && syscall(SYS_mincore, src + done, chunk, vec) == 0;
+        for (size_t k = 0; k < chunk; k += fbmm_page) {
+            if (know && !(vec[k / fbmm_page] & 1)) continue;  /* a hole */
+            if (!page_zero(src + done + k)) memcpy(dst + done + k, src + done + k, fbmm_page);
+        }
+        done += chunk;
+    }
+}
+
+void *fbmm_vm_remap_anon(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
+{
+    size_t first = fbmm_rt_lower(a), delta = nl - ol;
+    int prot = first < fbmm_rt_n ? (int)fbmm_rt[first].prot : PROT_READ | PROT_WRITE;
+    uintptr_t target = 0;
+    void *reserved = MAP_FAILED;
+    if (flags & MREMAP_FIXED) {
+        if (fbmm_vm_unmap(na, nl) < 0) return MAP_FAILED;
+        target = na;
+    } else {
+        /* In place if the addresses behind are free (held meanwhile). */
+        reserved = sys_mmap((void *)(a + ol), delta, PROT_NONE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+        if (reserved == (void *)(a + ol)) {
+            target = a;
+        } else {
+            if (reserved != MAP_FAILED) sys_munmap(reserved, delta);
+            reserved = MAP_FAILED;
+            if (!(flags & MREMAP_MAYMOVE)) {
+                errno = ENOMEM;
+                return MAP_FAILED;
+            }
+        }
+    }
+    char *m = sys_mmap(NULL, nl, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int readable = 1;
+    for (size_t i = first; i < fbmm_rt_n && fbmm_rt[i].addr < a + ol; i++)
+        readable &= !!(fbmm_rt[i].prot & PROT_READ);
+    if (m == MAP_FAILED || (!readable && sys_mprotect((void *)a, ol, PROT_READ) < 0)) goto fail;
+    fbmm_copy_sparse((const char *)a, m, ol);
+    if (prot != (PROT_READ | PROT_WRITE)) sys_mprotect(m, nl, prot);
+    if (target && sys_mremap(m, nl, nl, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)target) == MAP_FAILED) goto fail;
+    if (target == a) fbmm_vm_forget(a, ol);  /* the move replaced it */
+    else fbmm_vm_unmap(a, ol);
+    return target ? (void *)target : m;
+
+fail:;
+    int err = errno;
+    if (!readable)  /* give the old pieces their protections back */
+        for (size_t i = first; i < fbmm_rt_n && fbmm_rt[i].addr < a + ol; i++)
+            sys_mprotect((void *)fbmm_rt[i].addr, fbmm_rt[i].len, (int)fbmm_rt[i].prot);
+    if (m != MAP_FAILED) sys_munmap(m, nl);
+    if (reserved != MAP_FAILED) sys_munmap(reserved, delta);
+    errno = err ? err : ENOMEM;
     return MAP_FAILED;
 }
