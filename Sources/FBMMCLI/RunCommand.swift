@@ -52,8 +52,16 @@ struct RunCommand: ParsableCommand {
         }
         let mountPath = absolutePath(mountDir)
         if brokerPath(ofMount: mountPath) == nil {
-            if strict { throw CLIError("\(mountPath) is not an fbmm mount (strict mode)") }
-            if verbose { writeStderr("fbmm: \(mountPath) is not an fbmm mount; \(program) runs on ordinary memory") }
+            var st = stat()
+            if stat(mountPath, &st) != 0 && (errno == EACCES || errno == EPERM) {
+                // Not a matter of verbosity: none of the program's memory would be in the mount.
+                let why = "no permission to use \(mountPath) (mounted by another user: it needs -o allow_other)"
+                if strict { throw CLIError(why) }
+                writeStderr("fbmm: \(why); \(program) runs on ordinary memory")
+            } else {
+                if strict { throw CLIError("\(mountPath) is not an fbmm mount (strict mode)") }
+                if verbose { writeStderr("fbmm: \(mountPath) is not an fbmm mount; \(program) runs on ordinary memory") }
+            }
         }
         if let minSize {
             do { _ = try ByteSize(parsing: minSize) } catch { throw CLIError("--min-size: \(error)") }

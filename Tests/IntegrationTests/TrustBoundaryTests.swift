@@ -17,6 +17,29 @@ struct TrustBoundaryTests {
     static let python = TrustTests.python
     static func prepare() throws { try TrustTests.prepare() }
 
+    // MARK: - A user the mount does not let in is told why
+
+    /// A user on a root mount without allow_other gets no fbmm memory at all;
+    /// `fbmm run` says so on stderr, naming the fix (`-o allow_other`), even
+    /// without --verbose; with --strict it refuses in one line; the shim's
+    /// own verbose fallback line names it too (issue 18's first case).
+    @Test func userWithoutAccessIsToldToUseAllowOther() throws {
+        try Self.prepare()
+        let a = try TestUser("tA")
+        defer { a.remove() }
+        let mount = try TestMount()
+        defer { mount.close() }
+        let plain = try a.run([Artefacts.fbmm, "run", "--mount", mount.path, "--", "/bin/true"], timeout: 30)
+        #expect(plain.ok, "the program still runs: \(plain.stderr)")
+        #expect(plain.stderr.contains("-o allow_other"), "fbmm run names the fix: \(plain.stderr)")
+        let strict = try a.run([Artefacts.fbmm, "run", "--strict", "--mount", mount.path, "--", "/bin/true"], timeout: 30)
+        #expect(!strict.ok && oneLine(strict.stderr) && strict.stderr.contains("allow_other"),
+                "--strict refuses in one line: \(strict.stderr)")
+        let shim = try a.run(["/usr/bin/python3", "-c", "b = bytearray(8 << 20)"],
+                             environment: ["LD_PRELOAD": Artefacts.shim, "FBMM_MOUNT": mount.path, "FBMM_VERBOSE": "1"], timeout: 30)
+        #expect(shim.ok && shim.stderr.contains("allow_other"), "the shim says why it falls back: \(shim.stderr)")
+    }
+
     // MARK: - "Information leak"
 
     /// Issue 13, bullet "Information leak", without allow_other: root's mount

@@ -107,6 +107,16 @@ int fbmm_arena_open(struct fbmm_arena *a)
      * whose daemon is gone, must not get a file at all. */
     char sock[PATH_MAX];
     ssize_t sl = getxattr(fbmm_cfg.mount, FBMM_XATTR_BROKER, sock, sizeof sock - 1);
+    if (sl < 0 && (errno == EACCES || errno == EPERM)) {
+        /* A FUSE mount of another user without allow_other: even stat fails. */
+        why_set(a, "no permission to use ", fbmm_cfg.mount,
+                0);
+        size_t k = strlen(a->reason);
+        const char *fix = " (mounted by another user: it needs -o allow_other)";
+        for (const char *p = fix; *p && k + 1 < sizeof a->reason; p++) a->reason[k++] = *p;
+        a->reason[k] = 0;
+        return -1;
+    }
     if (sl < 0 && errno != ENODATA && errno != ENOTSUP && errno != EOPNOTSUPP) {
         why_set(a, "cannot read the broker xattr of ", fbmm_cfg.mount, errno);
         return -1;
