@@ -168,7 +168,7 @@ final class PrezeroPool: Sendable {
             }
             let boundPages = bound / Self.page
             let share = max(boundPages / UInt64(max(1, list.count)), min(boundPages, 128))
-            var clean = list.map { $0.value.clean }
+            var clean = list.map { $0.value.cleanPages }
             var worked = false
             for (index, (inode, arena)) in list.enumerated() {
                 // Freed pages are zeroed back into the pool as long as the whole
@@ -180,14 +180,14 @@ final class PrezeroPool: Sendable {
                 let total = clean.reduce(0, &+)
                 let headroom = boundPages > total ? boundPages - total : 0
                 let budget = clean[index] + headroom
-                if arena.clean < share / 2 { arena.filling = true }
-                if arena.clean >= share { arena.filling = false }
+                if arena.cleanPages < share / 2 { arena.filling = true }
+                if arena.cleanPages >= share { arena.filling = false }
                 let fillTo = arena.filling ? min(share, budget) : 0
                 if arena.revoke.exchange(false, ordering: .acquiring) {
                     let revoked = fbmm_pool_revoke(arena.control, arena.emptyMap, windowPages, arena.descriptor,
                                                    arena.windowOffset)
                     clean[index] = 0
-                    arena.clean = 0
+                    arena.cleanPages = 0
                     arena.filling = true
                     totals.withLock { $0.revoked &+= Self.bytes(revoked) }
                 }
@@ -195,7 +195,7 @@ final class PrezeroPool: Sendable {
                 var pass = fbmm_pool_pass()
                 fbmm_pool_run(arena.control, arena.emptyMap, arena.windowBase, windowPages,
                               arena.descriptor, arena.windowOffset, budget, fillTo, mayFill ? 512 : 0, &pass)
-                arena.clean = pass.clean_pages
+                arena.cleanPages = pass.clean_pages
                 clean[index] = pass.clean_pages
                 if pass.fill_errno != 0 {
                     backoff[inode] = now + 1
@@ -257,7 +257,7 @@ final class PrezeroPool: Sendable {
             // The shim's counters are untrusted (its program can write them): wrapping sums.
             let c = arena.shimCounters
             handed &+= c.handed; returned &+= c.returned; misses &+= c.misses; kicks &+= c.kicks
-            ready &+= arena.clean
+            ready &+= arena.cleanPages
         }
         let t = totals.withLock { $0 }
         return [
@@ -283,15 +283,21 @@ final class PrezeroPool: Sendable {
 /// One enrolled arena: the daemon's lasting mappings of its control block
 /// and window, and the daemon-private bitmap of empty window pages.
 final class PoolArena: @unchecked Sendable {
-    // Touched by the zeroing thread only, except `clean` (read for stat; a
-    // torn read of a counter is harmless there) and the mappings (immutable).
+    // Touched by the zeroing thread only, except `clean` (atomic: stat reads
+    // it) and the mappings (immutable).
     let backing: FileBacking
     let windowOffset: UInt64
     private let controlMapping: FileMapping
     private let windowMapping: FileMapping
     let control: UnsafeMutablePointer<fbmm_pool_ctl>
     let emptyMap: UnsafeMutablePointer<UInt64>
-    var clean: UInt64 = 0
+    /// Ready pages after the last pass: written by the zeroing thread, read
+    /// by `fbmm stat` on a broker thread (hence atomic).
+    private let clean = Atomic<UInt64>(0)
+    var cleanPages: UInt64 {
+        get { clean.load(ordering: .relaxed) }
+        set { clean.store(newValue, ordering: .relaxed) }
+    }
     /// Filling towards the arena's share (hysteresis: from half of it to all).
     var filling = true
     /// Set when the file's policy changed: take the ready pages back.
