@@ -1,5 +1,18 @@
 /*
- * fork(): the child must get a private copy of our MAP_SHARED memory.
+ * fork(): the child must get a private copy of our MAP_SHARED memory that
+ * stands for private anonymous memory, and keep sharing what stands for
+ * shared anonymous memory (P_SHARED pieces).
+ *
+ * Shared pieces: the kernel already gave the child a MAP_SHARED mapping of
+ * the parent's file at the same addresses, which is exactly the sharing of
+ * MAP_SHARED|MAP_ANONYMOUS memory. The child leaves them mapped, flags them
+ * P_FOREIGN (not its file: never punched, its offsets never reused, never
+ * extended in place) and the parent flags its own P_KEEP: natively shared
+ * anonymous memory lives until its last mapping goes, and the shim cannot
+ * know when that is, so once a process forked with a shared piece nobody
+ * punches its range again; its memory stays allocated until the arena file
+ * itself goes away (the last mapping of the memfd, in whichever process).
+ * MADV_REMOVE (the kernel's, on the mapping) still frees it for all.
  *
  * Done with pthread_atfork handlers rather than a fork() wrapper, so that
  * every fork that runs them (fork(), daemon(), libc-internal forks) is
@@ -152,7 +165,19 @@ static void child_fixup(void)
     int any = 0;
     fbmm_pool_child(0);       /* the parent's pool is not ours to touch */
     fbmm_cache_drop_child();  /* freed blocks: not worth a copy */
-    for (size_t i = 0; i < fbmm_rt_n; i++) any |= !(fbmm_rt[i].flags & P_ANON);
+    /* Shared anonymous memory stays the parent's file, shared: leave it
+     * mapped (the kernel copied the mapping), never punch or reuse it. */
+    for (size_t i = 0; i < fbmm_rt_n;) {
+        struct fbmm_piece *p = &fbmm_rt[i];
+        if (!(p->flags & P_SHARED)) { i++; continue; }
+        if (p->flags & P_DONTFORK) {  /* the kernel did not copy it */
+            fbmm_rt_remove(i, 1);
+            continue;
+        }
+        p->flags = (p->flags | P_KEEP | P_FOREIGN) & ~P_WIPEFORK;
+        i++;
+    }
+    for (size_t i = 0; i < fbmm_rt_n; i++) any |= !(fbmm_rt[i].flags & (P_ANON | P_SHARED));
     if (old.state != ARENA_READY || !any) {
         /* Nothing of the parent's file is mapped here: start afresh. */
         if (old.state == ARENA_READY) fbmm_arena_close(&old);
@@ -180,7 +205,7 @@ static void child_fixup(void)
 
     for (size_t i = 0; i < fbmm_rt_n;) {
         struct fbmm_piece *p = &fbmm_rt[i];
-        if (p->flags & P_ANON) { i++; continue; }
+        if (p->flags & (P_ANON | P_SHARED)) { i++; continue; }
         if (p->flags & P_DONTFORK) {
             /* The kernel did not copy this mapping into the child. */
             if (p->flags & P_HEAD) fbmm_heads_del(p->addr);
@@ -235,6 +260,9 @@ static void parent(void)
 {
     if (!fork_locked) return;
     int saved = errno;
+    /* A child may map our shared pieces now: never punch them again. */
+    for (size_t i = 0; i < fbmm_rt_n; i++)
+        if (fbmm_rt[i].flags & P_SHARED) fbmm_rt[i].flags |= P_KEEP;
     if (fork_pipe[1] >= 0) {
         char c;
         close(fork_pipe[1]);

@@ -424,13 +424,26 @@ FBMM_EXPORT void *valloc(size_t n)
     return next.valloc(n);
 }
 
+/* pvalloc is memalign(page, n rounded up to pages). The next allocator's
+ * memalign, not the first pvalloc after us: jemalloc and mimalloc have no
+ * pvalloc, and glibc's would hand a block of glibc's heap to their free. */
+static void *next_pvalloc(size_t n)
+{
+    size_t r = ROUND_UP(n ? n : 1, fbmm_page);
+    if (r < n) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return next.memalign ? next.memalign(fbmm_page, r) : next.pvalloc(n);
+}
+
 FBMM_EXPORT void *pvalloc(size_t n)
 {
     fbmm_init();
     if (!next.pvalloc) return boot_alloc(ROUND_UP(n ? n : 1, fbmm_page), fbmm_page);
     size_t r = ROUND_UP(n ? n : 1, fbmm_page);
-    if (r >= n && want_big(r)) BIG_OR_FALLBACK(big_alloc(r, 0, 0), next.pvalloc(n));
-    return next.pvalloc(n);
+    if (r >= n && want_big(r)) BIG_OR_FALLBACK(big_alloc(r, 0, 0), next_pvalloc(n));
+    return next_pvalloc(n);
 }
 
 FBMM_EXPORT size_t malloc_usable_size(void *p)

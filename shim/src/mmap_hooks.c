@@ -1,6 +1,6 @@
 /*
- * Interposers for the mmap family. Anonymous private mappings of at least
- * FBMM_MIN_SIZE become shared mappings of the arena; every other call goes
+ * Interposers for the mmap family. Anonymous mappings (private or shared) of
+ * at least FBMM_MIN_SIZE become shared mappings of the arena; every other call goes
  * to the kernel unchanged, and calls that touch our ranges (munmap, MAP_FIXED
  * over them, mremap, madvise, mprotect) keep the region table exact.
  */
@@ -11,15 +11,19 @@
 #include "shim.h"
 #include "sys.h"
 
-/* Not redirected: shared anonymous memory (must stay shared with children),
- * stacks (MAP_GROWSDOWN cannot be a file mapping; MAP_STACK marks thread
- * stacks, which the kernel treats specially), and MAP_HUGETLB (explicit huge
- * pages need hugetlbfs, whose 2 MiB granularity would change munmap/madvise
- * semantics). */
+/* Not redirected: stacks (MAP_GROWSDOWN cannot be a file mapping; MAP_STACK
+ * marks thread stacks, which the kernel treats specially), MAP_HUGETLB
+ * (explicit huge pages need hugetlbfs, whose 2 MiB granularity would change
+ * munmap/madvise semantics), MAP_SHARED_VALIDATE, and every file, memfd or
+ * posix shm mapping (not MAP_ANONYMOUS). MAP_SHARED|MAP_ANONYMOUS memory is
+ * redirected as a P_SHARED piece: it stays shared with fork children (fork.c
+ * leaves it mapped), and madvise on it goes to the kernel, which gives shmem
+ * semantics (MADV_DONTNEED keeps the data, MADV_REMOVE frees it for all). */
 static int redirectable(size_t len, int flags)
 {
     return fbmm_cfg.active && !fbmm_depth && len >= fbmm_cfg.min_size &&
-           (flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE &&
+           (flags & MAP_ANONYMOUS) &&
+           ((flags & MAP_TYPE) == MAP_PRIVATE || (flags & MAP_TYPE) == MAP_SHARED) &&
            !(flags & (MAP_GROWSDOWN | MAP_STACK | MAP_HUGETLB));
 }
 
@@ -29,19 +33,20 @@ FBMM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_
     if (redirectable(len, flags)) {
         len = ROUND_UP(len, fbmm_page);
         fbmm_lock();
-        void *p = fbmm_vm_map(addr, len, prot, flags, 0);
+        void *p = fbmm_vm_map(addr, len, prot, flags,
+                              (flags & MAP_TYPE) == MAP_SHARED ? P_SHARED : 0);
         int err = errno;
         fbmm_unlock();
         if (p != MAP_FAILED) return p;
-        if (err == EEXIST || err == EINVAL || err == EPERM) {  /* the caller's error */
-            errno = err;
+        if (fbmm_cfg.strict) {  /* the caller's error, or no memory outside the mount */
+            errno = err == EEXIST || err == EINVAL || err == EPERM ? err : ENOMEM;
             return MAP_FAILED;
         }
-        if (fbmm_cfg.strict) {
-            errno = ENOMEM;
-            return MAP_FAILED;
-        }
-        /* fall back to anonymous memory */
+        /* Whatever failed (arena, capacity, the shim's share of
+         * vm.max_map_count, a backing the kernel will not map so), the
+         * kernel's answer to the call itself is the native one: a caller's
+         * error (EEXIST, EINVAL, EPERM) fails there the same way. */
+        /* fall back to anonymous memory (shared stays shared: flags kept) */
     }
     int fixed = (flags & MAP_FIXED) && !fbmm_depth && fbmm_rt_maybe((uintptr_t)addr, len);
     if (!fixed) return sys_mmap(addr, len, prot, flags, fd, off);
@@ -86,17 +91,24 @@ FBMM_EXPORT void *mremap(void *old, size_t ol, size_t nl, int flags, ...)
         return sys_mremap(old, ol, nl, flags, na);  /* the kernel checks the rest */
     fbmm_lock();
     void *r;
-    if (!ol) {
+    struct fbmm_piece *p = fbmm_rt_find(a);
+    if (!ol && p && (p->flags & P_SHARED)) {
+        /* Duplicating shared memory (old_size 0): the kernel maps the same
+         * pages again, untracked (a plain mapping of the same file, which
+         * behaves natively). Our range may now be mapped twice: keep it. */
+        r = sys_mremap(old, 0, nl, flags, na);
+        if (r != MAP_FAILED) fbmm_vm_set(a, ROUND_UP(nl, fbmm_page), P_KEEP, 0, -1);
+    } else if (!ol) {
         /* Duplicating a mapping (old_size 0) works only on shared mappings;
          * a private anonymous one, which ours stand for, refuses it. */
-        struct fbmm_piece *p = fbmm_rt_find(a);
         errno = p ? EINVAL : ENOENT;
         r = MAP_FAILED;
     } else {
         r = fbmm_vm_remap(a, ROUND_UP(ol, fbmm_page), ROUND_UP(nl, fbmm_page), flags,
                           (uintptr_t)na);
         /* Growth with the backing descriptor gone: anonymous memory. */
-        if (r == MAP_FAILED && errno == ENOMEM && fbmm_arena.mem_fd < 0 && ROUND_UP(nl, fbmm_page) > ROUND_UP(ol, fbmm_page))
+        if (r == MAP_FAILED && errno == ENOMEM && fbmm_arena.mem_fd < 0 && ROUND_UP(nl, fbmm_page) > ROUND_UP(ol, fbmm_page) &&
+            !fbmm_vm_any(a, ROUND_UP(ol, fbmm_page), P_SHARED))  /* shared must stay shared */
             r = fbmm_vm_remap_anon(a, ROUND_UP(ol, fbmm_page), ROUND_UP(nl, fbmm_page), flags, (uintptr_t)na);
     }
     int err = errno;
@@ -118,13 +130,20 @@ FBMM_EXPORT int madvise(void *addr, size_t len, int advice)
     switch (advice) {
     case MADV_DONTNEED: case MADV_FREE: case MADV_REMOVE: case MADV_DONTNEED_LOCKED:
         /* On a shared mapping these would keep the data in the file; a hole
-         * punch frees it and makes it read back as zero, as for anon memory. */
+         * punch frees it and makes it read back as zero, as for anon memory.
+         * (P_SHARED pieces get the kernel's own shmem behaviour.) */
         r = fbmm_vm_discard(a, len, advice);
         err = errno;
         break;
     case MADV_WIPEONFORK: case MADV_KEEPONFORK:
         /* The kernel refuses these on shared mappings; the fork child code
-         * implements them (for the whole range, which should be ours). */
+         * implements them (for the whole range, which should be ours).
+         * Shared anonymous memory refuses WIPEONFORK natively too. */
+        if (advice == MADV_WIPEONFORK && fbmm_vm_any(a, len, P_SHARED)) {
+            r = -1;
+            err = EINVAL;
+            break;
+        }
         fbmm_vm_set(a, len, advice == MADV_WIPEONFORK ? P_WIPEFORK : 0,
                     advice == MADV_WIPEONFORK ? 0 : P_WIPEFORK, -1);
         r = 0;

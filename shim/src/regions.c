@@ -5,6 +5,7 @@
  * system call each one accompanies.
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <string.h>
 
 #include "shim.h"
@@ -100,11 +101,12 @@ int fbmm_rt_split(uintptr_t a)
 
 /* Two pieces are one kernel VMA when addresses and offsets are contiguous and
  * the attributes match; keep the table the same (fewer entries). A block
- * head never merges into its left neighbour. */
+ * head never merges into its left neighbour; P_FOREIGN pieces never merge
+ * (they may map different ancestors' files). */
 static int mergeable(const struct fbmm_piece *l, const struct fbmm_piece *r)
 {
     return l->addr + l->len == r->addr && !(r->flags & P_HEAD) &&
-           !((l->flags | r->flags) & P_ANON) && l->off + l->len == r->off &&
+           !((l->flags | r->flags) & (P_ANON | P_FOREIGN)) && l->off + l->len == r->off &&
            l->prot == r->prot && (l->flags & ~P_HEAD) == r->flags;
 }
 
@@ -120,6 +122,41 @@ void fbmm_rt_merge_around(uintptr_t a)
         fbmm_rt[i - 1].len += fbmm_rt[i].len;
         fbmm_rt_remove(i, 1);
     }
+}
+
+/* ---- the shim's share of vm.max_map_count ------------------------------
+ *
+ * Every piece is a VMA of its own: MAP_SHARED mappings of scattered file
+ * offsets do not merge, where the private anonymous mappings they stand for
+ * usually would (glibc's mmapped chunks, an allocator's extents). A program
+ * with many live blocks would so reach the kernel's limit on mappings
+ * (vm.max_map_count, 65,530 by default), after which every mmap, brk growth
+ * or VMA split fails, the fallback allocator's included. So new mappings
+ * are ours only while the table holds under half of the limit; the rest
+ * goes to the next allocator or the kernel (merging as natively), and the
+ * other half stays the program's. The limit is read once, when the table
+ * first gets near it (a small process never reads it). */
+#define DEFAULT_MAX_MAP_COUNT 65530
+#define ROOM_CHECK_FROM       256
+static size_t rt_room_max;  /* 0: not read yet */
+
+static size_t max_map_count(void)
+{
+    char buf[32];
+    long fd = syscall(SYS_openat, AT_FDCWD, "/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return DEFAULT_MAX_MAP_COUNT;
+    long n = syscall(SYS_read, fd, buf, sizeof buf - 1);
+    syscall(SYS_close, fd);
+    size_t v = 0;
+    for (long i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++) v = v * 10 + (size_t)(buf[i] - '0');
+    return v ? v : DEFAULT_MAX_MAP_COUNT;
+}
+
+int fbmm_rt_room(void)
+{
+    if (fbmm_rt_n < ROOM_CHECK_FROM) return 1;
+    if (!rt_room_max) rt_room_max = max_map_count() / 2;
+    return fbmm_rt_n < rt_room_max;
 }
 
 /* ---- block heads filter ---------------------------------------------- */

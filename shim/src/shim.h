@@ -146,6 +146,16 @@ enum {
     P_WIPEFORK  = 1u << 2,     /* MADV_WIPEONFORK: zero in fork children */
     P_ANON      = 1u << 3,     /* private anonymous (fork copy fell back) */
     P_CACHED    = 1u << 4,     /* freed malloc block kept in the cache */
+    /* MAP_SHARED|MAP_ANONYMOUS memory: stays shared across fork (the child
+     * keeps the parent's mapping), madvise goes to the kernel. */
+    P_SHARED    = 1u << 5,
+    /* Another process may map this file range (we forked since it was
+     * made, or duplicated it with mremap): never punched, never reused. */
+    P_KEEP      = 1u << 6,
+    /* Maps an ancestor's arena file, not ours (set in fork children on
+     * P_SHARED pieces; implies P_KEEP): its offsets mean nothing to our
+     * allocator and it has no descriptor of ours. */
+    P_FOREIGN   = 1u << 7,
 };
 
 extern struct fbmm_piece *fbmm_rt;
@@ -161,6 +171,10 @@ void   fbmm_rt_remove(size_t i, size_t n);
 void   fbmm_rt_merge_around(uintptr_t a);     /* coalesce like the kernel */
 void   fbmm_rt_reset(void);
 void   fbmm_rt_span(uintptr_t a, size_t len); /* widen the lock-free span */
+/* Whether a new mapping may be ours: the table holds under half of the
+ * kernel's vm.max_map_count (each piece is a VMA that does not merge), so
+ * the program and the allocators we fall back to keep the other half. */
+int    fbmm_rt_room(void);
 
 /* Lock-free filter of malloc block heads, so free() of foreign pointers
  * does not take the lock: a counting hash of head addresses. */
@@ -195,6 +209,8 @@ void *fbmm_vm_remap_anon(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t
  * pages that read zero are not written, and pages absent from the page
  * cache are skipped when they are surely holes (no swap). */
 void  fbmm_copy_sparse(const char *src, char *dst, size_t len);
+/* Whether a piece in [a, a+len) has any of `flags`. */
+int   fbmm_vm_any(uintptr_t a, size_t len, uint32_t flags);
 /* Records flags (fork behaviour) or protections on pieces in a range. */
 void  fbmm_vm_set(uintptr_t a, size_t len, uint32_t set, uint32_t clear,
                   int prot /* -1: keep */);

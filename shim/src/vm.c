@@ -23,7 +23,10 @@
  * pool pages go back to the daemon to be zeroed. */
 static void release(const struct fbmm_piece *p)
 {
-    if (p->flags & P_ANON) return;
+    /* P_KEEP/P_FOREIGN: shared memory another process may still map (as
+     * the kernel keeps shared anonymous memory until its last mapping
+     * goes): left allocated until the arena file goes away. */
+    if (p->flags & (P_ANON | P_KEEP | P_FOREIGN)) return;
     if (fbmm_pool_owns(p->off)) {
         /* A piece may run past the window (mremap growth merged with it). */
         size_t in = fbmm_pool_window_part(p->off, p->len);
@@ -60,6 +63,15 @@ void fbmm_vm_forget(uintptr_t a, size_t len)
 
 void *fbmm_vm_map(void *addr, size_t len, int prot, int flags, uint32_t pflags)
 {
+    /* Our share of the kernel's mappings is used up: the caller falls back
+     * (the next allocator, or the kernel's own anonymous memory). */
+    if (!fbmm_rt_room()) {
+        static int once;
+        fbmm_say_once(&once, "falling back to anonymous memory for new mappings: ",
+                      "the shim's pieces reached half of vm.max_map_count", NULL);
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
     if (fbmm_arena_ready() < 0) return MAP_FAILED;
     /* The backing descriptor is gone (a raw close or dup2 by the program):
      * never map whatever now has its number; fall back. */
@@ -70,7 +82,7 @@ void *fbmm_vm_map(void *addr, size_t len, int prot, int flags, uint32_t pflags)
     /* Pre-zeroed pages when the pool has them: mapped populated, so the
      * program's first touches do not fault. PROT_NONE is a reservation. */
     uint64_t off;
-    int pooled = prot != PROT_NONE && fbmm_pool_take(len, &off) == 0;
+    int pooled = prot != PROT_NONE && !(pflags & P_SHARED) && fbmm_pool_take(len, &off) == 0;
     if (!pooled) off = fbmm_off_alloc(len, len >= HUGE_ALIGN ? HUGE_ALIGN : fbmm_page);
     if (off == FBMM_NO_OFF) {
         errno = ENOMEM;
@@ -128,7 +140,7 @@ int fbmm_vm_discard(uintptr_t a, size_t len, int advice)
         if (!p) break;
         uintptr_t s = gap_end, t = p->addr + p->len < end ? p->addr + p->len : end;
         int r;
-        if (p->flags & P_ANON)
+        if (p->flags & (P_ANON | P_SHARED))  /* shared: the kernel's shmem semantics */
             r = sys_madvise((void *)s, t - s, advice);
         else if ((r = fbmm_arena_punch(p->off + (s - p->addr), t - s)) < 0)
             r = sys_madvise((void *)s, t - s, MADV_REMOVE);  /* needs PROT_WRITE */
@@ -141,6 +153,13 @@ int fbmm_vm_discard(uintptr_t a, size_t len, int advice)
     }
     errno = err;
     return ret;
+}
+
+int fbmm_vm_any(uintptr_t a, size_t len, uint32_t flags)
+{
+    for (size_t i = fbmm_rt_lower(a); i < fbmm_rt_n && fbmm_rt[i].addr < a + len; i++)
+        if (fbmm_rt[i].flags & flags) return 1;
+    return 0;
 }
 
 void fbmm_vm_set(uintptr_t a, size_t len, uint32_t set, uint32_t clear, int prot)
@@ -166,6 +185,16 @@ static int move_piece(const struct fbmm_piece *p, uintptr_t dst)
     if (sys_mremap((void *)p->addr, p->len, p->len, MREMAP_MAYMOVE | MREMAP_FIXED,
                    (void *)dst) != MAP_FAILED)
         return 0;
+    if (p->flags & P_FOREIGN) {
+        /* An ancestor's file, of which we hold no descriptor: duplicate the
+         * shared mapping itself (old_size 0), then drop the old one. */
+        if (sys_mremap((void *)p->addr, 0, p->len, MREMAP_MAYMOVE | MREMAP_FIXED,
+                       (void *)dst) == MAP_FAILED)
+            return -1;
+        if (p->prot != (uint32_t)(PROT_READ | PROT_WRITE)) sys_mprotect((void *)dst, p->len, (int)p->prot);
+        sys_munmap((void *)p->addr, p->len);
+        return 0;
+    }
     if (sys_mmap((void *)dst, p->len, (int)p->prot, MAP_SHARED | MAP_FIXED,
                  fbmm_arena.mem_fd, (off_t)p->off) == MAP_FAILED)
         return -1;
@@ -200,9 +229,12 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
         errno = ENOENT;  /* not ours: the kernel's business */
         return MAP_FAILED;
     }
-    /* Natively the old range must lie in one VMA; ours must be all ours. */
+    /* Natively the old range must lie in one VMA; ours must be all ours,
+     * and all shared or all private. */
+    uint32_t kind = fbmm_rt[i].flags & P_SHARED;
     for (uintptr_t pos = a; pos < end; i++) {
-        if (i >= fbmm_rt_n || fbmm_rt[i].addr > pos || (fbmm_rt[i].flags & P_ANON)) {
+        if (i >= fbmm_rt_n || fbmm_rt[i].addr > pos || (fbmm_rt[i].flags & P_ANON) ||
+            (fbmm_rt[i].flags & P_SHARED) != kind) {
             errno = EFAULT;
             return MAP_FAILED;
         }
@@ -228,22 +260,26 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
     struct fbmm_piece last = fbmm_rt[fbmm_rt_lower(end - 1)];
     size_t delta = nl - ol;
     uint64_t ext = FBMM_NO_OFF;
-    if (delta && !fbmm_arena_fd_ok()) {
+    /* (A fork child that kept only shared pieces has no arena yet.) */
+    if (delta && (fbmm_arena_ready() < 0 || !fbmm_arena_fd_ok())) {
         errno = ENOMEM;  /* no backing to grow into: fbmm_vm_remap_anon */
         return MAP_FAILED;
     }
     if (delta) {
         /* File offsets right after the last piece keep it one VMA (never
          * out of the pool's window: its pages are handed out by the run). */
-        if (!fbmm_pool_owns(last.off) && fbmm_off_extend(last.off + last.len, delta) == 0)
+        if (!(last.flags & P_FOREIGN) && !fbmm_pool_owns(last.off) &&
+            fbmm_off_extend(last.off + last.len, delta) == 0)
             ext = last.off + last.len;
         else if ((ext = fbmm_off_alloc(delta, fbmm_page)) == FBMM_NO_OFF) {
             errno = ENOMEM;
             return MAP_FAILED;
         }
     }
+    /* The extension is fresh memory of our own file: shared with nobody
+     * yet (natively, touching it would SIGBUS on shared anonymous memory). */
     struct fbmm_piece xp = { .len = delta, .off = ext, .prot = last.prot,
-                             .flags = last.flags & ~P_HEAD };
+                             .flags = last.flags & ~(P_HEAD | P_KEEP | P_FOREIGN) };
 
     if (delta && !(flags & MREMAP_FIXED)) {
         /* Grow in place when the addresses after the region are free. */
