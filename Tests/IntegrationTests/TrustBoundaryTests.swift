@@ -77,14 +77,9 @@ struct TrustBoundaryTests {
     /// root sees all. MIGRATE on B's file opened read-only by A is refused;
     /// on A's own file, or B's 0666 file opened for writing, it works.
     @Test func statAndMigrateShowAndTouchOnlyOwnFiles() throws {
-        try Self.prepare()
-        let a = try TestUser("tA")
-        defer { a.remove() }
-        let b = try TestUser("tB")
-        defer { b.remove() }
-        let mount = try TestMount(options: ["allow_other"])
-        defer { mount.close() }
-        let daemon = try daemonPID(mount)
+        let scene = try TwoUsers("tA", "tB")
+        defer { scene.close() }
+        let (a, b, mount, daemon) = (scene.a, scene.b, scene.mount, scene.daemon)
         try Data("root's".utf8).write(to: URL(fileURLWithPath: mount.file("root-file")))
         try #require(try a.run(["/bin/sh", "-c", "umask 022; printf a > \(mount.file("a-file"))"]).ok)
         try #require(try b.run(["/bin/sh", "-c", "umask 022; printf b > \(mount.file("b-file")); umask 0; printf b > \(mount.file("b-open"))"]).ok)

@@ -127,3 +127,26 @@ func expectDaemonServes(_ mount: TestMount, _ pid: pid_t, _ when: String,
     #expect(stat.ok && (try? JSONSerialization.jsonObject(with: Data(stat.stdout.utf8))) != nil,
             "fbmm stat answers \(when): \(stat.stderr)", sourceLocation: sourceLocation)
 }
+
+/// The usual scene of an attack: two unprivileged users (A, B) and a root
+/// mount with allow_other, all removed by `close()` (call it in a defer).
+final class TwoUsers {
+    let a: TestUser
+    let b: TestUser
+    let mount: TestMount
+    let daemon: pid_t
+
+    init(_ tagA: String, _ tagB: String) throws {
+        try TrustTests.prepare()
+        a = try TestUser(tagA)
+        do { b = try TestUser(tagB) } catch { a.remove(); throw error }
+        do { mount = try TestMount(options: ["allow_other"]) } catch { b.remove(); a.remove(); throw error }
+        do { daemon = try daemonPID(mount) } catch { mount.close(); b.remove(); a.remove(); throw error }
+    }
+
+    func close() {
+        mount.close()
+        b.remove()
+        a.remove()
+    }
+}

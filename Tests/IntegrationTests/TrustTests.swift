@@ -166,14 +166,9 @@ struct TrustTests {
     /// as the old (version 1) request naming the victim's fd number. All are
     /// refused and no fd comes back (see hostile.c, `pidreuse`).
     @Test func pidReuseYieldsNoMemory() throws {
-        try Self.prepare()
-        let attacker = try TestUser("tA")
-        defer { attacker.remove() }
-        let victim = try TestUser("tB")
-        defer { victim.remove() }
-        let mount = try TestMount(options: ["allow_other"])
-        defer { mount.close() }
-        let daemon = try daemonPID(mount)
+        let scene = try TwoUsers("tA", "tB")
+        defer { scene.close() }
+        let (attacker, victim, mount, daemon) = (scene.a, scene.b, scene.mount, scene.daemon)
         try #require(access("/proc/sys/kernel/ns_last_pid", W_OK) == 0, "/proc/sys/kernel/ns_last_pid must be writable (root in the pid namespace)")
         let result = try run([Self.hostile, "pidreuse", mount.path, Artefacts.shim, "\(attacker.uid)", "\(attacker.gid)",
                               "\(victim.uid)", "\(victim.gid)", "10"], timeout: 90)
@@ -197,14 +192,9 @@ struct TrustTests {
     /// fd attached: refused (EACCES/EPERM), no fd, and A never reads the
     /// secret. The file is untouched and still exists.
     @Test func writeOnlyOpenNeverYieldsTheSecret() throws {
-        try Self.prepare()
-        let a = try TestUser("tA")
-        defer { a.remove() }
-        let b = try TestUser("tB")
-        defer { b.remove() }
-        let mount = try TestMount(options: ["allow_other"])
-        defer { mount.close() }
-        let daemon = try daemonPID(mount)
+        let scene = try TwoUsers("tA", "tB")
+        defer { scene.close() }
+        let (a, b, mount, daemon) = (scene.a, scene.b, scene.mount, scene.daemon)
         let file = mount.file("b-secret")
         let secret = "B-ONLY-SECRET-\(UInt32.random(in: 0..<UInt32.max))"
         let made = try b.run(["/bin/sh", "-c", "umask 077; printf %s \(secret) > \(file) && chmod 0622 \(file)"])
@@ -255,14 +245,9 @@ struct TrustTests {
     /// either. And the shim's own arena (program run as B) is still deleted
     /// when the program exits.
     @Test func anotherUsersFileIsNeitherAnArenaNorDeleted() throws {
-        try Self.prepare()
-        let a = try TestUser("tA")
-        defer { a.remove() }
-        let b = try TestUser("tB")
-        defer { b.remove() }
-        let mount = try TestMount(options: ["allow_other"])
-        defer { mount.close() }
-        let daemon = try daemonPID(mount)
+        let scene = try TwoUsers("tA", "tB")
+        defer { scene.close() }
+        let (a, b, mount, daemon) = (scene.a, scene.b, scene.mount, scene.daemon)
         let file = mount.file("b-shared")
         let made = try b.run(["/bin/sh", "-c", "umask 0; printf %s B-DATA-B-DATA > \(file)"])
         try #require(made.ok, "B makes a 0666 file: \(made.stderr)")
