@@ -21,18 +21,18 @@ struct ForkFdTests {
                          file: String = #function) throws -> [String: CommandResult] {
         try ShimPrograms.build()
         let native = try run(unblocked([Self.forkfd, mode]), environment: ["LD_PRELOAD": "", "FBMM_MOUNT": ""], timeout: 60)
-        #expect(native.ok && native.stdout.contains("forkfd: ok"), "native forkfd \(mode):\n\(forkFdFailures(native))")
+        #expect(native.ok && native.stdout.contains("forkfd: ok"), "native forkfd \(mode):\n\(checkFailures(native))")
         let mount = try TestMount(name: file)
         defer { mount.close() }
         var results: [String: CommandResult] = [:]
         for allocator in allocators {
             let shimmed = try run(fbmmRun(mount, ["--allocator", allocator, "--verbose"], [Self.forkfd, mode]), timeout: 60)
             #expect(shimmed.ok && shimmed.stdout.contains("forkfd: ok"),
-                    "forkfd \(mode) under the shim (\(allocator)) exited \(shimmed.status):\n\(forkFdFailures(shimmed))")
+                    "forkfd \(mode) under the shim (\(allocator)) exited \(shimmed.status):\n\(checkFailures(shimmed))")
             #expect(shimmed.stderr.contains("fbmm: using fbmm mount \(mount.path)"), "\(shimmed.stderr)")
             results[allocator] = shimmed
         }
-        #expect(forkFdMountEmpties(mount), "no arena file left behind: \((try? FileManager.default.contentsOfDirectory(atPath: mount.path)) ?? [])")
+        #expect(mountListsNothing(mount), "no arena file left behind: \((try? FileManager.default.contentsOfDirectory(atPath: mount.path)) ?? [])")
         return results
     }
 
@@ -74,7 +74,7 @@ struct ForkFdTests {
             let results = try runMode(mode, allocators: ["system"])
             let result = try #require(results["system"])
             let out = result.stdout
-            #expect(out.contains("PASS parent: child of the second fork exits 0"), "\(forkFdFailures(result))")
+            #expect(out.contains("PASS parent: child of the second fork exits 0"), "\(checkFailures(result))")
             #expect(out.contains("PASS parent: child of the third fork exits 0"))
             #expect(out.contains("PASS child (second): region g reads what was written"))
             #expect(out.contains("PASS child (second): region h reads what was written"))
@@ -146,22 +146,8 @@ struct ForkFdTests {
                     "python3 under the shim (\(allocator)) exited \(shimmed.status): \(shimmed.stdout) \(shimmed.stderr.suffix(2000))")
             #expect(!shimmed.stderr.contains("falling back"), "\(shimmed.stderr.suffix(2000))")
         }
-        #expect(forkFdMountEmpties(mount))
+        #expect(mountListsNothing(mount))
     }
 }
 
-/// The check lines that failed, and stderr, for a failure message.
-private func forkFdFailures(_ result: CommandResult) -> String {
-    result.stdout.split(separator: "\n").filter { !$0.hasPrefix("PASS") }.joined(separator: "\n") + "\n" + result.stderr
-}
 
-/// Whether, within a few seconds, the mount lists no file (every arena file
-/// went away with its process).
-private func forkFdMountEmpties(_ mount: TestMount, within seconds: Double = 3.0) -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    repeat {
-        if let listed = try? FileManager.default.contentsOfDirectory(atPath: mount.path), listed.isEmpty { return true }
-        usleep(20_000)
-    } while Date() < deadline
-    return false
-}

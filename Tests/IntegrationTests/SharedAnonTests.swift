@@ -19,21 +19,21 @@ struct SharedAnonTests {
     @Test func sharedAnonymousMemoryKeepsItsSemanticsInTheMount() throws {
         try ShimPrograms.build()
         let native = try run(unblocked([Self.program, "check"]), environment: ["LD_PRELOAD": "", "FBMM_MOUNT": ""], timeout: 60)
-        #expect(native.ok && native.stdout.contains("sharedanon: ok"), "natively:\n\(sharedAnonFailures(native))")
+        #expect(native.ok && native.stdout.contains("sharedanon: ok"), "natively:\n\(checkFailures(native))")
         #expect(native.stdout.contains("INFO backing devzero"), "natively it is /dev/zero: \(native.stdout.prefix(400))")
         let mount = try TestMount()
         defer { mount.close() }
         for allocator in ["system", "jemalloc"] {
             let shimmed = try run(fbmmRun(mount, ["--allocator", allocator, "--verbose"], [Self.program, "check"]), timeout: 60)
             #expect(shimmed.ok && shimmed.stdout.contains("sharedanon: ok"),
-                    "under the shim (\(allocator)) exited \(shimmed.status):\n\(sharedAnonFailures(shimmed))")
+                    "under the shim (\(allocator)) exited \(shimmed.status):\n\(checkFailures(shimmed))")
             #expect(shimmed.stdout.contains("INFO backing memfd") || shimmed.stdout.contains("INFO backing mount"),
                     "the shared region maps the arena (\(allocator)): \(shimmed.stdout.split(separator: "\n").filter { $0.hasPrefix("INFO") })")
             #expect(!shimmed.stderr.contains("falling back"), "\(allocator): \(shimmed.stderr)")
             // Same checks, same order, same verdicts as natively.
             #expect(passLines(shimmed.stdout) == passLines(native.stdout), "\(allocator): check lines differ from native")
         }
-        #expect(sharedAnonMountEmpties(mount), "no arena file left: \((try? FileManager.default.contentsOfDirectory(atPath: mount.path)) ?? [])")
+        #expect(mountListsNothing(mount), "no arena file left: \((try? FileManager.default.contentsOfDirectory(atPath: mount.path)) ?? [])")
     }
 
     /// While the program holds 64 MiB of shared memory (written by its fork
@@ -117,7 +117,7 @@ struct SharedAnonTests {
             #expect(app.stdout == native.stdout, "python3 (\(allocator)): \(app.stdout) vs \(native.stdout)")
             #expect(!app.stderr.contains("falling back"), "\(app.stderr.suffix(2000))")
         }
-        #expect(sharedAnonMountEmpties(mount))
+        #expect(mountListsNothing(mount))
     }
 
     /// A postgres server (Debian's postgresql, started by the test as an
@@ -173,7 +173,7 @@ struct SharedAnonTests {
         #expect(stop.ok, "pg_ctl stop: \(stop.stderr)")
         #expect(server.wait(seconds: 30) == 0, "postgres exits 0: \(server.output.suffix(3000))")
         #expect(!server.stderr.contains("falling back"), "\(server.stderr.suffix(2000))")
-        #expect(sharedAnonMountEmpties(mount), "no arena file left after postgres stopped")
+        #expect(mountListsNothing(mount), "no arena file left after postgres stopped")
     }
 }
 
@@ -188,15 +188,4 @@ private func passLines(_ out: String) -> [Substring] {
     out.split(separator: "\n").filter { $0.hasPrefix("PASS") || $0.hasPrefix("FAIL") }.sorted()
 }
 
-private func sharedAnonFailures(_ result: CommandResult) -> String {
-    result.stdout.split(separator: "\n").filter { !$0.hasPrefix("PASS") }.joined(separator: "\n") + "\n" + result.stderr
-}
 
-private func sharedAnonMountEmpties(_ mount: TestMount, within seconds: Double = 3.0) -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    repeat {
-        if let listed = try? FileManager.default.contentsOfDirectory(atPath: mount.path), listed.isEmpty { return true }
-        usleep(20_000)
-    } while Date() < deadline
-    return false
-}

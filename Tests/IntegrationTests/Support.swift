@@ -235,3 +235,20 @@ final class TestUser {
 
     deinit { remove() }
 }
+
+/// The check lines of a PASS/FAIL test program that did not pass, and its
+/// stderr, for a failure message.
+func checkFailures(_ result: CommandResult) -> String {
+    result.stdout.split(separator: "\n").filter { !$0.hasPrefix("PASS") }.joined(separator: "\n") + "\n" + result.stderr
+}
+
+/// Whether, within a few seconds, the mount lists no file (every arena file
+/// went away with its process).
+func mountListsNothing(_ mount: TestMount, within seconds: Double = 3.0) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    repeat {
+        if let listed = try? FileManager.default.contentsOfDirectory(atPath: mount.path), listed.isEmpty { return true }
+        usleep(20_000)
+    } while Date() < deadline
+    return false
+}
