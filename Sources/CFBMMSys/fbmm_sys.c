@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/xattr.h>
+#include <signal.h>
 #include <spawn.h>
 #include <unistd.h>
 #include <linux/falloc.h>
@@ -86,6 +87,10 @@ int fbmm_fd_identity(int fd, uint64_t *dev, uint64_t *ino, uint32_t *mode, int *
     *mode = sx.stx_mode;
     *flags = fl;
     return 0;
+}
+
+int fbmm_is_process(pid_t tid) {
+    return tgkill(tid, tid, 0) == 0 || errno == EPERM;
 }
 
 int fbmm_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {

@@ -22,7 +22,7 @@ struct UmountCommand: ParsableCommand {
     func run() throws {
         let path = absolutePath(directory)
         guard Daemon.isFBMMMount(path) else { throw CLIError("\(path) is not an fbmm mount") }
-        let daemonPID = brokerPath(ofMount: path).flatMap(daemonPID(fromBroker:))
+        let daemonPID = brokerPath(ofMount: path).flatMap(RuntimeDirectory.daemonPID(ofSocket:))
         if umount2(path, force ? Int32(MNT_DETACH) : 0) != 0 {
             let code = errno
             if code == EBUSY {
@@ -46,10 +46,4 @@ struct UmountCommand: ParsableCommand {
             for _ in 0..<200 where kill(pid, 0) == 0 { usleep(25_000) }
         }
     }
-}
-
-/// The broker socket is named broker-PID.sock after the daemon's pid.
-func daemonPID(fromBroker path: String) -> pid_t? {
-    guard let name = path.split(separator: "/").last, name.hasPrefix("broker-"), name.hasSuffix(".sock") else { return nil }
-    return pid_t(name.dropFirst("broker-".count).dropLast(".sock".count))
 }

@@ -337,10 +337,8 @@ public final class DamonTracker: AccessTracker {
 
     /// utime + stime of a task from /proc/TID/stat, in seconds.
     static func threadCPU(_ tid: Int32) -> Double? {
-        guard let text = readText("/proc/\(tid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
-        let fields = text[text.index(after: close)...].split(separator: " ")
         // After "comm)": state is field 3, utime 14, stime 15 -> indices 11 and 12 here.
-        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        guard let fields = procStatFields(tid), fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 

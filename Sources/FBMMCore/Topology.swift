@@ -117,3 +117,11 @@ public func readText(_ path: String) -> String? {
     }
     return String(decoding: bytes, as: UTF8.self)
 }
+
+/// The fields of /proc/TID/stat after "(comm)" (which may hold spaces and
+/// parentheses itself): index 0 is the state, 11 and 12 utime and stime.
+/// Nil when the task is gone.
+public func procStatFields(_ tid: Int32) -> [Substring]? {
+    guard let text = readText("/proc/\(tid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
+    return text[text.index(after: close)...].split(separator: " ")
+}

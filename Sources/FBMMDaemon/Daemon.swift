@@ -96,9 +96,7 @@ public final class Daemon: Sendable {
         guard let dir = opendir(path) else { throw .mountpoint("cannot read mount point \(path): \(Errno(rawValue: errno))") }
         defer { closedir(dir) }
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
+            let name = entryName(entry)
             if name != "." && name != ".." { throw .mountpoint("mount point \(path) is not empty") }
         }
     }
@@ -108,7 +106,7 @@ public final class Daemon: Sendable {
     static func brokerSocketPath() throws(DaemonError) -> String {
         let directory = try RuntimeDirectory.prepare()
         RuntimeDirectory.removeStaleSockets(in: directory)
-        return "\(directory)/broker-\(getpid()).sock"
+        return "\(directory)/\(RuntimeDirectory.socketName(daemon: getpid()))"
     }
 
     /// Mounts and learns the mount's device number (the broker identifies
@@ -187,6 +185,13 @@ public final class Daemon: Sendable {
             }
         }
         return found
+    }
+}
+
+/// The name of a directory entry readdir(3) returned.
+func entryName(_ entry: UnsafeMutablePointer<dirent>) -> String {
+    withUnsafeBytes(of: entry.pointee.d_name) { raw in
+        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
     }
 }
 

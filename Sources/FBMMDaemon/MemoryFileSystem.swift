@@ -133,8 +133,12 @@ public final class MemoryFileSystem: FileSystemOperations {
 
     /// FUSE names the thread that made a request; `fbmm stat` shows the
     /// process (the thread's Tgid), or the thread id if it is already gone.
+    /// Most creates come from a main thread, found in one system call
+    /// (`fbmm_is_process`); only other threads cost a read of /proc/TID/status.
     private func processID(ofThread tid: Int32) -> Int32 {
-        guard tid > 0, let status = readText("/proc/\(tid)/status") else { return tid }
+        guard tid > 0 else { return tid }
+        if fbmm_is_process(tid) != 0 { return tid }
+        guard let status = readText("/proc/\(tid)/status") else { return tid }
         for line in status.split(separator: "\n") where line.hasPrefix("Tgid:") {
             return Int32(line.dropFirst(5).trimmingPrefix(while: { $0 == " " || $0 == "\t" })) ?? tid
         }

@@ -38,11 +38,22 @@ public enum RuntimeDirectory {
         return directory
     }
 
+    /// The broker socket of the daemon `pid`: named after it, so that a
+    /// socket whose daemon is gone can be told apart (and `fbmm umount` can
+    /// wait for the daemon it stopped).
+    static func socketName(daemon pid: pid_t) -> String { "broker-\(pid).sock" }
+
+    /// The daemon pid a broker socket path is named after (nil: not one).
+    public static func daemonPID(ofSocket path: String) -> pid_t? {
+        guard let name = path.split(separator: "/").last, name.hasPrefix("broker-"), name.hasSuffix(".sock"),
+              let pid = pid_t(name.dropFirst("broker-".count).dropLast(".sock".count)), pid > 0 else { return nil }
+        return pid
+    }
+
     /// Whether `pid` runs: a zombie (a killed daemon whose parent has not
     /// reaped it yet) serves nothing any more.
     static func isAlive(_ pid: pid_t) -> Bool {
-        guard let stat = readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
-        let state = stat[stat.index(after: close)...].drop(while: { $0 == " " }).first
+        guard let state = procStatFields(pid)?.first else { return false }
         return state != "Z" && state != "X"
     }
 
@@ -53,12 +64,8 @@ public enum RuntimeDirectory {
         guard let dir = opendir(directory) else { return }
         defer { closedir(dir) }
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            guard name.hasPrefix("broker-"), name.hasSuffix(".sock"),
-                  let pid = pid_t(name.dropFirst("broker-".count).dropLast(".sock".count)), pid > 0 else { continue }
-            guard !isAlive(pid) else { continue }
+            let name = entryName(entry)
+            guard let pid = daemonPID(ofSocket: name), !isAlive(pid) else { continue }
             let socketPath = "\(directory)/\(name)"
             var st = stat()
             guard lstat(socketPath, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK, st.st_uid == getuid() else { continue }

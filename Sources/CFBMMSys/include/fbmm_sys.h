@@ -38,6 +38,9 @@ ssize_t fbmm_recv_counting_fds(int sock, void *buf, size_t len, int *fd_out, int
  * us here): its st_dev, st_ino, file type bits and open flags (F_GETFL).
  * Returns 0 or -1 with errno. */
 int fbmm_fd_identity(int fd, uint64_t *dev, uint64_t *ino, uint32_t *mode, int *flags);
+/* Whether `tid` leads its thread group (is a process, tgid == tid):
+ * tgkill(tid, tid, 0) in one system call; EPERM still means it does. */
+int fbmm_is_process(pid_t tid);
 /* SO_PEERCRED of a connected unix socket. */
 int fbmm_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
 
