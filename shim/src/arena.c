@@ -29,14 +29,20 @@
 
 struct fbmm_arena fbmm_arena;
 
-static void why_set(struct fbmm_arena *a, const char *s1, const char *s2, int err)
+/* reason = s1 s2 s3 [": " errno name] */
+static void why_set3(struct fbmm_arena *a, const char *s1, const char *s2, const char *s3, int err)
 {
-    const char *parts[] = { s1, s2, err ? ": " : NULL, err ? strerrorname_np(err) : NULL };
+    const char *parts[] = { s1, s2, s3, err ? ": " : NULL, err ? strerrorname_np(err) : NULL };
     size_t k = 0;
-    for (size_t i = 0; i < 4; i++)
+    for (size_t i = 0; i < 5; i++)
         for (const char *p = parts[i]; p && *p && k + 1 < sizeof a->reason; p++)
             a->reason[k++] = *p;
     a->reason[k] = 0;
+}
+
+static void why_set(struct fbmm_arena *a, const char *s1, const char *s2, int err)
+{
+    why_set3(a, s1, s2, NULL, err);
 }
 
 /* Moves fd up to FBMM_FD_FLOOR or more (keeps it where it is if it cannot). */
@@ -109,12 +115,8 @@ int fbmm_arena_open(struct fbmm_arena *a)
     ssize_t sl = getxattr(fbmm_cfg.mount, FBMM_XATTR_BROKER, sock, sizeof sock - 1);
     if (sl < 0 && (errno == EACCES || errno == EPERM)) {
         /* A FUSE mount of another user without allow_other: even stat fails. */
-        why_set(a, "no permission to use ", fbmm_cfg.mount,
-                0);
-        size_t k = strlen(a->reason);
-        const char *fix = " (mounted by another user: it needs -o allow_other)";
-        for (const char *p = fix; *p && k + 1 < sizeof a->reason; p++) a->reason[k++] = *p;
-        a->reason[k] = 0;
+        why_set3(a, "no permission to use ", fbmm_cfg.mount,
+                 " (mounted by another user: it needs -o allow_other)", 0);
         return -1;
     }
     if (sl < 0 && errno != ENODATA && errno != ENOTSUP && errno != EOPNOTSUPP) {

@@ -94,15 +94,26 @@ int fbmm_fd_move(int fd)
     return h;
 }
 
+/* Our descriptors now (some may be -1): the arena's FUSE fd and memfd, the
+ * pool's eventfd. Lock-free loads, so close() can ask. Returns the count. */
+static int our_fds(int mine[3])
+{
+    int n = 0;
+    if (__atomic_load_n(&fbmm_arena.state, __ATOMIC_RELAXED) == ARENA_READY) {
+        mine[n++] = __atomic_load_n(&fbmm_arena.name_fd, __ATOMIC_RELAXED);
+        mine[n++] = __atomic_load_n(&fbmm_arena.mem_fd, __ATOMIC_RELAXED);
+    }
+    mine[n++] = fbmm_pool_fd();
+    return n;
+}
+
 /* Is fd one of ours? Lock-free: only numbers are compared. */
 static int ours(int fd)
 {
-    if (fd < 0) return 0;
-    if (__atomic_load_n(&fbmm_arena.state, __ATOMIC_RELAXED) == ARENA_READY &&
-        (fd == __atomic_load_n(&fbmm_arena.name_fd, __ATOMIC_RELAXED) ||
-         fd == __atomic_load_n(&fbmm_arena.mem_fd, __ATOMIC_RELAXED)))
-        return 1;
-    return fd == fbmm_pool_fd();
+    int mine[3], n = our_fds(mine);
+    for (int i = 0; i < n; i++)
+        if (fd >= 0 && fd == mine[i]) return 1;
+    return 0;
 }
 
 /* Locked: if fd is ours, moves ours off it (or forgets it). */
@@ -134,12 +145,7 @@ FBMM_EXPORT int close(int fd)
 /* close_range(first, last) minus our descriptors (locked). */
 static int close_except_ours(unsigned first, unsigned last, int flags)
 {
-    int mine[3] = { -1, -1, -1 }, n = 0;
-    if (fbmm_arena.state == ARENA_READY) {
-        mine[n++] = fbmm_arena.name_fd;
-        mine[n++] = fbmm_arena.mem_fd;
-    }
-    mine[n++] = fbmm_pool_fd();
+    int mine[3], n = our_fds(mine);
     unsigned lo = first;
     for (;;) {
         /* The lowest of ours in [lo, last]. */

@@ -104,12 +104,13 @@ FBMM_EXPORT void *mremap(void *old, size_t ol, size_t nl, int flags, ...)
         errno = p ? EINVAL : ENOENT;
         r = MAP_FAILED;
     } else {
-        r = fbmm_vm_remap(a, ROUND_UP(ol, fbmm_page), ROUND_UP(nl, fbmm_page), flags,
-                          (uintptr_t)na);
-        /* Growth with the backing descriptor gone: anonymous memory. */
-        if (r == MAP_FAILED && errno == ENOMEM && fbmm_arena.mem_fd < 0 && ROUND_UP(nl, fbmm_page) > ROUND_UP(ol, fbmm_page) &&
-            !fbmm_vm_any(a, ROUND_UP(ol, fbmm_page), P_SHARED))  /* shared must stay shared */
-            r = fbmm_vm_remap_anon(a, ROUND_UP(ol, fbmm_page), ROUND_UP(nl, fbmm_page), flags, (uintptr_t)na);
+        size_t olr = ROUND_UP(ol, fbmm_page), nlr = ROUND_UP(nl, fbmm_page);
+        r = fbmm_vm_remap(a, olr, nlr, flags, (uintptr_t)na);
+        /* Growth with the backing descriptor gone: anonymous memory (but
+         * shared must stay shared). */
+        if (r == MAP_FAILED && errno == ENOMEM && fbmm_arena.mem_fd < 0 && nlr > olr &&
+            !fbmm_vm_any(a, olr, P_SHARED))
+            r = fbmm_vm_remap_anon(a, olr, nlr, flags, (uintptr_t)na);
     }
     int err = errno;
     fbmm_unlock();

@@ -139,8 +139,9 @@ static int enroll(void)
     int efd = -1;
     uint64_t got = 0;
     struct stat st;
-    if (!fbmm_arena_name_ok() || fstat(a->name_fd, &st) < 0 ||
-        fbmm_broker_request(a->sock, FBMM_OP_POOL, 0, a->name_fd, (uint64_t)st.st_ino, 1, &efd, &got,
+    /* name_ok has checked the fd is still the arena (inode name_ino). */
+    if (!fbmm_arena_name_ok() ||
+        fbmm_broker_request(a->sock, FBMM_OP_POOL, 0, a->name_fd, (uint64_t)a->name_ino, 1, &efd, &got,
                             why, sizeof why) < 0 || got != pages) {
         if (efd >= 0) close(efd);
         sys_munmap(ctl, FBMM_POOL_CTL_BYTES);
