@@ -77,7 +77,7 @@ struct TrustBoundaryTests {
     /// root sees all. MIGRATE on B's file opened read-only by A is refused;
     /// on A's own file, or B's 0666 file opened for writing, it works.
     @Test func statAndMigrateShowAndTouchOnlyOwnFiles() throws {
-        let scene = try TwoUsers("tA", "tB")
+        let scene = try UserScene("tA", "tB")
         defer { scene.close() }
         let (a, b, mount, daemon) = (scene.a, scene.b, scene.mount, scene.daemon)
         try Data("root's".utf8).write(to: URL(fileURLWithPath: mount.file("root-file")))

@@ -128,25 +128,32 @@ func expectDaemonServes(_ mount: TestMount, _ pid: pid_t, _ when: String,
             "fbmm stat answers \(when): \(stat.stderr)", sourceLocation: sourceLocation)
 }
 
-/// The usual scene of an attack: two unprivileged users (A, B) and a root
-/// mount with allow_other, all removed by `close()` (call it in a defer).
-final class TwoUsers {
-    let a: TestUser
-    let b: TestUser
+/// The usual scene of an attack: unprivileged users (A, and B when two tags
+/// are given) and a root mount reachable by them (allow_other, plus
+/// `options`), all removed by `close()` (call it in a defer).
+final class UserScene {
+    let users: [TestUser]
     let mount: TestMount
     let daemon: pid_t
+    var a: TestUser { users[0] }
+    var b: TestUser { users[1] }
 
-    init(_ tagA: String, _ tagB: String) throws {
+    init(_ tags: String..., options: [String] = []) throws {
         try TrustTests.prepare()
-        a = try TestUser(tagA)
-        do { b = try TestUser(tagB) } catch { a.remove(); throw error }
-        do { mount = try TestMount(options: ["allow_other"]) } catch { b.remove(); a.remove(); throw error }
-        do { daemon = try daemonPID(mount) } catch { mount.close(); b.remove(); a.remove(); throw error }
+        var made: [TestUser] = []
+        do {
+            for tag in tags { made.append(try TestUser(tag)) }
+            users = made
+            mount = try TestMount(options: ["allow_other"] + options)
+        } catch {
+            made.reversed().forEach { $0.remove() }
+            throw error
+        }
+        do { daemon = try daemonPID(mount) } catch { mount.close(); made.reversed().forEach { $0.remove() }; throw error }
     }
 
     func close() {
         mount.close()
-        b.remove()
-        a.remove()
+        users.reversed().forEach { $0.remove() }
     }
 }

@@ -36,12 +36,9 @@ struct TrustTests {
     /// the daemon is still alive and answering after it retired the arena.
     @Test(arguments: ["max", "random"])
     func poolControlBlockGarbageDoesNotKillTheDaemon(_ mode: String) throws {
-        try Self.prepare()
-        let user = try TestUser("tA")
-        defer { user.remove() }
-        let mount = try TestMount(options: ["allow_other"])
-        defer { mount.close() }
-        let daemon = try daemonPID(mount)
+        let scene = try UserScene("tA")
+        defer { scene.close() }
+        let (user, mount, daemon) = (scene.a, scene.mount, scene.daemon)
         let work = try sharedScratch()
         let app = try Background(user.command(fbmmRun(mount, ["--min-size", "4K", "--verbose"],
                                                       [Self.hostile, "poolctl", mode, work.file("ready"), work.file("go")])),
@@ -77,12 +74,9 @@ struct TrustTests {
     /// freeing small blocks, and `fbmm stat` runs all along. The daemon
     /// stays alive throughout and after.
     @Test func poolControlBlockFuzz() throws {
-        try Self.prepare()
-        let user = try TestUser("tA")
-        defer { user.remove() }
-        let mount = try TestMount(options: ["allow_other", "prezero=16M"])
-        defer { mount.close() }
-        let daemon = try daemonPID(mount)
+        let scene = try UserScene("tA", options: ["prezero=16M"])
+        defer { scene.close() }
+        let (user, mount, daemon) = (scene.a, scene.mount, scene.daemon)
         let work = try sharedScratch()
         let seed = 1313
         let app = try Background(user.command(fbmmRun(mount, ["--min-size", "4K", "--verbose"],
@@ -119,12 +113,9 @@ struct TrustTests {
     /// each is refused (the command exits non-zero with one line), and the
     /// daemon stays alive; honest migrations still work after.
     @Test func migrateWithHugeRangesFailsCleanly() throws {
-        try Self.prepare()
-        let user = try TestUser("tA")
-        defer { user.remove() }
-        let mount = try TestMount(options: ["allow_other"])
-        defer { mount.close() }
-        let daemon = try daemonPID(mount)
+        let scene = try UserScene("tA")
+        defer { scene.close() }
+        let (user, mount, daemon) = (scene.a, scene.mount, scene.daemon)
         let file = mount.file("ranges")
         let made = try user.run(["/bin/sh", "-c", "head -c 1048576 /dev/urandom > \(file)"])
         try #require(made.ok, "the user creates a file: \(made.stderr)")
@@ -166,7 +157,7 @@ struct TrustTests {
     /// as the old (version 1) request naming the victim's fd number. All are
     /// refused and no fd comes back (see hostile.c, `pidreuse`).
     @Test func pidReuseYieldsNoMemory() throws {
-        let scene = try TwoUsers("tA", "tB")
+        let scene = try UserScene("tA", "tB")
         defer { scene.close() }
         let (attacker, victim, mount, daemon) = (scene.a, scene.b, scene.mount, scene.daemon)
         try #require(access("/proc/sys/kernel/ns_last_pid", W_OK) == 0, "/proc/sys/kernel/ns_last_pid must be writable (root in the pid namespace)")
@@ -192,7 +183,7 @@ struct TrustTests {
     /// fd attached: refused (EACCES/EPERM), no fd, and A never reads the
     /// secret. The file is untouched and still exists.
     @Test func writeOnlyOpenNeverYieldsTheSecret() throws {
-        let scene = try TwoUsers("tA", "tB")
+        let scene = try UserScene("tA", "tB")
         defer { scene.close() }
         let (a, b, mount, daemon) = (scene.a, scene.b, scene.mount, scene.daemon)
         let file = mount.file("b-secret")
@@ -245,7 +236,7 @@ struct TrustTests {
     /// either. And the shim's own arena (program run as B) is still deleted
     /// when the program exits.
     @Test func anotherUsersFileIsNeitherAnArenaNorDeleted() throws {
-        let scene = try TwoUsers("tA", "tB")
+        let scene = try UserScene("tA", "tB")
         defer { scene.close() }
         let (a, b, mount, daemon) = (scene.a, scene.b, scene.mount, scene.daemon)
         let file = mount.file("b-shared")
@@ -307,12 +298,9 @@ struct TrustTests {
     /// stays alive, leaks no fds, and still answers an honest GET_BACKING
     /// and STAT.
     @Test func brokerFuzzWithARealFd() throws {
-        try Self.prepare()
-        let a = try TestUser("tA")
-        defer { a.remove() }
-        let mount = try TestMount(options: ["allow_other", "prezero=16M"])
-        defer { mount.close() }
-        let daemon = try daemonPID(mount)
+        let scene = try UserScene("tA", options: ["prezero=16M"])
+        defer { scene.close() }
+        let (a, mount, daemon) = (scene.a, scene.mount, scene.daemon)
         let baseline = openFDs(daemon)
         for (who, cases, seed) in [("user", 2000, 4242), ("root", 500, 77)] {
             let arguments = [Self.python, Self.brokerClient, "--fuzz", "\(cases)", "--seed", "\(seed)", mount.path]
