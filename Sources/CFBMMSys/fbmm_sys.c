@@ -49,13 +49,18 @@ ssize_t fbmm_recv_with_fd(int sock, void *buf, size_t len, int *fd_out) {
 }
 
 ssize_t fbmm_recv_counting_fds(int sock, void *buf, size_t len, int *fd_out, int *count_out) {
+    return fbmm_recv_fds(sock, buf, len, fd_out, 1, count_out);
+}
+
+ssize_t fbmm_recv_fds(int sock, void *buf, size_t len, int *fds, int max, int *count_out) {
     struct iovec iov = { .iov_base = buf, .iov_len = len };
-    /* Room for several fds: a hostile peer may attach more than one; all
-     * received fds beyond the first are closed so none leak. */
+    /* Room for several fds: a hostile peer may attach more than asked for;
+     * all received fds beyond the first `max` are closed so none leak. */
     union { char buf[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } ctl;
     struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
                           .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
-    *fd_out = -1;
+    int kept = 0;
+    for (int i = 0; i < max; i++) fds[i] = -1;
     *count_out = 0;
     ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
     if (n < 0) return n;
@@ -66,11 +71,11 @@ ssize_t fbmm_recv_counting_fds(int sock, void *buf, size_t len, int *fd_out, int
         for (size_t i = 0; i < count; i++) {
             int fd;
             memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-            if (*fd_out < 0) *fd_out = fd; else close(fd);
+            if (kept < max) fds[kept++] = fd; else close(fd);
         }
     }
     if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
-        if (*fd_out >= 0) { close(*fd_out); *fd_out = -1; }
+        for (int i = 0; i < kept; i++) { close(fds[i]); fds[i] = -1; }
         errno = EMSGSIZE;
         return -1;
     }

@@ -27,8 +27,8 @@ import Glibc
 final class Broker: Sendable {
     let path: String
     private let listener: Int32
-    private let filesystem: MemoryFileSystem
-    private let logger: Logger
+    let filesystem: MemoryFileSystem
+    let logger: Logger
     private let stopping = Atomic<Bool>(false)
     /// Connections being handled right now.
     private let active = Atomic<Int>(0)
@@ -176,24 +176,26 @@ final class Broker: Sendable {
 
     private func handle(_ client: Int32, peer: BrokerPeer) {
         var request = fbmm_request()
-        var received: Int32 = -1
+        var received = [Int32](repeating: -1, count: Int(FBMM_BROKER_MAX_FDS))
         var attachedCount: Int32 = 0
         let count = withUnsafeMutableBytes(of: &request) { raw in
-            fbmm_recv_counting_fds(client, raw.baseAddress, raw.count, &received, &attachedCount)
+            fbmm_recv_fds(client, raw.baseAddress, raw.count, &received, FBMM_BROKER_MAX_FDS, &attachedCount)
         }
-        // The attached fd is the peer's proof; we only look at it (statx
-        // without syncing, F_GETFL) and close it when done.
-        defer { if received >= 0 { close(received) } }
+        // The attached fds are the peer's proof; we only look at them (statx
+        // without syncing, F_GETFL) and close them when done. (What is kept,
+        // a userfaultfd, is duplicated first.)
+        defer { for fd in received where fd >= 0 { close(fd) } }
         guard count == MemoryLayout<fbmm_request>.size,
               request.magic == UInt16(FBMM_BROKER_MAGIC), request.version == UInt16(FBMM_BROKER_VERSION) else {
             refuse(client, .invalidArgument, "malformed request (\(count) bytes)")
             return
         }
-        guard attachedCount <= 1 else {
-            refuse(client, .invalidArgument, "\(attachedCount) fds attached (at most one: the file's)")
+        let op = request.op
+        let expected = Self.attachments(op)
+        guard attachedCount <= expected else {
+            refuse(client, .invalidArgument, "\(attachedCount) fds attached to op \(op) (at most \(expected))")
             return
         }
-        let op = request.op
         guard op == UInt32(FBMM_OP_GET_BACKING.rawValue) || request.flags == 0,
               request.flags & ~UInt32(FBMM_BACKING_ARENA) == 0 else {
             refuse(client, .invalidArgument, "unknown flags \(request.flags) for op \(op)")
@@ -203,12 +205,16 @@ final class Broker: Sendable {
             sendStatistics(client, peer: peer)
             return
         }
-        guard [FBMM_OP_GET_BACKING, FBMM_OP_MIGRATE, FBMM_OP_POOL].map({ UInt32($0.rawValue) }).contains(op) else {
+        if op == UInt32(FBMM_OP_UFFD_DEVICE.rawValue) {
+            giveUserfaultfdDevice(client, peer: peer)
+            return
+        }
+        guard expected > 0 else {
             refuse(client, .invalidArgument, "unknown op \(op)")
             return
         }
         let attached: AttachedFile
-        switch identify(received, inode: request.ino) {
+        switch identify(received[0], inode: request.ino) {
         case .success(let file): attached = file
         case .failure(let e):
             refuse(client, e, "op \(op) from pid \(peer.pid) uid \(peer.uid): attached fd is not inode \(request.ino) of this mount")
@@ -219,18 +225,36 @@ final class Broker: Sendable {
             getBacking(client, request, peer: peer, attached: attached)
         case UInt32(FBMM_OP_MIGRATE.rawValue):
             migrate(client, request, peer: peer, attached: attached)
-        default:
+        case UInt32(FBMM_OP_POOL.rawValue):
             enrollInPool(client, request, peer: peer, attached: attached)
+        case UInt32(FBMM_OP_COW_FORK.rawValue):
+            cowFork(client, request, peer: peer, attached: attached, parentFD: received[1], uffd: received[2])
+        case UInt32(FBMM_OP_COW_CHILD.rawValue):
+            cowChild(client, peer: peer, attached: attached, uffd: received[1])
+        default:
+            cowRelease(client, request, peer: peer, attached: attached)
         }
     }
 
-    private func reply(_ client: Int32, status: Int32, size: UInt64 = 0, fd: Int32 = -1) {
+    /// How many fds op may carry (0 for an op without a file, or unknown).
+    private static func attachments(_ op: UInt32) -> Int32 {
+        switch op {
+        case UInt32(FBMM_OP_GET_BACKING.rawValue), UInt32(FBMM_OP_MIGRATE.rawValue), UInt32(FBMM_OP_POOL.rawValue),
+             UInt32(FBMM_OP_COW_RELEASE.rawValue), UInt32(FBMM_OP_COW_FILL.rawValue):
+            return 1
+        case UInt32(FBMM_OP_COW_CHILD.rawValue): return 2
+        case UInt32(FBMM_OP_COW_FORK.rawValue): return 3
+        default: return 0
+        }
+    }
+
+    func reply(_ client: Int32, status: Int32, size: UInt64 = 0, fd: Int32 = -1) {
         var message = fbmm_reply(magic: UInt16(FBMM_BROKER_MAGIC), version: UInt16(FBMM_BROKER_VERSION),
                                  status: status, size: size)
         _ = withUnsafeBytes(of: &message) { raw in fbmm_send_with_fd(client, raw.baseAddress, raw.count, fd) }
     }
 
-    private func refuse(_ client: Int32, _ errno: Errno, _ why: String) {
+    func refuse(_ client: Int32, _ errno: Errno, _ why: String) {
         logger.notice("broker refused: \(why)")
         filesystem.countRefusal()
         reply(client, status: errno.rawValue)
@@ -238,7 +262,7 @@ final class Broker: Sendable {
 
     /// What the peer attached, if it is a regular file of this mount with
     /// inode `inode`.
-    private func identify(_ fd: Int32, inode: UInt64) -> Result<AttachedFile, Errno> {
+    func identify(_ fd: Int32, inode: UInt64) -> Result<AttachedFile, Errno> {
         guard fd >= 0 else { return .failure(.badFileDescriptor) }
         var file = AttachedFile(device: 0, inode: 0, mode: 0, flags: 0)
         guard fbmm_fd_identity(fd, &file.device, &file.inode, &file.mode, &file.flags) == 0 else {
@@ -253,7 +277,7 @@ final class Broker: Sendable {
 
     /// GET_BACKING and POOL give the file's memory itself, which reads and
     /// writes alike: only for an fd opened O_RDWR.
-    private func requireReadWrite(_ client: Int32, _ attached: AttachedFile, peer: BrokerPeer) -> Bool {
+    func requireReadWrite(_ client: Int32, _ attached: AttachedFile, peer: BrokerPeer) -> Bool {
         guard attached.readable && attached.writable else {
             refuse(client, .permissionDenied, "pid \(peer.pid) uid \(peer.uid): inode \(attached.inode) not open for reading and writing")
             return false

@@ -93,6 +93,14 @@ extension MemoryFileSystem {
         }
     }
 
+    /// A fork child took over the arena its parent made for it: `fbmm stat`
+    /// shows the child.
+    func claimArena(_ inode: InodeNumber, pid: Int32) {
+        state.withLock { ns in
+            if let record = ns.inodes[inode], record.processOwned { record.creatorPID = pid }
+        }
+    }
+
     /// Records a file's new policy spec (after `fbmm migrate` of the whole file).
     func recordPolicy(_ inode: InodeNumber, _ spec: PolicySpec) {
         state.withLock { ns in ns.inodes[inode]?.policySpec = spec }

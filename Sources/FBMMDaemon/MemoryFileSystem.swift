@@ -26,6 +26,8 @@ public final class MemoryFileSystem: FileSystemOperations {
     let brokerPath: String
     /// The pre-zeroed pool (nil with `prezero=0`).
     let pool: PrezeroPool?
+    /// Lazy copies of arenas across fork (the shim's copy-on-write fork).
+    let copyOnWrite: CopyOnWrite
 
     public init(configuration: MountConfiguration, topology: Topology, policy: any MemoryManagementPolicy,
                 registry: PolicyRegistry, brokerPath: String, logger: Logger) {
@@ -46,6 +48,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         } else {
             pool = nil
         }
+        copyOnWrite = CopyOnWrite(chunk: configuration.cowChunk, logger: logger)
         self.state = Locked(Namespace(rootUID: configuration.rootUID, rootGID: configuration.rootGID,
                                      rootMode: configuration.rootMode))
     }
@@ -412,7 +415,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         }
         if flags & O_TRUNC != 0, let backing = state.withLock({ $0.inodes[inode]?.backing }) {
             do { try backing.memory.resize(to: 0) } catch {
-                state.withLock { ns in releaseHandle(&ns, handle) }
+                _ = state.withLock { ns in releaseHandle(&ns, handle) }
                 reply.error(error.errno)
                 return
             }
@@ -472,14 +475,19 @@ public final class MemoryFileSystem: FileSystemOperations {
     }
 
     public func release(_ ctx: RequestContext, inode: InodeNumber, file: OpenFile, reply: consuming StatusReply) {
-        state.withLock { ns in releaseHandle(&ns, file.handle) }
+        let arenaGone = state.withLock { ns in releaseHandle(&ns, file.handle) }
+        // Outside the namespace lock: this may change another process's
+        // page protections (which takes its mmap lock).
+        if let arenaGone { copyOnWrite.released(arenaGone) }
         reply.ok()
     }
 
     /// Closes a handle; a process-owned file (the shim's arena) whose last
     /// handle closes is unlinked: its process has exited or let it go.
-    private func releaseHandle(_ ns: inout Namespace, _ handle: UInt64) {
-        guard let open = ns.handles.removeValue(forKey: handle), let record = ns.inodes[open.inode] else { return }
+    /// Returns the inode of a process-owned arena whose last handle this was.
+    @discardableResult
+    private func releaseHandle(_ ns: inout Namespace, _ handle: UInt64) -> InodeNumber? {
+        guard let open = ns.handles.removeValue(forKey: handle), let record = ns.inodes[open.inode] else { return nil }
         record.openHandles -= 1
         if open.writable { record.writableHandles -= 1 }
         // The pool's lasting mappings of an arena must not outlive its owner.
@@ -495,7 +503,9 @@ public final class MemoryFileSystem: FileSystemOperations {
             record.content = .special(device: 0)
             logger.debug("released process-owned \(record.name)")
         }
+        let gone = record.processOwned && record.openHandles == 0 ? record.number : nil
         ns.collect(open.inode)
+        return gone
     }
 
     // MARK: Directories

@@ -31,6 +31,10 @@ public struct MountConfiguration: Sendable {
     public var huge: HugePageMode = .advise
     /// Whether `huge=` was given (then a system that forbids it is an error).
     public var hugeGiven = false
+    /// `-o cow-chunk=SIZE`: bytes a fork's copy-on-write copies per fault
+    /// (a power of two, a page to 2M; 0: fork children copy everything
+    /// before fork returns, as without userfaultfd).
+    public var cowChunk: UInt64 = 64 << 10
     public var rootUID: UInt32 = getuid()
     public var rootGID: UInt32 = getgid()
     public var rootMode: UInt32 = 0o1777
@@ -44,6 +48,7 @@ public struct MountConfiguration: Sendable {
         PolicyKey("xattr-size", default: "16M", "most bytes of user.* extended attributes in all files together (256K per file)"),
         PolicyKey("mode", default: "1777", "permissions of the mount's root directory (octal)"),
         PolicyKey("prezero", default: "64M", "pre-zeroed pool: memory kept allocated and zero for programs run under the shim (0: off)"),
+        PolicyKey("cow-chunk", default: "64K", "copy-on-write across fork: bytes copied per fault, a power of two from a page to 2M (0: copy at fork)"),
         PolicyKey("huge", default: "advise", "transparent huge pages for file memory: always, advise (where the program asks), never"),
     ]
 
@@ -78,6 +83,13 @@ public struct MountConfiguration: Sendable {
                 throw .invalidValue(key: "prezero", value: text, reason: "at most \(ByteSize(bytes: most)) per mount")
             }
             prezero = size
+        }
+        let chunkText = policyOptions["cow-chunk"]
+        if let size = try policyOptions.removeSize("cow-chunk"), let text = chunkText {
+            guard size == 0 || (size >= UInt64(pageSize) && size <= 2 << 20 && size & (size - 1) == 0) else {
+                throw .invalidValue(key: "cow-chunk", value: text, reason: "expected 0 or a power of two from \(ByteSize(bytes: UInt64(pageSize))) to 2M")
+            }
+            cowChunk = size
         }
         if let value = policyOptions.remove("huge") {
             guard let mode = HugePageMode(rawValue: value) else {

@@ -295,6 +295,7 @@ int fbmm_arena_punch(uint64_t off, uint64_t len)
         errno = EBADF;
         return -1;
     }
+    if (fbmm_cow_release(off, len) < 0) return -1;
     return fallocate(fbmm_arena.mem_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                      (off_t)off, (off_t)len);
 }

@@ -48,6 +48,14 @@ static void set_why_uid(char *why, size_t n, unsigned uid)
 int fbmm_broker_request(const char *sock, uint32_t op, uint32_t flags, int fd, uint64_t ino, int want_fd,
                         int *fd_out, uint64_t *size, char *why, size_t whylen)
 {
+    struct fbmm_request req = { .op = op, .flags = flags, .ino = ino };
+    return fbmm_broker_exchange(sock, &req, &fd, fd >= 0 ? 1 : 0, want_fd, fd_out, size, why, whylen);
+}
+
+int fbmm_broker_exchange(const char *sock, const struct fbmm_request *request, const int *fds, int nfds,
+                         int want_fd, int *fd_out, uint64_t *size, char *why, size_t whylen)
+{
+    uint32_t op = request->op;
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     size_t sl = strlen(sock);
     if (sl >= sizeof sa.sun_path) {
@@ -84,11 +92,10 @@ int fbmm_broker_request(const char *sock, uint32_t op, uint32_t flags, int fd, u
         set_why_uid(why, whylen, (unsigned)peer.uid);
         goto out;
     }
-    struct fbmm_request req = {
-        .magic = FBMM_BROKER_MAGIC, .version = FBMM_BROKER_VERSION,
-        .op = op, .flags = flags, .ino = ino,
-    };
-    if (fbmm_broker_send(s, &req, sizeof req, fd) != (ssize_t)sizeof req) {
+    struct fbmm_request req = *request;
+    req.magic = FBMM_BROKER_MAGIC;
+    req.version = FBMM_BROKER_VERSION;
+    if (fbmm_broker_send_fds(s, &req, sizeof req, fds, nfds) != (ssize_t)sizeof req) {
         err = errno ? errno : EPROTO;
         set_why(why, whylen, "broker send", err);
         goto out;
@@ -121,7 +128,9 @@ int fbmm_broker_request(const char *sock, uint32_t op, uint32_t flags, int fd, u
         set_why(why, whylen, "broker reply malformed or of another version", 0);
     } else if (rep.status != 0) {
         err = rep.status > 0 ? rep.status : EPROTO;
-        set_why(why, whylen, op == FBMM_OP_POOL ? "broker refused the pool" : "broker refused the backing", err);
+        set_why(why, whylen, op == FBMM_OP_POOL ? "broker refused the pool"
+                             : op == FBMM_OP_GET_BACKING ? "broker refused the backing"
+                             : "broker refused copy-on-write", err);
     } else if (got < 0 && want_fd) {
         err = EPROTO;
         set_why(why, whylen, "broker reply carried no fd", 0);

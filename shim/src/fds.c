@@ -96,7 +96,7 @@ int fbmm_fd_move(int fd)
 
 /* Our descriptors now (some may be -1): the arena's FUSE fd and memfd, the
  * pool's eventfd. Lock-free loads, so close() can ask. Returns the count. */
-static int our_fds(int mine[3])
+static int our_fds(int mine[5])
 {
     int n = 0;
     if (__atomic_load_n(&fbmm_arena.state, __ATOMIC_RELAXED) == ARENA_READY) {
@@ -104,13 +104,14 @@ static int our_fds(int mine[3])
         mine[n++] = __atomic_load_n(&fbmm_arena.mem_fd, __ATOMIC_RELAXED);
     }
     mine[n++] = fbmm_pool_fd();
+    n += fbmm_cow_fds(mine + n);
     return n;
 }
 
 /* Is fd one of ours? Lock-free: only numbers are compared. */
 static int ours(int fd)
 {
-    int mine[3], n = our_fds(mine);
+    int mine[5], n = our_fds(mine);
     for (int i = 0; i < n; i++)
         if (fd >= 0 && fd == mine[i]) return 1;
     return 0;
@@ -122,6 +123,7 @@ static void evict(int fd)
     struct fbmm_arena *a = &fbmm_arena;
     int in_arena = a->state == ARENA_READY && (a->name_fd == fd || a->mem_fd == fd);
     int in_pool = fd == fbmm_pool_fd();
+    if (fbmm_cow_evict(fd)) return;
     if (!in_arena && !in_pool) return;
     int h = fbmm_fd_move(fd);
     if (in_arena) {
@@ -145,7 +147,7 @@ FBMM_EXPORT int close(int fd)
 /* close_range(first, last) minus our descriptors (locked). */
 static int close_except_ours(unsigned first, unsigned last, int flags)
 {
-    int mine[3], n = our_fds(mine);
+    int mine[5], n = our_fds(mine);
     unsigned lo = first;
     for (;;) {
         /* The lowest of ours in [lo, last]. */

@@ -53,6 +53,7 @@
 #include "sys.h"
 
 static int fork_locked;
+static int fork_cow;
 static int fork_pipe[2] = { -1, -1 };
 
 /* Copies the data ranges of [off, off+len) of `from` into the file `to` at
@@ -159,7 +160,7 @@ static void child_fixup(void)
     int from = -1;
     if (fbmm_arena.state == ARENA_READY) {
         fbmm_arena_name_ok();
-        if (fbmm_arena_fd_ok()) from = fbmm_arena.mem_fd;
+        if (fbmm_arena_fd_ok() && !fbmm_cow_linked()) from = fbmm_arena.mem_fd;
     }
     struct fbmm_arena old = fbmm_arena;
     int any = 0;
@@ -186,7 +187,7 @@ static void child_fixup(void)
         fbmm_pool_child(1);
         return;
     }
-    if (from < 0) {
+    if (from < 0 && !fbmm_cow_linked()) {
         static int once;
         fbmm_say_once(&once, "fork child: the parent's arena descriptor is gone; ",
                       "copying from the live mappings", NULL);
@@ -251,7 +252,9 @@ static void prepare(void)
     fbmm_lock();
     fork_locked = 1;
     fork_pipe[0] = fork_pipe[1] = -1;
-    if (fbmm_rt_n && fbmm_arena.state == ARENA_READY && pipe2(fork_pipe, O_CLOEXEC) < 0)
+    /* Copy-on-write: nothing to wait for; the child fills lazily. */
+    fork_cow = fbmm_rt_n && fbmm_cow_prepare();
+    if (!fork_cow && fbmm_rt_n && fbmm_arena.state == ARENA_READY && pipe2(fork_pipe, O_CLOEXEC) < 0)
         fork_pipe[0] = fork_pipe[1] = -1;
     errno = saved;
 }
@@ -263,6 +266,7 @@ static void parent(void)
     /* A child may map our shared pieces now: never punch them again. */
     for (size_t i = 0; i < fbmm_rt_n; i++)
         if (fbmm_rt[i].flags & P_SHARED) fbmm_rt[i].flags |= P_KEEP;
+    if (fork_cow) fbmm_cow_parent();
     if (fork_pipe[1] >= 0) {
         char c;
         close(fork_pipe[1]);
@@ -279,7 +283,7 @@ static void child(void)
     if (!fork_locked) return;
     int saved = errno;
     if (fork_pipe[0] >= 0) close(fork_pipe[0]);
-    child_fixup();
+    if (!fork_cow || !fbmm_cow_child()) child_fixup();
     if (fork_pipe[1] >= 0) {
         ssize_t r = write(fork_pipe[1], "", 1);
         (void)r;

@@ -240,6 +240,8 @@ void fbmm_pool_give(uint64_t off, size_t len)
         fbmm_arena_punch(off, len);
         return;
     }
+    /* The daemon zeroes what we give it: a fork child may still need it. */
+    if (fbmm_cow_release(off, len) < 0) return;
     uint64_t n = len / fbmm_page;
     fbmm_pool_mark(pool.ctl->dirty, (off - pool.win_off) / fbmm_page, n, 1);
     __atomic_fetch_add(&pool.ctl->returned_pages, n, __ATOMIC_RELAXED);

@@ -123,6 +123,11 @@ int  fbmm_arena_punch(uint64_t off, uint64_t len);
  * needed: want_fd 0) and *size the reply's size. */
 int  fbmm_broker_request(const char *sock, uint32_t op, uint32_t flags, int fd, uint64_t ino, int want_fd,
                          int *fd_out, uint64_t *size, char *why, size_t whylen);
+struct fbmm_request;
+/* The general exchange: `request`'s op, flags, ino, offset, length (magic
+ * and version are filled in) with the `nfds` fds attached. */
+int  fbmm_broker_exchange(const char *sock, const struct fbmm_request *request, const int *fds, int nfds,
+                          int want_fd, int *fd_out, uint64_t *size, char *why, size_t whylen);
 /* Says once (verbose) that we fall back, and why. */
 void fbmm_note_fallback(const char *why, const char *detail);
 
@@ -241,6 +246,24 @@ void fbmm_vm_advise_huge(void *p, size_t len);
 
 /* ---- fork.c ----------------------------------------------------------- */
 void fbmm_fork_register(void);
+
+/* ---- cow.c: copy-on-write fork (locked) -------------------------------- */
+/* Prepare handler: 1 when this fork is copy-on-write (the child then calls
+ * fbmm_cow_child, the parent fbmm_cow_parent), 0 to copy eagerly. */
+int  fbmm_cow_prepare(void);
+void fbmm_cow_parent(void);
+/* 1 when the child's memory was set up copy-on-write (else copy eagerly). */
+int  fbmm_cow_child(void);
+/* Before [off, off+len) of the arena is freed: 0 to go ahead, -1 (EBUSY)
+ * to keep it (a lazy copy may need it and the daemon did not answer). */
+int  fbmm_cow_release(uint64_t off, uint64_t len);
+/* Whether the arena has holes that read as another file (a lazy copy):
+ * an eager fork copy must then read the live mappings, not the file. */
+int  fbmm_cow_linked(void);
+/* Our copy-on-write descriptors (at most 2) for the close interposers, and
+ * moving one off a number the program dup2s onto (1 if it was ours). */
+int  fbmm_cow_fds(int *out);
+int  fbmm_cow_evict(int fd);
 
 /* ---- malloc_hooks.c --------------------------------------------------- */
 void fbmm_malloc_resolve(void);

@@ -70,13 +70,43 @@ enum fbmm_broker_op {
      * block (fbmm_pool.h) first. Reply `size` = window pages; the reply
      * carries the pool's eventfd. */
     FBMM_OP_POOL = 4,
+    /* Copy-on-write fork (CopyOnWrite.swift; the shim's cow.c), asked by
+     * the parent in its fork prepare handler. Attached, in order: the new
+     * arena for the child (O_RDWR, `ino`), the peer's own arena (O_RDWR,
+     * inode in `offset`), both process-owned arenas of the peer's uid, and
+     * the peer's userfaultfd with its arena's private mappings registered
+     * for write-protect faults. The daemon write-protects the peer's
+     * mappings of its arena and makes the new arena a lazy copy of it:
+     * every page the new arena lacks reads as the peer's arena did at this
+     * moment. Reply status 0, or an errno (the shim copies eagerly then). */
+    FBMM_OP_COW_FORK = 5,
+    /* From the fork child, once it mapped the new arena (attached first,
+     * `ino`) and registered those mappings for missing-page and
+     * write-protect faults on its own userfaultfd (attached second): the
+     * daemon fills each page on first touch. */
+    FBMM_OP_COW_CHILD = 6,
+    /* The peer is about to free [offset, offset+length) of its arena
+     * (attached, `ino`): pages a lazy copy still needs from there are
+     * copied first, and the range stops depending on its own source.
+     * Reply `size`: 1 while the arena still has a source or lazy copies
+     * (ask again next time), 0 once it has neither. */
+    FBMM_OP_COW_RELEASE = 7,
+    /* Completes the lazy copy of the attached arena at once (a child that
+     * could not make a userfaultfd). */
+    FBMM_OP_COW_FILL = 8,
+    /* A descriptor of /dev/userfaultfd (reply fd), for a peer that may not
+     * create a userfaultfd that also handles kernel-mode faults: root and
+     * the mount's own user only. No fd attached. */
+    FBMM_OP_UFFD_DEVICE = 9,
 };
 
 /* fbmm_request.flags */
 #define FBMM_BACKING_ARENA 1u
 
 /* Request: exactly sizeof(struct fbmm_request) bytes; at most one fd
- * attached (GET_BACKING, MIGRATE, POOL: the file's; STAT: none). */
+ * attached (GET_BACKING, MIGRATE, POOL, COW_RELEASE, COW_FILL: the file's;
+ * STAT, UFFD_DEVICE: none), except COW_FORK (three) and COW_CHILD (two). */
+#define FBMM_BROKER_MAX_FDS 3
 struct fbmm_request {
     uint16_t magic;    /* FBMM_BROKER_MAGIC */
     uint16_t version;  /* FBMM_BROKER_VERSION */
@@ -84,8 +114,8 @@ struct fbmm_request {
     uint32_t flags;    /* GET_BACKING: FBMM_BACKING_ARENA; otherwise 0 */
     int32_t  node;     /* MIGRATE: target node */
     uint64_t ino;      /* st_ino of the attached fd as the peer sees it (must match) */
-    uint64_t offset;   /* MIGRATE */
-    uint64_t length;   /* MIGRATE */
+    uint64_t offset;   /* MIGRATE, COW_RELEASE; COW_FORK: the peer's arena inode */
+    uint64_t length;   /* MIGRATE, COW_RELEASE */
 };
 
 /* Reply: exactly sizeof(struct fbmm_reply) bytes, optionally one fd attached. */
@@ -96,24 +126,31 @@ struct fbmm_reply {
     uint64_t size;     /* GET_BACKING: current file size; STAT: JSON length; MIGRATE: bytes moved */
 };
 
-/* Sends one message of `len` bytes with `fd` attached (SCM_RIGHTS; none if
- * fd < 0), as both sides of the protocol do. */
-static inline ssize_t fbmm_broker_send(int sock, const void *buf, size_t len, int fd)
+/* Sends one message of `len` bytes with the `n` fds attached (SCM_RIGHTS;
+ * none if n == 0), as both sides of the protocol do. */
+static inline ssize_t fbmm_broker_send_fds(int sock, const void *buf, size_t len, const int *fds, int n)
 {
     struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
-    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
+    union { char buf[CMSG_SPACE(sizeof(int) * FBMM_BROKER_MAX_FDS)]; struct cmsghdr align; } ctl;
     struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (fd >= 0) {
+    if (n > FBMM_BROKER_MAX_FDS) n = FBMM_BROKER_MAX_FDS;
+    if (n > 0) {
         memset(&ctl, 0, sizeof ctl);
         msg.msg_control = ctl.buf;
-        msg.msg_controllen = sizeof ctl.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)n);
         struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)n);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)n);
     }
     return sendmsg(sock, &msg, MSG_NOSIGNAL);
+}
+
+/* The same with one fd (none if fd < 0). */
+static inline ssize_t fbmm_broker_send(int sock, const void *buf, size_t len, int fd)
+{
+    return fbmm_broker_send_fds(sock, buf, len, &fd, fd >= 0 ? 1 : 0);
 }
 
 #endif /* FBMM_BROKER_H */

@@ -33,6 +33,9 @@ ssize_t fbmm_send_with_fd(int sock, const void *buf, size_t len, int fd_to_send)
 ssize_t fbmm_recv_with_fd(int sock, void *buf, size_t len, int *fd_out);
 /* The same, and *count_out gets how many fds came (all but *fd_out closed). */
 ssize_t fbmm_recv_counting_fds(int sock, void *buf, size_t len, int *fd_out, int *count_out);
+/* The same keeping up to `max` fds in fds[] (the rest closed; unused slots
+ * -1); *count_out gets how many came. */
+ssize_t fbmm_recv_fds(int sock, void *buf, size_t len, int *fds, int max, int *count_out);
 /* What a descriptor a peer sent us is, without asking any filesystem's
  * daemon (statx AT_STATX_DONT_SYNC: a FUSE fd of a hung daemon cannot stall
  * us here): its st_dev, st_ino, file type bits and open flags (F_GETFL).
