@@ -355,14 +355,23 @@ final class CowFile {
         p >= pages || has[Int(p / 64)] & (1 << (p % 64)) != 0
     }
 
-    func mark(_ range: Range<UInt64>) {
-        for p in range where p < pages { has[Int(p / 64)] |= 1 << (p % 64) }
-    }
+    func mark(_ range: Range<UInt64>) { setBits(range, to: true) }
 
     func need(_ bytes: Range<UInt64>) {
         let page = UInt64(pageSize)
-        for p in bytes.lowerBound / page..<(bytes.upperBound + page - 1) / page where p < pages {
-            has[Int(p / 64)] &= ~(1 << (p % 64))
+        setBits(bytes.lowerBound / page..<(bytes.upperBound + page - 1) / page, to: false)
+    }
+
+    /// Sets or clears the bits of `range` (clamped to `pages`) a word at a time.
+    private func setBits(_ range: Range<UInt64>, to value: Bool) {
+        var p = range.lowerBound
+        let end = min(range.upperBound, pages)
+        while p < end {
+            let bit = p % 64
+            let count = min(64 - bit, end - p)
+            let mask: UInt64 = count == 64 ? ~0 : ((1 << count) - 1) << bit
+            if value { has[Int(p / 64)] |= mask } else { has[Int(p / 64)] &= ~mask }
+            p += count
         }
     }
 }
