@@ -37,6 +37,9 @@ import Glibc
 final class CopyOnWrite: Sendable {
     /// Bytes copied per fault (a power of two, at least a page).
     let chunk: UInt64
+    /// The largest arena copied lazily (1 TiB of 4K pages: a 32 MiB bitmap);
+    /// larger ones fork eagerly.
+    static let maxPages: UInt64 = 1 << 28
     private let graph = Locked<CowGraph>(CowGraph())
     private let epoll: Int32
     private let logger: Logger
@@ -92,9 +95,13 @@ final class CopyOnWrite: Sendable {
             guard g.files[child.inode] == nil else { return .fileExists }
             // What the child needs: every page the parent maps from its arena now.
             let mappings = process.mappings(of: parentIdentity)
+            // Pages past the parent's end hold nothing; the bitmap is bounded
+            // (a peer's sparse terabytes must not become the daemon's memory).
+            let pages = (size + UInt64(pageSize) - 1) / UInt64(pageSize)
+            guard pages <= Self.maxPages else { return .fileTooLarge }
             let c = g.file(child, identity: childIdentity)
             c.source = p
-            c.pages = (size + UInt64(pageSize) - 1) / UInt64(pageSize)
+            c.pages = pages
             c.has = [UInt64](repeating: ~0, count: Int((c.pages + 63) / 64))
             for m in mappings { c.need(m.offset..<(m.offset + m.end - m.start)) }
             p.dependents.append(c)
@@ -131,7 +138,9 @@ final class CopyOnWrite: Sendable {
     func release(_ file: FileRef, range: Range<UInt64>) -> Bool {
         graph.withLock { g -> Bool in
             guard let f = g.files[file.inode], f.backing === file.backing else { return false }
-            let pages = pageRange(range)
+            // Only what the file has: a range past its end needs nothing.
+            let end = min(range.upperBound, (try? f.backing.memory.size()) ?? 0)
+            let pages = pageRange(min(range.lowerBound, end)..<end)
             push(f, pages: pages)
             if f.source != nil { f.mark(pages) }
             return f.source != nil || !f.dependents.isEmpty
@@ -245,7 +254,7 @@ final class CopyOnWrite: Sendable {
         guard !f.dependents.isEmpty else { return }
         var buffer = [UInt8](repeating: 0, count: pageSize)
         for d in f.dependents {
-            for p in pages where p < d.pages && !d.hasPage(p) {
+            for p in pages.clamped(to: 0..<d.pages) where !d.hasPage(p) {
                 if copyPage(resolve(f, p), p, into: d, buffer: &buffer) { d.mark(p..<(p + 1)) }
             }
         }

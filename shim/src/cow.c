@@ -180,7 +180,7 @@ int fbmm_cow_child(void)
     if (cow.uffd >= 0) close(cow.uffd);
     cow.uffd = -1;
     fbmm_pool_child(0);
-    fbmm_cache_drop_child();
+    fbmm_cache_drop_child(1);
     for (size_t i = 0; i < fbmm_rt_n;) {
         struct fbmm_piece *p = &fbmm_rt[i];
         if (p->flags & P_SHARED) {

@@ -165,7 +165,7 @@ static void child_fixup(void)
     struct fbmm_arena old = fbmm_arena;
     int any = 0;
     fbmm_pool_child(0);       /* the parent's pool is not ours to touch */
-    fbmm_cache_drop_child();  /* freed blocks: not worth a copy */
+    fbmm_cache_drop_child(0);  /* freed blocks: not worth a copy */
     /* Shared anonymous memory stays the parent's file, shared: leave it
      * mapped (the kernel copied the mapping), never punch or reuse it. */
     for (size_t i = 0; i < fbmm_rt_n;) {

@@ -188,18 +188,21 @@ static void *cache_take(size_t len, size_t align)
     return (void *)a;
 }
 
-void fbmm_cache_drop_child(void)
+void fbmm_cache_drop_child(int lazy)
 {
     /* The kernel copied these MAP_SHARED mappings of the parent's file:
-     * unmap them (never punch: the file is the parent's). Their offsets are
-     * holes in the child's new file, so they go back to the allocator. */
+     * unmap them (never punch the parent's file). Their offsets are holes
+     * in the child's new file, so they go back to the allocator — except in
+     * a lazy copy (cow.c), where the daemon would still fill them from the
+     * parent: they are released (and punched) first, or kept. */
     while (cache_n) {
         struct cached c = cache[--cache_n];
         sys_munmap((void *)c.addr, c.len);
         size_t i = fbmm_rt_lower(c.addr);
         if (i < fbmm_rt_n && fbmm_rt[i].addr == c.addr && (fbmm_rt[i].flags & P_CACHED)) {
             fbmm_heads_del(c.addr);
-            fbmm_off_free(fbmm_rt[i].off, fbmm_rt[i].len);
+            if (!lazy || fbmm_arena_punch(fbmm_rt[i].off, fbmm_rt[i].len) == 0)
+                fbmm_off_free(fbmm_rt[i].off, fbmm_rt[i].len);
             fbmm_rt_remove(i, 1);
         }
     }

@@ -272,6 +272,6 @@ void fbmm_malloc_resolve(void);
  * leave the cache: fbmm_cache_forget. The fork child drops the cached
  * blocks (unmaps them, frees their offsets) before it copies anything. */
 void fbmm_cache_forget(uintptr_t a);
-void fbmm_cache_drop_child(void);
+void fbmm_cache_drop_child(int lazy);
 
 #endif
