@@ -8,7 +8,7 @@
 # scripts/setup.sh). Not part of scripts/test.sh: the build alone takes minutes.
 set -eu -o pipefail
 cd "$(dirname "$0")/.."
-filter=${1:-'FileOperationTests|ShimTests|PoolTests|ReliabilityTests|TrustTests|TrustBoundaryTests|FaultTests'}
+filter=${1:-'FileOperationTests|ShimTests|PoolTests|ReliabilityTests|TrustTests|TrustBoundaryTests|FaultTests|CowForkTests'}
 bash scripts/build.sh debug >/dev/null          # the shim, test programs, workloads
 swift build --build-tests >/dev/null
 swift build --sanitize=thread --scratch-path .build-tsan --product fbmm 2>&1 | grep -E 'error|warning: unre' || true
