@@ -283,6 +283,9 @@ final class CopyOnWrite: Sendable {
         buffer.withUnsafeMutableBytes { raw in
             raw.initializeMemory(as: UInt8.self, repeating: 0)
             _ = readPage(from, page, into: raw.baseAddress!)
+            // A zero page (a hole, mostly) stays a hole in the copy: the copy
+            // lacks nothing there, and its missing-page fault reads zero.
+            if raw.withMemoryRebound(to: UInt64.self, { $0.allSatisfy { $0 == 0 } }) { return true }
             var done = 0
             while done < pageSize {
                 let n = pwrite(into.backing.memory.descriptor.rawValue, raw.baseAddress! + done, pageSize - done,
