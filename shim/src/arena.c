@@ -45,15 +45,6 @@ static void why_set(struct fbmm_arena *a, const char *s1, const char *s2, int er
     why_set3(a, s1, s2, NULL, err);
 }
 
-/* Moves fd up to FBMM_FD_FLOOR or more (keeps it where it is if it cannot). */
-static int fd_high(int fd)
-{
-    int h = fbmm_fd_move(fd);
-    if (h < 0) return fd;
-    close(fd);
-    return h;
-}
-
 /* "<comm>.<pid>.<seq>": comm limited to [A-Za-z0-9_-], at most 15 chars. */
 static void arena_name(char *buf, size_t n, unsigned seq)
 {
@@ -149,7 +140,7 @@ int fbmm_arena_open(struct fbmm_arena *a)
         why_set(a, "cannot create a file in ", fbmm_cfg.mount, errno);
         return -1;
     }
-    fd = fd_high(fd);
+    fd = fbmm_fd_high(fd);
     struct stat st;
     if (fstat(fd, &st) < 0) {
         why_set(a, "fstat of the arena file", NULL, errno);
@@ -165,7 +156,7 @@ int fbmm_arena_open(struct fbmm_arena *a)
         if (fbmm_broker_request(sock, FBMM_OP_GET_BACKING, FBMM_BACKING_ARENA, fd, (uint64_t)st.st_ino, 1, &memfd,
                                 NULL, a->reason, sizeof a->reason) < 0)
             goto fail;
-        a->mem_fd = fd_high(memfd);
+        a->mem_fd = fbmm_fd_high(memfd);
     }
     a->name_fd = fd;
     if (fstat(a->mem_fd, &st) < 0) {

@@ -64,15 +64,6 @@ static void give_up(const char *why, int err)
     fbmm_say_once(&once, "fork copies eagerly (no copy-on-write): ", why, err ? strerrorname_np(err) : NULL);
 }
 
-static int high(int fd)
-{
-    if (fd < 0) return fd;
-    int h = fbmm_fd_move(fd);
-    if (h < 0) return fd;
-    close(fd);
-    return h;
-}
-
 /* A userfaultfd of this process that handles kernel-mode faults too, with
  * write-protect on shmem (5.19); -1 with errno. */
 static int make_uffd(void)
@@ -85,7 +76,7 @@ static int make_uffd(void)
             int dev = -1;
             if (fbmm_broker_exchange(fbmm_arena.sock, &req, NULL, 0, 1, &dev, NULL, why, sizeof why) < 0)
                 return -1;
-            cow.dev_fd = high(dev);
+            cow.dev_fd = fbmm_fd_high(dev);
         }
         fd = ioctl(cow.dev_fd, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
     }
@@ -97,7 +88,7 @@ static int make_uffd(void)
         errno = e ? e : ENOTSUP;
         return -1;
     }
-    return high(fd);
+    return fbmm_fd_high(fd);
 }
 
 static int reg(int uffd, const struct fbmm_piece *p, uint64_t mode)

@@ -71,6 +71,15 @@ int fbmm_fd_is(int fd, dev_t dev, ino_t ino)
     return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
 }
 
+int fbmm_fd_high(int fd)
+{
+    if (fd < 0) return fd;
+    int h = fbmm_fd_move(fd);
+    if (h < 0) return fd;
+    close(fd);
+    return h;
+}
+
 int fbmm_fd_move(int fd)
 {
     int h = fcntl(fd, F_DUPFD_CLOEXEC, FBMM_FD_FLOOR);

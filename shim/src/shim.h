@@ -63,6 +63,9 @@ void fbmm_fds_resolve(void);
 /* A close-on-exec duplicate of fd at or above the floor (or above the soft
  * RLIMIT_NOFILE when that is full); fd stays open. -1 when there is none. */
 int  fbmm_fd_move(int fd);
+/* Moves fd (closing it) to such a number; fd itself when there is none
+ * (or fd < 0). */
+int  fbmm_fd_high(int fd);
 /* Whether fd is open on the file (dev, ino): the program may have closed
  * ours with a raw system call and reused the number for its own file. */
 int  fbmm_fd_is(int fd, dev_t dev, ino_t ino);
