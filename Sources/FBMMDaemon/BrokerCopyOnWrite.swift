@@ -64,13 +64,14 @@ extension Broker {
     /// COW_RELEASE and COW_FILL.
     func cowRelease(_ client: Int32, _ request: fbmm_request, peer: BrokerPeer, attached: AttachedFile) {
         guard let file = arena(client, attached, peer: peer, "cow release") else { return }
+        let (end, overflow) = request.offset.addingReportingOverflow(request.length)
+        guard !overflow else { refuse(client, .invalidArgument, "cow release: range past any file"); return }
         if request.op == UInt32(FBMM_OP_COW_FILL.rawValue) {
-            if let e = filesystem.copyOnWrite.fill(file) { refuse(client, e, "cow fill of inode \(file.inode)"); return }
+            let range = request.offset == 0 && request.length == 0 ? nil : request.offset..<end
+            if let e = filesystem.copyOnWrite.fill(file, range: range) { refuse(client, e, "cow fill of inode \(file.inode)"); return }
             reply(client, status: 0)
             return
         }
-        let (end, overflow) = request.offset.addingReportingOverflow(request.length)
-        guard !overflow else { refuse(client, .invalidArgument, "cow release: range past any file"); return }
         let linked = filesystem.copyOnWrite.release(file, range: request.offset..<end)
         reply(client, status: 0, size: linked ? 1 : 0)
     }

@@ -147,17 +147,23 @@ final class CopyOnWrite: Sendable {
         }
     }
 
-    /// Copies everything the file still needs from its source, now (a
-    /// child that cannot handle faults).
-    func fill(_ file: FileRef) -> Errno? {
+    /// Makes `range` of the file its own (nil: all of it): lazy copies get
+    /// what they still need of it, and what the file still reads from its
+    /// source is copied in. For a child that cannot handle faults, and for a
+    /// mapping about to move (mremap), which leaves the userfaultfd.
+    func fill(_ file: FileRef, range: Range<UInt64>?) -> Errno? {
         graph.withLock { g -> Errno? in
-            guard let f = g.files[file.inode], f.backing === file.backing, let source = f.source else { return nil }
+            guard let f = g.files[file.inode], f.backing === file.backing else { return nil }
+            let end = (try? f.backing.memory.size()) ?? 0
+            let pages = range.map { pageRange(min($0.lowerBound, end)..<min($0.upperBound, end)) }
+                ?? 0..<(end + UInt64(pageSize) - 1) / UInt64(pageSize)
+            push(f, pages: pages)
+            guard let source = f.source else { return nil }
             var buffer = [UInt8](repeating: 0, count: pageSize)
-            for page in 0..<f.pages where !f.hasPage(page) {
-                let from = resolve(source, page)
-                guard copyPage(from, page, into: f, buffer: &buffer) else { return .ioError }
+            for page in pages.clamped(to: 0..<f.pages) where !f.hasPage(page) {
+                guard copyPage(resolve(source, page), page, into: f, buffer: &buffer) else { return .ioError }
             }
-            f.mark(0..<f.pages)
+            f.mark(pages)
             return nil
         }
     }

@@ -237,6 +237,84 @@ static void threads(void)
     munmap(busy, busy_len);
 }
 
+/* Memory moved by mremap after fork, in the parent and in the child: a
+ * moved mapping is no longer watched by the userfaultfd that keeps the two
+ * apart, so it must be settled before it moves. */
+static void remap_after_fork(void)
+{
+    size_t len = 8 << 20;
+    char *p = block(len, 'm');
+    int go[2];
+    if (pipe(go)) exit(2);
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* The child moves memory it has never touched: the parent's data. */
+        char *q = mremap(p, len, 2 * len, MREMAP_MAYMOVE);
+        if (q == MAP_FAILED) _exit(2);
+        if (first_bad(q, len, 'm') >= 0) _exit(3);
+        memset(q, 'c', len);
+        wait_byte(go[0]);                        /* the parent moved and wrote */
+        _exit(first_bad(q, len, 'c') < 0 ? 0 : 4);
+    }
+    /* Force a move: a new address of twice the size. */
+    char *hold = mmap(NULL, 2 * len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *q = mremap(p, len, 2 * len, MREMAP_MAYMOVE | MREMAP_FIXED, hold);
+    const char *why = q == MAP_FAILED ? "mremap failed" : NULL;
+    if (!why) {
+        if (first_bad(q, len, 'm') >= 0) why = "the parent's moved memory changed";
+        memset(q, 'n', 2 * len);
+    }
+    send_byte(go[1]);
+    int st = child_status(pid);
+    report("remap", why ? why : st == 3 ? "the child's moved memory lost the parent's data" :
+                    st == 4 ? "the child saw the parent's writes after both moved" : st ? "the child failed" : NULL);
+    munmap(q == MAP_FAILED ? p : q, q == MAP_FAILED ? len : 2 * len);
+}
+
+/* Many children freeing and discarding what they share with the parent, all
+ * at once, while the parent frees it too: every free asks the daemon first,
+ * and none of those requests may be lost to its bound on requests in flight. */
+static void many_children(void)
+{
+    enum { KIDS = 12, BLOCKS = 16 };
+    size_t len = 1 << 20;
+    char *b[BLOCKS];
+    for (int i = 0; i < BLOCKS; i++) b[i] = block(len, (char)('a' + i));
+    pid_t kids[KIDS];
+    for (int k = 0; k < KIDS; k++) {
+        kids[k] = fork();
+        if (kids[k] == 0) {
+            for (int i = 0; i < BLOCKS; i++) {
+                if (first_bad(b[i], len, (char)('a' + i)) >= 0) _exit(1);
+                if (i % 2) {
+                    munmap(b[i], len);
+                } else {
+                    madvise(b[i], len, MADV_DONTNEED);
+                    if (first_bad(b[i], len, 0) >= 0) _exit(2);
+                    memset(b[i], 'z', len);
+                }
+            }
+            _exit(0);
+        }
+    }
+    for (int i = 0; i < BLOCKS; i++) {
+        if (i % 2) memset(b[i], 'P', len);
+        else munmap(b[i], len);
+    }
+    int bad = 0;
+    for (int k = 0; k < KIDS; k++) {
+        int st = child_status(kids[k]);
+        if (st && !bad) bad = st;
+    }
+    int parent_bad = 0;
+    for (int i = 1; i < BLOCKS; i += 2) {
+        parent_bad |= first_bad(b[i], len, 'P') >= 0;
+        munmap(b[i], len);
+    }
+    report("many-children", bad == 1 ? "a child lost the parent's data" : bad == 2 ? "MADV_DONTNEED in a child did not zero" :
+                            bad ? "a child failed" : parent_bad ? "the parent lost its writes" : NULL);
+}
+
 /* fork + exec, many times: nothing is left behind. */
 static void exec_children(void)
 {
@@ -294,6 +372,8 @@ int main(int argc, char **argv)
         fork_advice();
         threads();
         exec_children();
+        remap_after_fork();
+        many_children();
         printf("cowfork: %s\n", failures ? "FAILED" : "ok");
         return failures != 0;
     }

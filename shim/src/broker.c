@@ -106,11 +106,16 @@ int fbmm_broker_exchange(const char *sock, const struct fbmm_request *request, c
     union { struct cmsghdr h; char buf[CMSG_SPACE(4 * sizeof(int))]; } ctl;
     struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
                          .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+    memset(ctl.buf, 0, sizeof ctl.buf);
     ssize_t n = recvmsg(s, &mh, MSG_CMSG_CLOEXEC);
     if (n < 0) err = errno;
 
-    /* Collect every fd passed, so that none leaks whatever happens next. */
+    /* Collect every fd passed, so that none leaks whatever happens next.
+     * A failed recvmsg (ECONNRESET when the daemon refused us unread) fills
+     * in no control data: what the buffer holds then is no descriptor, and
+     * "closing" it would close one of ours. */
     int got = -1;
+    if (n < 0) mh.msg_controllen = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
         size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);

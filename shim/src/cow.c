@@ -37,9 +37,11 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../../Sources/CFBMMSys/include/fbmm_broker.h"
+#include "../../Sources/CFBMMSys/include/fbmm_pool.h"
 #include "shim.h"
 #include "sys.h"
 
@@ -97,6 +99,53 @@ static int reg(int uffd, const struct fbmm_piece *p, uint64_t mode)
     return ioctl(uffd, UFFDIO_REGISTER, &r);
 }
 
+/* Whether a failed request may succeed if sent again: the daemon bounds
+ * the requests a user has in flight and refuses past that without reading
+ * the request (EAGAIN, or ECONNRESET when it closes on our unread message),
+ * as it does when too many connections wait. */
+static int busy(int e)
+{
+    return e == EAGAIN || e == EINTR || e == ECONNRESET || e == EPIPE;
+}
+
+/* One copy-on-write request about our arena. Many processes forking and
+ * freeing at once meet the daemon's bound; a release or a fill must not
+ * fail for that, so it is retried, backing off to 20 ms, for up to ~40 s.
+ * (Every copy-on-write request may be repeated: release and fill are
+ * idempotent, and a repeated fork or child registration is refused.) */
+static int exchange(struct fbmm_request *req, const int *fds, int nfds, uint64_t *size, char *why, size_t wl)
+{
+    struct timespec pause = { 0, 100000 };
+    for (int tries = 0;; tries++) {
+        int r = fbmm_broker_exchange(fbmm_arena.sock, req, fds, nfds, 0, &(int){ -1 }, size, why, wl);
+        if (r == 0 || !busy(errno) || tries >= 2000) return r;
+        nanosleep(&pause, NULL);
+        if (pause.tv_nsec < 20000000) pause.tv_nsec *= 2;
+    }
+}
+
+/* The daemon is gone (its socket refuses or vanished): nobody serves our
+ * write-protect faults or our lazy copies any more. Closing our userfaultfd
+ * (the daemon's copy went with it) disarms write-protect, so our own
+ * writes never hang; a lazy-copy child's missing pages then read zero,
+ * which no user-space manager can avoid once its daemon is dead. Forks
+ * copy eagerly from here on. */
+static void abandon(const char *why)
+{
+    static int once;
+    if (cow.uffd >= 0) close(cow.uffd);
+    cow.uffd = -1;
+    cow.linked = 0;
+    cow.off = 1;
+    fbmm_say_once(&once, "copy-on-write stopped: the daemon is gone (", why, ")");
+}
+
+/* Nobody listens on the broker's socket any more, or it was removed. */
+static int daemon_gone(int e)
+{
+    return e == ECONNREFUSED || e == ENOENT;
+}
+
 int fbmm_cow_prepare(void)
 {
     cow.pending = 0;
@@ -126,7 +175,7 @@ int fbmm_cow_prepare(void)
         int fds[3] = { cow.next.name_fd, fbmm_arena.name_fd, cow.uffd };
         struct fbmm_request req = { .op = FBMM_OP_COW_FORK, .ino = cow.next.name_ino,
                                     .offset = fbmm_arena.name_ino };
-        ok = fbmm_broker_exchange(fbmm_arena.sock, &req, fds, 3, 0, &(int){ -1 }, NULL, why, sizeof why) == 0;
+        ok = exchange(&req, fds, 3, NULL, why, sizeof why) == 0;
     }
     if (!ok) {
         int e = errno;
@@ -149,13 +198,21 @@ void fbmm_cow_parent(void)
     cow.linked = 1;
 }
 
+/* Makes [off, off+len) of our arena ours alone: the daemon copies into it
+ * what it still reads from its source and gives our lazy copies what they
+ * still need of it (len 0: the whole arena). */
+static int fill(uint64_t off, uint64_t len, char *why, size_t wl)
+{
+    struct fbmm_request req = { .op = FBMM_OP_COW_FILL, .ino = fbmm_arena.name_ino, .offset = off, .length = len };
+    return exchange(&req, &fbmm_arena.name_fd, 1, NULL, why, wl);
+}
+
 /* In the child: ask the daemon to copy everything now. */
 static void fill_now(const char *why)
 {
     fbmm_say("fork child: ", why, "; copying everything now");
-    struct fbmm_request req = { .op = FBMM_OP_COW_FILL, .ino = fbmm_arena.name_ino };
     char w[160];
-    if (fbmm_broker_exchange(fbmm_arena.sock, &req, &fbmm_arena.name_fd, 1, 0, &(int){ -1 }, NULL, w, sizeof w) < 0)
+    if (fill(0, 0, w, sizeof w) < 0)
         fbmm_say("fork child: the copy failed: ", w, "; memory the parent changes may show here");
 }
 
@@ -209,9 +266,12 @@ int fbmm_cow_child(void)
         int fds[2] = { fbmm_arena.name_fd, uffd };
         struct fbmm_request req = { .op = FBMM_OP_COW_CHILD, .ino = fbmm_arena.name_ino };
         char why[160];
-        if (fbmm_broker_exchange(fbmm_arena.sock, &req, fds, 2, 0, &(int){ -1 }, NULL, why, sizeof why) < 0)
+        if (exchange(&req, fds, 2, NULL, why, sizeof why) < 0)
             trouble = "the daemon did not take our userfaultfd";
     }
+    /* The parent's pool control block (offset 0) is not ours: our own is
+     * written there through a new mapping, never through a fault. */
+    if (!trouble && fbmm_arena.pool_window) fbmm_cow_release(0, FBMM_POOL_CTL_BYTES);
     if (trouble) {
         if (uffd >= 0) close(uffd);  /* unregisters everything: faults go to the kernel */
         uffd = -1;
@@ -228,8 +288,11 @@ int fbmm_cow_release(uint64_t off, uint64_t len)
     struct fbmm_request req = { .op = FBMM_OP_COW_RELEASE, .ino = fbmm_arena.name_ino, .offset = off, .length = len };
     uint64_t linked = 1;
     char why[160];
-    if (fbmm_broker_exchange(fbmm_arena.sock, &req, &fbmm_arena.name_fd, 1, 0, &(int){ -1 }, &linked, why,
-                             sizeof why) < 0) {
+    if (exchange(&req, &fbmm_arena.name_fd, 1, &linked, why, sizeof why) < 0) {
+        if (daemon_gone(errno)) {
+            abandon(why);
+            return 0;
+        }
         static int once;
         fbmm_say_once(&once, "keeping freed memory a fork child may still need: ", why, NULL);
         errno = EBUSY;
@@ -237,6 +300,21 @@ int fbmm_cow_release(uint64_t off, uint64_t len)
     }
     if (!linked) cow.linked = 0;
     return 0;
+}
+
+int fbmm_cow_settle(uint64_t off, uint64_t len)
+{
+    if (!cow.linked || fbmm_arena.tmpfs || !len) return 0;
+    char why[160];
+    if (fill(off, len, why, sizeof why) == 0) return 0;
+    if (daemon_gone(errno)) {
+        abandon(why);
+        return 0;
+    }
+    static int once;
+    fbmm_say_once(&once, "cannot move memory a fork child shares lazily: ", why, NULL);
+    errno = EBUSY;
+    return -1;
 }
 
 int fbmm_cow_linked(void)

@@ -260,6 +260,11 @@ int  fbmm_cow_child(void);
 /* Before [off, off+len) of the arena is freed: 0 to go ahead, -1 (EBUSY)
  * to keep it (a lazy copy may need it and the daemon did not answer). */
 int  fbmm_cow_release(uint64_t off, uint64_t len);
+/* Before a mapping of [off, off+len) moves (mremap): the range becomes ours
+ * alone, filled from our source and pushed to our lazy copies, since a
+ * moved mapping leaves the userfaultfd (no UFFD_FEATURE_EVENT_REMAP). 0 to
+ * go ahead, -1 (EBUSY) not to move. */
+int  fbmm_cow_settle(uint64_t off, uint64_t len);
 /* Whether the arena has holes that read as another file (a lazy copy):
  * an eager fork copy must then read the live mappings, not the file. */
 int  fbmm_cow_linked(void);

@@ -125,6 +125,20 @@ int fbmm_vm_unmap(uintptr_t a, size_t len)
     return 0;
 }
 
+/* The range must read zero but its file range cannot be punched now: a
+ * lazy fork copy may still need it and the daemon did not take it back
+ * (MADV_REMOVE would free it under the copy). Writing zeros through the
+ * mapping goes through the write-protect faults that give the copy its
+ * pages first; without copies, the kernel punches. */
+static int zero_in_place(const struct fbmm_piece *p, uintptr_t s, size_t len)
+{
+    if (!fbmm_cow_linked()) return sys_madvise((void *)s, len, MADV_REMOVE);  /* needs PROT_WRITE */
+    if (!(p->prot & PROT_WRITE) && sys_mprotect((void *)s, len, PROT_READ | PROT_WRITE) < 0) return -1;
+    memset((void *)s, 0, len);
+    if (!(p->prot & PROT_WRITE)) sys_mprotect((void *)s, len, (int)p->prot);
+    return 0;
+}
+
 int fbmm_vm_discard(uintptr_t a, size_t len, int advice)
 {
     uintptr_t end = a + len, pos = a;
@@ -143,7 +157,7 @@ int fbmm_vm_discard(uintptr_t a, size_t len, int advice)
         if (p->flags & (P_ANON | P_SHARED))  /* shared: the kernel's shmem semantics */
             r = sys_madvise((void *)s, t - s, advice);
         else if ((r = fbmm_arena_punch(p->off + (s - p->addr), t - s)) < 0)
-            r = sys_madvise((void *)s, t - s, MADV_REMOVE);  /* needs PROT_WRITE */
+            r = zero_in_place(p, s, t - s);
         if (r < 0) {
             ret = -1;
             err = errno;
@@ -315,8 +329,14 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
     if (delta) fbmm_vm_advise_huge((void *)(dst + ol), delta);
 
     size_t first = fbmm_rt_lower(a), k = first;
-    for (; k < fbmm_rt_n && fbmm_rt[k].addr < end; k++)
+    for (; k < fbmm_rt_n && fbmm_rt[k].addr < end; k++) {
+        /* A moved mapping leaves the userfaultfd: its pages stop being
+         * copied on write or filled on first touch, so whatever a fork
+         * copy still shares with us there is settled first. */
+        if (!(fbmm_rt[k].flags & (P_SHARED | P_FOREIGN)) && fbmm_cow_settle(fbmm_rt[k].off, fbmm_rt[k].len) < 0)
+            break;
         if (move_piece(&fbmm_rt[k], dst + (fbmm_rt[k].addr - a)) < 0) break;
+    }
     if (k < fbmm_rt_n && fbmm_rt[k].addr < end) {
         int err = errno;
         for (size_t b = first; b < k; b++) {

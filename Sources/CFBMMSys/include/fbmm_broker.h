@@ -91,8 +91,11 @@ enum fbmm_broker_op {
      * Reply `size`: 1 while the arena still has a source or lazy copies
      * (ask again next time), 0 once it has neither. */
     FBMM_OP_COW_RELEASE = 7,
-    /* Completes the lazy copy of the attached arena at once (a child that
-     * could not make a userfaultfd). */
+    /* Makes [offset, offset+length) of the attached arena its own (0, 0:
+     * all of it): lazy copies of it get what they still need there, and
+     * what it still reads from its source is copied in. For a child that
+     * could not make a userfaultfd, and before a mapping moves (mremap
+     * leaves the userfaultfd). */
     FBMM_OP_COW_FILL = 8,
     /* A descriptor of /dev/userfaultfd (reply fd), for a peer that may not
      * create a userfaultfd that also handles kernel-mode faults: root and
@@ -114,8 +117,8 @@ struct fbmm_request {
     uint32_t flags;    /* GET_BACKING: FBMM_BACKING_ARENA; otherwise 0 */
     int32_t  node;     /* MIGRATE: target node */
     uint64_t ino;      /* st_ino of the attached fd as the peer sees it (must match) */
-    uint64_t offset;   /* MIGRATE, COW_RELEASE; COW_FORK: the peer's arena inode */
-    uint64_t length;   /* MIGRATE, COW_RELEASE */
+    uint64_t offset;   /* MIGRATE, COW_RELEASE, COW_FILL; COW_FORK: the peer's arena inode */
+    uint64_t length;   /* MIGRATE, COW_RELEASE, COW_FILL */
 };
 
 /* Reply: exactly sizeof(struct fbmm_reply) bytes, optionally one fd attached. */
