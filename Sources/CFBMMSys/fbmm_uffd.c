@@ -50,6 +50,12 @@ int fbmm_uffd_read(int uffd, struct fbmm_fault *out, int max)
     return n;
 }
 
+int fbmm_uffd_register_wp(int uffd, uint64_t start, uint64_t len)
+{
+    struct uffdio_register r = { .range = { .start = start, .len = len }, .mode = UFFDIO_REGISTER_MODE_WP };
+    return ioctl(uffd, UFFDIO_REGISTER, &r);
+}
+
 int fbmm_uffd_writeprotect(int uffd, uint64_t start, uint64_t len, int protect)
 {
     struct uffdio_writeprotect wp = { .range = { .start = start, .len = len },

@@ -71,8 +71,9 @@ final class CopyOnWrite: Sendable {
     // MARK: Requests (broker threads)
 
     /// The parent's prepare: `child` becomes a lazy copy of `parent`, whose
-    /// mappings in process `pid` are write-protected through `uffd` (kept
-    /// by us, or closed if we have one for that process already).
+    /// mappings in process `pid` we register and write-protect through
+    /// `uffd` (kept by us, or closed if we have one for that process
+    /// already).
     func fork(parent: FileRef, child: FileRef, pid: Int32, uffd: Int32) -> Errno? {
         guard unavailable == nil else { close(uffd); return .notSupported }
         guard let parentIdentity = Self.memfdIdentity(parent.backing), let childIdentity = Self.memfdIdentity(child.backing),
@@ -99,18 +100,32 @@ final class CopyOnWrite: Sendable {
             // (a peer's sparse terabytes must not become the daemon's memory).
             let pages = (size + UInt64(pageSize) - 1) / UInt64(pageSize)
             guard pages <= Self.maxPages else { return .fileTooLarge }
+            // Armed before the fork itself: any write from now on faults. We
+            // register the parent's mappings ourselves (the userfaultfd acts
+            // on its creator's mm), so the parent holds no userfaultfd of its
+            // own and never waits for a daemon that died. A mapping that
+            // cannot be armed would let the parent's writes reach the child:
+            // then nothing is armed and the fork copies eagerly.
+            var armed: [Range<UInt64>] = []
+            for m in mappings {
+                guard fbmm_uffd_register_wp(process.uffd, m.start, m.end - m.start) == 0,
+                      fbmm_uffd_writeprotect(process.uffd, m.start, m.end - m.start, 1) == 0 else {
+                    let e = Errno(rawValue: errno)
+                    if p.dependents.isEmpty {
+                        for r in armed { fbmm_uffd_writeprotect(process.uffd, r.lowerBound, UInt64(r.count), 0) }
+                    }
+                    logger.notice("cow fork of inode \(parent.inode): cannot write-protect a mapping: \(e)")
+                    return e
+                }
+                armed.append(m.start..<m.end)
+            }
+            p.protected.formUnion(armed)
             let c = g.file(child, identity: childIdentity)
             c.source = p
             c.pages = pages
             c.has = [UInt64](repeating: ~0, count: Int((c.pages + 63) / 64))
             for m in mappings { c.need(m.offset..<(m.offset + m.end - m.start)) }
             p.dependents.append(c)
-            // Armed before the fork itself: any write from now on faults.
-            for m in mappings {
-                if fbmm_uffd_writeprotect(process.uffd, m.start, m.end - m.start, 1) == 0 {
-                    p.protected.append(m.start..<m.end)
-                }
-            }
             logger.debug("cow fork: inode \(child.inode) lazily copies \(parent.inode) (\(mappings.count) mappings)")
             return nil
         }
@@ -359,8 +374,9 @@ final class CowFile {
     var pages: UInt64 = 0
     var dependents: [CowFile] = []
     var process: CowProcess?
-    /// Address ranges write-protected at its last fork.
-    var protected: [Range<UInt64>] = []
+    /// Address ranges write-protected at its forks (a set: a process that
+    /// forks often while a child lives protects the same mappings again).
+    var protected: Set<Range<UInt64>> = []
     var released = false
 
     init(inode: UInt64, backing: FileBacking, identity: MemfdIdentity) {

@@ -80,6 +80,28 @@ struct CowForkTests {
     }
 }
 
+extension CowForkTests {
+    /// The daemon killed while a parent's memory is write-protected for an
+    /// idle lazy-copy child: the parent's writes must not wait for the dead
+    /// daemon (it holds no userfaultfd of its own; the write-protection died
+    /// with the daemon's). The old shim kept one and hung here.
+    @Test func parentWritesAfterTheDaemonDies() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount()
+        defer { mount.close() }
+        let work = try TemporaryDirectory()
+        let program = try Background(fbmmRun(mount, [], [Self.cowfork, "orphan", work.file("ready"), work.file("go")]))
+        defer { program.stop() }
+        try #require(waitForFile(work.file("ready"), seconds: 30) != nil, "\(program.output)")
+        let daemon = try #require((try mount.statistics()["daemon_pid"] as? NSNumber)?.int32Value)
+        #expect(kill(daemon, SIGKILL) == 0)
+        for _ in 0..<100 where kill(daemon, 0) == 0 { usleep(20_000) }
+        FileManager.default.createFile(atPath: work.file("go"), contents: nil)
+        #expect(program.wait(seconds: 30) == 0, "the parent finished its writes: \(program.output)")
+        #expect(program.stdout.contains("parent writes ok"), "\(program.stdout)")
+    }
+}
+
 private func sysctlValue(_ name: String) -> String? {
     (try? String(contentsOfFile: "/proc/sys/\(name)", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
 }

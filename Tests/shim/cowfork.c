@@ -8,6 +8,11 @@
  *   cowfork resident MB  holds MB of touched memory, forks an idle child and
  *                        prints the bytes the mount's files hold meanwhile
  *                        ("mount-bytes N"; FBMM_MOUNT names the mount)
+ *   cowfork orphan READY GO
+ *                        forks an idle child over 32 MiB of memory, creates
+ *                        READY, waits for GO (the test kills the daemon
+ *                        meanwhile), then writes all of it: must not hang
+ *                        ("parent writes ok")
  *   cowfork bench MB     fork-return time with MB resident and an idle
  *                        child, and the parent's cost per page written
  *                        while the child lives ("fork-ms", "write-us")
@@ -376,6 +381,23 @@ int main(int argc, char **argv)
         many_children();
         printf("cowfork: %s\n", failures ? "FAILED" : "ok");
         return failures != 0;
+    }
+    if (!strcmp(mode, "orphan") && argc > 3) {
+        size_t len = 32 << 20;
+        char *p = block(len, 'o');
+        int go[2];
+        if (pipe(go)) return 2;
+        pid_t pid = fork();
+        if (pid == 0) { wait_byte(go[0]); _exit(0); }  /* touches nothing: its memory went with the daemon */
+        FILE *f = fopen(argv[2], "w");
+        if (f) fclose(f);
+        struct stat st;
+        while (stat(argv[3], &st) < 0) usleep(10000);
+        memset(p, 'p', len);
+        printf("parent writes %s\n", first_bad(p, len, 'p') < 0 ? "ok" : "lost");
+        fflush(stdout);
+        send_byte(go[1]);
+        return child_status(pid);
     }
     size_t len = (size_t)(argc > 2 ? atol(argv[2]) : 256) << 20;
     char *p = block(len, 'm');

@@ -4,13 +4,15 @@
  * of a copy made before fork returns (fork.c's eager path, which stays the
  * fallback).
  *
- *  prepare (parent, locked): register every private piece for
- *      write-protect faults on our userfaultfd, create the child's arena
- *      (sized like ours) and send FBMM_OP_COW_FORK with both arenas and the
- *      userfaultfd: the daemon write-protects our mappings and records the
- *      new arena as a lazy copy of ours. From here on, a write by any of
- *      our threads to a page the child still needs waits until the daemon
- *      has given the child its copy, and the fork itself copies nothing.
+ *  prepare (parent, locked): create the child's arena (sized like ours)
+ *      and send FBMM_OP_COW_FORK with both arenas and a userfaultfd of our
+ *      mm: the daemon registers and write-protects our mappings through it
+ *      (a userfaultfd acts on its creator's mm, whoever calls it), keeps
+ *      it, and records the new arena as a lazy copy of ours. We keep no
+ *      userfaultfd, so if the daemon dies our writes never wait for it.
+ *      From here on, a write by any of our threads to a page the child
+ *      still needs waits until the daemon has given the child its copy,
+ *      and the fork itself copies nothing.
  *  child: adopt the new arena, map it over every private piece (same
  *      offsets), register those mappings for missing-page faults on a new
  *      userfaultfd of its own and hand that to the daemon (COW_CHILD): a
@@ -124,17 +126,15 @@ static int exchange(struct fbmm_request *req, const int *fds, int nfds, uint64_t
     }
 }
 
-/* The daemon is gone (its socket refuses or vanished): nobody serves our
- * write-protect faults or our lazy copies any more. Closing our userfaultfd
- * (the daemon's copy went with it) disarms write-protect, so our own
- * writes never hang; a lazy-copy child's missing pages then read zero,
- * which no user-space manager can avoid once its daemon is dead. Forks
- * copy eagerly from here on. */
+/* The daemon is gone (its socket refuses or vanished): nobody pushes what
+ * our lazy copies still need any more, so freeing goes ahead without it and
+ * forks copy eagerly from here on. (A parent holds no userfaultfd: its
+ * write-protection died with the daemon's copy, so its writes never wait.
+ * A lazy-copy child keeps its own, so that a page it never received blocks
+ * rather than reads zero: its memory is gone with the daemon.) */
 static void abandon(const char *why)
 {
     static int once;
-    if (cow.uffd >= 0) close(cow.uffd);
-    cow.uffd = -1;
     cow.linked = 0;
     cow.off = 1;
     fbmm_say_once(&once, "copy-on-write stopped: the daemon is gone (", why, ")");
@@ -153,18 +153,18 @@ int fbmm_cow_prepare(void)
     int any = 0;
     for (size_t i = 0; i < fbmm_rt_n; i++) any |= is_private(&fbmm_rt[i]);
     if (!any || !fbmm_arena_fd_ok() || !fbmm_arena_name_ok()) return 0;
-    if (cow.uffd < 0 && (cow.uffd = make_uffd()) < 0) {
+    /* The daemon registers and write-protects our mappings through a
+     * userfaultfd of our mm and keeps it; we keep none (a lazy-copy child
+     * sends its own, which the daemon holds already). */
+    int uffd = cow.uffd;
+    if (uffd < 0 && (uffd = make_uffd()) < 0) {
         give_up("no userfaultfd that handles kernel faults: ", errno);
         return 0;
     }
-    for (size_t i = 0; i < fbmm_rt_n; i++) {
-        if (is_private(&fbmm_rt[i]) && reg(cow.uffd, &fbmm_rt[i], UFFDIO_REGISTER_MODE_WP) < 0) {
-            fbmm_say("fork: cannot register a region for write-protect: ", strerrorname_np(errno),
-                     "; this fork copies eagerly");
-            return 0;
-        }
+    if (fbmm_arena_open(&cow.next) < 0) {
+        if (uffd != cow.uffd) close(uffd);
+        return 0;
     }
-    if (fbmm_arena_open(&cow.next) < 0) return 0;
     int ok = 1;
     if (cow.next.size < fbmm_arena.size) {
         ok = ftruncate(cow.next.name_fd, (off_t)fbmm_arena.size) == 0;
@@ -172,13 +172,14 @@ int fbmm_cow_prepare(void)
     }
     char why[160] = "cannot size the child's arena";
     if (ok) {
-        int fds[3] = { cow.next.name_fd, fbmm_arena.name_fd, cow.uffd };
+        int fds[3] = { cow.next.name_fd, fbmm_arena.name_fd, uffd };
         struct fbmm_request req = { .op = FBMM_OP_COW_FORK, .ino = cow.next.name_ino,
                                     .offset = fbmm_arena.name_ino };
         ok = exchange(&req, fds, 3, NULL, why, sizeof why) == 0;
     }
+    int e = errno;
+    if (uffd != cow.uffd) close(uffd);
     if (!ok) {
-        int e = errno;
         fbmm_arena_close(&cow.next);
         /* A daemon without copy-on-write (older, cow-chunk=0, an old kernel)
          * says so for good; anything else may pass. */

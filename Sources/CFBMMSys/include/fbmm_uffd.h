@@ -28,6 +28,11 @@ struct fbmm_fault {
 /* Reads up to `max` pending page-fault events of `uffd` (non-blocking);
  * other events are dropped. Returns the count, 0 when none is pending, -1. */
 int fbmm_uffd_read(int uffd, struct fbmm_fault *out, int max);
+/* UFFDIO_REGISTER of [start, start+len) for write-protect faults. The
+ * range is in the mm of the process that created the userfaultfd, not the
+ * caller's: so the daemon registers a parent's mappings itself, and the
+ * parent keeps no userfaultfd whose faults would wait for a dead daemon. */
+int fbmm_uffd_register_wp(int uffd, uint64_t start, uint64_t len);
 /* UFFDIO_WRITEPROTECT of [start, start+len): protect 1 or 0 (which wakes). */
 int fbmm_uffd_writeprotect(int uffd, uint64_t start, uint64_t len, int protect);
 /* UFFDIO_COPY of len bytes from src to dst (in the uffd's process). Returns
