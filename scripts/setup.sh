@@ -12,7 +12,8 @@ command -v swift >/dev/null || { say "swift is not on PATH: install the Swift 6 
 
 want=(libfuse3-dev fuse3 libnuma-dev numactl pkg-config gcc make libc6-dev
       stress-ng sqlite3 python3 attr psmisc jq libjemalloc2 libmimalloc2.0 coreutils
-      postgresql)   # postgresql: SharedAnonTests runs a server under the shim
+      postgresql    # postgresql: SharedAnonTests runs a server under the shim
+      python3-prometheus-client curl)   # ObservabilityTests parse `fbmm stat --prometheus` and scrape -o metrics
 missing=()
 for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -33,7 +33,7 @@ struct FBMMCommand: ParsableCommand {
             Mount a memory filesystem with a placement policy, run programs with their \
             anonymous memory in it, and see where every page went.
             """,
-        subcommands: [MountCommand.self, UmountCommand.self, RunCommand.self, StatCommand.self,
+        subcommands: [MountCommand.self, UmountCommand.self, RunCommand.self, StatCommand.self, TopCommand.self,
                       PoliciesCommand.self, MigrateCommand.self, BenchCommand.self, SetCommand.self, TrackCommand.self])
 }
 

@@ -35,6 +35,7 @@ public final class Daemon: Sendable {
     public let filesystem: MemoryFileSystem
     private let session: FUSESession
     private let broker: Broker
+    private let metrics: MetricsEndpoint?
     private let logger: Logger
 
     /// Validates everything and prepares the mount; nothing is mounted yet.
@@ -60,13 +61,20 @@ public final class Daemon: Sendable {
                                           registry: registry, brokerPath: brokerPath, logger: logger)
         self.filesystem = filesystem
         do {
-            broker = try Broker(path: brokerPath, filesystem: filesystem, logger: logger)
+            metrics = try configuration.metricsPort.map { port throws(SystemError) in try MetricsEndpoint(port: port, logger: logger) }
         } catch { throw .system(error) }
+        do {
+            broker = try Broker(path: brokerPath, filesystem: filesystem, logger: logger)
+        } catch {
+            metrics?.stop()
+            throw .system(error)
+        }
         do {
             session = try FUSESession(operations: filesystem, mountpoint: configuration.mountpoint,
                                       options: configuration.fuseOptions)
         } catch {
             broker.stop()
+            metrics?.stop()
             throw .fuse(error.description)
         }
     }
@@ -114,12 +122,14 @@ public final class Daemon: Sendable {
     public func mount() throws(DaemonError) {
         do { try session.mount() } catch {
             broker.stop()
+            metrics?.stop()
             throw .fuse(error.description)
         }
         // The mount answers stat() only once the loop runs; the device number
         // is in /proc/self/mountinfo already.
         broker.setMountDevice(Self.mountDevice(of: filesystem.configuration.mountpoint) ?? 0)
         broker.start()
+        metrics?.start { [filesystem] in filesystem.statistics().mountWide.prometheus() }
         filesystem.startMaintenance()
         filesystem.pool?.start()
         Self.protectFromOOMKiller(logger)
@@ -157,6 +167,7 @@ public final class Daemon: Sendable {
             filesystem.stopMaintenance()
             filesystem.pool?.stop()
             broker.stop()
+            metrics?.stop()
             session.unmount()
         }
         do { try session.run() } catch { throw .fuse(error.description) }

@@ -35,6 +35,9 @@ public struct MountConfiguration: Sendable {
     /// (a power of two, a page to 2M; 0: fork children copy everything
     /// before fork returns, as without userfaultfd).
     public var cowChunk: UInt64 = 64 << 10
+    /// `-o metrics=PORT`: serve the mount-wide Prometheus series on
+    /// 127.0.0.1:PORT (MetricsEndpoint.swift).
+    public var metricsPort: UInt16?
     public var rootUID: UInt32 = getuid()
     public var rootGID: UInt32 = getgid()
     public var rootMode: UInt32 = 0o1777
@@ -49,6 +52,7 @@ public struct MountConfiguration: Sendable {
         PolicyKey("mode", default: "1777", "permissions of the mount's root directory (octal)"),
         PolicyKey("prezero", default: "64M", "pre-zeroed pool: memory kept allocated and zero for programs run under the shim (0: off)"),
         PolicyKey("cow-chunk", default: "64K", "copy-on-write across fork: bytes copied per fault, a power of two from a page to 2M (0: copy at fork)"),
+        PolicyKey("metrics", default: "off", "serve mount-wide Prometheus metrics on 127.0.0.1:PORT (per-file and per-process series: fbmm stat --prometheus)"),
         PolicyKey("huge", default: "advise", "transparent huge pages for file memory: always, advise (where the program asks), never"),
     ]
 
@@ -90,6 +94,12 @@ public struct MountConfiguration: Sendable {
                 throw .invalidValue(key: "cow-chunk", value: text, reason: "expected 0 or a power of two from \(ByteSize(bytes: UInt64(pageSize))) to 2M")
             }
             cowChunk = size
+        }
+        if let value = policyOptions.remove("metrics") {
+            guard let port = UInt16(value), port > 0 else {
+                throw .invalidValue(key: "metrics", value: value, reason: "expected a TCP port from 1 to 65535")
+            }
+            metricsPort = port
         }
         if let value = policyOptions.remove("huge") {
             guard let mode = HugePageMode(rawValue: value) else {

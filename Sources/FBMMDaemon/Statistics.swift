@@ -45,6 +45,9 @@ public struct MountStatistics: Codable, Sendable {
     public var prezero: [String: UInt64]? = nil
     /// The huge-page mode of the mount's file memory.
     public var huge: String? = nil
+    /// Every live process that owns files here: how much of its memory the
+    /// mount holds and where the rest is (ProcessCoverage.swift).
+    public var processes: [ProcessUsage]? = nil
 
     public func json(pretty: Bool = true) throws -> Data {
         let encoder = JSONEncoder()
@@ -109,6 +112,13 @@ extension MemoryFileSystem {
             counters: .init(files_created: c.filesCreated, placements: c.placements,
                             broker_handouts: c.brokerHandouts, broker_refusals: c.brokerRefusals,
                             migrations: c.migrations, migrated_bytes: c.migratedBytes))
+        var backings = Set<BackingIdentity>()
+        var owners = Set<Int32>()
+        for file in snapshot.0 {
+            if let identity = BackingIdentity(descriptor: file.file.backing.memory.descriptor.rawValue) { backings.insert(identity) }
+            if file.openHandles > 0 && file.ownerPID > 0 { owners.insert(file.ownerPID) }
+        }
+        statistics.processes = owners.sorted().compactMap { ProcessCoverage.usage(of: $0, backings: backings) }
         statistics.policy_counters = policyCounters
         statistics.prezero = self.pool?.usage()
         statistics.huge = configuration.huge.rawValue

@@ -35,7 +35,7 @@ struct CommandLineTests {
 
     /// `--help` and `-h` are the first thing a new user types: every
     /// subcommand answers them with its usage, on stdout, exit 0.
-    @Test(arguments: ["mount", "umount", "run", "stat", "policies", "migrate", "bench", "set", "track"])
+    @Test(arguments: ["mount", "umount", "run", "stat", "top", "policies", "migrate", "bench", "set", "track"])
     func everySubcommandAnswersHelp(_ subcommand: String) throws {
         for flag in ["--help", "-h"] {
             let result = try run([Artefacts.fbmm, subcommand, flag], timeout: 30)

@@ -172,4 +172,3 @@ struct PoolTests {
     }
 }
 
-private func number(_ value: Any?) -> UInt64 { (value as? NSNumber)?.uint64Value ?? 0 }

@@ -322,7 +322,6 @@ private func failures(_ result: CommandResult) -> String {
     result.stdout.split(separator: "\n").filter { !$0.hasPrefix("PASS") }.joined(separator: "\n") + "\n" + result.stderr
 }
 
-private func number(_ value: Any?) -> UInt64 { (value as? NSNumber)?.uint64Value ?? 0 }
 
 private func percent(_ part: Int, _ whole: Int) -> String {
     String(format: "%.1f%%", whole > 0 ? 100 * Double(part) / Double(whole) : 0)

@@ -252,3 +252,6 @@ func mountListsNothing(_ mount: TestMount, within seconds: Double = 3.0) -> Bool
     } while Date() < deadline
     return false
 }
+
+/// A JSON number as UInt64 (0 when absent or not a number).
+func number(_ value: Any?) -> UInt64 { (value as? NSNumber)?.uint64Value ?? 0 }
