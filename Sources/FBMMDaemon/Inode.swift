@@ -43,6 +43,11 @@ final class InodeRecord {
     /// (FBMM_BACKING_ARENA): the file then lives as long as that process
     /// holds it open.
     var processOwned = false
+    /// Created by a shim for its arena and not claimed yet (FUSE create with
+    /// the sticky bit, its name carrying the creator's pid): if the creator
+    /// lets go before claiming it (it died in between), the file goes as a
+    /// claimed arena would, instead of staying behind empty.
+    var provisionalArena = false
     /// A policy override set with the `user.fbmm.policy` xattr (directories:
     /// inherited by files created in them).
     var policySpec: PolicySpec?

@@ -266,6 +266,13 @@ public final class MemoryFileSystem: FileSystemOperations {
         let owner = processID(ofThread: ctx.pid)  // (reads /proc: not under the lock)
         let result = transact { (ns) throws(Errno) -> (Entry, UInt64) in
             let record = try makeNode(&ns, ctx, owner: owner, parent: parent, name: name, mode: S_IFREG | (mode & 0o7777))
+            // The shim asks for its arena with the sticky bit (meaningless on a
+            // regular file) and names it "comm.PID.N": only then is the file
+            // provisional, so no other file ever vanishes on close.
+            if mode & S_ISVTX != 0 && name.description.contains(".\(owner).") {
+                record.provisionalArena = true
+                record.mode &= ~S_ISVTX
+            }
             let handle = ns.nextHandle
             ns.nextHandle += 1
             ns.handles[handle] = Namespace.OpenHandle(inode: record.number, flags: flags, pid: ctx.pid)
@@ -482,8 +489,9 @@ public final class MemoryFileSystem: FileSystemOperations {
         reply.ok()
     }
 
-    /// Closes a handle; a process-owned file (the shim's arena) whose last
-    /// handle closes is unlinked: its process has exited or let it go.
+    /// Closes a handle; a process-owned file (the shim's arena, claimed or
+    /// still provisional) whose last handle closes is unlinked: its process
+    /// has exited or let it go.
     /// Returns the inode of a process-owned arena whose last handle this was.
     @discardableResult
     private func releaseHandle(_ ns: inout Namespace, _ handle: UInt64) -> InodeNumber? {
@@ -492,7 +500,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         if open.writable { record.writableHandles -= 1 }
         // The pool's lasting mappings of an arena must not outlive its owner.
         if record.openHandles == 0 && record.processOwned { pool?.remove(inode: record.number) }
-        if record.processOwned && record.openHandles == 0 && record.linkCount > 0,
+        if record.processOwned || record.provisionalArena, record.openHandles == 0, record.linkCount > 0,
            let dir = ns.inodes[record.parent], dir.children[record.name] == record.number {
             dir.children[record.name] = nil
             record.linkCount = 0

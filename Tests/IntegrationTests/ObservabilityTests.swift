@@ -122,6 +122,36 @@ struct ObservabilityTests {
     }
 }
 
+extension ObservabilityTests {
+    /// A process that dies between creating its arena and claiming it (the
+    /// shim's create has the sticky bit and the creator's pid in the name)
+    /// leaves nothing behind; a file that is not such an arena stays.
+    @Test func unclaimedArenaOfADeadProcessGoes() throws {
+        let mount = try TestMount()
+        defer { mount.close() }
+        let script = """
+            import os, sys
+            d = sys.argv[1]
+            os.open(os.path.join(d, "python3.%d.0" % os.getpid()), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o1600)
+            os.open(os.path.join(d, "python3.%d.1" % os.getpid()), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            os.open(os.path.join(d, "sticky.%d" % (os.getpid() + 1)), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o1600)
+            os._exit(0)
+            """
+        let result = try run(["/usr/bin/python3", "-c", script, mount.path])
+        try #require(result.ok, "\(result.stderr)")
+        var left: [String] = []
+        for _ in 0..<50 {
+            left = ((try? FileManager.default.contentsOfDirectory(atPath: mount.path)) ?? []).sorted()
+            if left.count == 2 { break }
+            usleep(20_000)
+        }
+        #expect(left.count == 2 && left.allSatisfy { !$0.hasSuffix(".0") }, "only the unclaimed arena went: \(left)")
+        // Our own arena files work as before (claimed, then gone with the process).
+        let probe = try run(fbmmRun(mount, [], [ShimPrograms.probe, "alloc", "8"]))
+        #expect(probe.ok, "\(probe.stderr)")
+    }
+}
+
 /// Python that holds 64 MiB of touched memory, says so in `ready`, and
 /// exits when `go` appears.
 private func holdScript(_ ready: String, _ go: String) -> String {

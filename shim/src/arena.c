@@ -133,7 +133,9 @@ int fbmm_arena_open(struct fbmm_arena *a)
 
     for (int tries = 0; tries < 64; tries++) {
         arena_name(path, sizeof path, seq++);
-        fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+        /* The sticky bit marks it as our arena from birth: the daemon removes
+         * it if we die before claiming it (tmpfs ignores the bit on files). */
+        fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 01600);
         if (fd >= 0 || errno != EEXIST) break;
     }
     if (fd < 0) {
