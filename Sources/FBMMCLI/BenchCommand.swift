@@ -35,7 +35,7 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: "Directory for results.json, results.csv, results.md, chart.svg and logs/.")
     var out: String
 
-    @Option(name: .long, help: "Repetitions of each (workload, policy) (default 3, 2 with --quick).")
+    @Option(name: .long, help: "Repetitions of each (workload, policy) (default 5, 2 with --quick; the median is reported with the spread).")
     var repetitions: Int?
 
     @Flag(name: .long, help: "A sub-minute run: small sizes, fewer operations, 2 repetitions.")
@@ -79,7 +79,7 @@ struct BenchCommand: ParsableCommand {
         for name in names where !BenchWorkloads.names.contains(name) {
             throw CLIError("unknown workload '\(name)' (\(BenchWorkloads.names.joined(separator: ", ")))")
         }
-        let reps = repetitions ?? (quick ? 2 : 3)
+        let reps = repetitions ?? (quick ? 2 : 5)
         let outDir = absolutePath(out)
         let logDir = "\(outDir)/logs"
         do { try FileManager.default.createDirectory(atPath: logDir, withIntermediateDirectories: true) } catch {
@@ -138,8 +138,12 @@ struct BenchCommand: ParsableCommand {
             mounts.append((spec, path))
         }
 
-        let variants = [BenchVariant.native] + mounts.map { BenchVariant(label: $0.spec.label, mount: $0.path) }
+        let variants = [BenchVariant.native] + mounts.map {
+            BenchVariant(label: $0.spec.label, mount: $0.path, daemonPID: daemonPID(ofMount: $0.path))
+        }
         var samples = [String: BenchSamples]()
+        var fallbacks = [String: String]()
+        var daemonCPU = [String: [Double]]()
         var metricOrder = [String: [String]]()
         let total = reps * selected.count * variants.count
         var done = 0
@@ -151,8 +155,17 @@ struct BenchCommand: ParsableCommand {
                     let tag = "\(workload.name)-\(v == 0 ? "native" : "p\(v)")-r\(rep)"
                     let t0 = Date()
                     let metrics: [BenchMetric]
+                    let cpuBefore = variant.daemonPID.flatMap(daemonCPUSeconds)
                     do { metrics = try workload.run(in: variant, context: context, tag: tag) } catch let error as CLIError {
                         throw CLIError("\(workload.name) (\(variant.label), repetition \(rep)): \(error.description)")
+                    }
+                    if let before = cpuBefore, let after = variant.daemonPID.flatMap(daemonCPUSeconds) {
+                        daemonCPU[BenchReport.key(workload.name, variant.label, ""), default: []].append((after - before) * 1000)
+                    }
+                    if variant.mount != nil, fallbacks[variant.label] == nil,
+                       let reason = BenchFallbackCheck.reason(logDirectory: logDir, tag: tag) {
+                        fallbacks[variant.label] = "\(workload.name): \(reason)"
+                        writeStderr("bench: \(workload.name) under \(variant.label) fell back to ordinary memory: \(reason)")
                     }
                     if metricOrder[workload.name] == nil { metricOrder[workload.name] = metrics.map(\.name) }
                     for metric in metrics {
@@ -171,7 +184,8 @@ struct BenchCommand: ParsableCommand {
             ($0.name, $0.usesAllocator && context.jemalloc != nil ? "jemalloc" : "system")
         })
         let report = BenchReport(workloads: selected.map(\.name), variants: variants.map(\.label), metricOrder: metricOrder,
-                                 samples: samples, allocators: allocators, skipped: skipped)
+                                 samples: samples, allocators: allocators, skipped: skipped,
+                                 fallbacks: fallbacks, daemonCPU: daemonCPU)
         do {
             try report.json().write(to: URL(fileURLWithPath: "\(outDir)/results.json"))
             try report.csv().write(toFile: "\(outDir)/results.csv", atomically: true, encoding: .utf8)

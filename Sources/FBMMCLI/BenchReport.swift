@@ -16,10 +16,16 @@ struct BenchRow: Codable, Sendable {
     var better: String             // "higher" or "lower"
     var allocator: String          // "system" or "jemalloc" (both for native and the policies)
     var values: [Double]
+    /// Why some run of this variant fell back to ordinary memory (its
+    /// numbers are then not the policy's); nil when every run was in the mount.
+    var fellBack: String? = nil
+    /// The daemon's CPU time per run (median, ms): work done for the program
+    /// off its own threads (pool zeroing, copy-on-write, tiering).
+    var daemonCPUMilliseconds: Double? = nil
 
     enum CodingKeys: String, CodingKey {
         case workload, policy, metric, value, ratioToNative = "ratio_to_native", spread, unit, repetitions,
-             better, allocator, values
+             better, allocator, values, fellBack = "fell_back", daemonCPUMilliseconds = "daemon_cpu_ms"
     }
 }
 
@@ -50,9 +56,16 @@ struct BenchReport {
     var metricOrder: [String: [String]]     // workload -> metric names, headline first
     var rows: [BenchRow]
     var skipped: [(String, String)]
+    /// Variant -> why a run of it fell back (see BenchCommand's check).
+    var fallbacks: [String: String]
+    /// key(workload, variant, "") -> the daemon's CPU ms of each run.
+    var daemonCPU: [String: [Double]]
 
     init(workloads: [String], variants: [String], metricOrder: [String: [String]],
-         samples: [String: BenchSamples], allocators: [String: String], skipped: [(String, String)]) {
+         samples: [String: BenchSamples], allocators: [String: String], skipped: [(String, String)],
+         fallbacks: [String: String] = [:], daemonCPU: [String: [Double]] = [:]) {
+        self.fallbacks = fallbacks
+        self.daemonCPU = daemonCPU
         self.workloads = workloads
         self.variants = variants
         self.metricOrder = metricOrder
@@ -71,7 +84,9 @@ struct BenchReport {
                         spread: .init(min: s.values.min()!, max: s.values.max()!,
                                       q1: BenchStatistics.quantile(s.values, 0.25), q3: BenchStatistics.quantile(s.values, 0.75)),
                         unit: s.unit, repetitions: s.values.count, better: s.higherIsBetter ? "higher" : "lower",
-                        allocator: allocators[workload] ?? "system", values: s.values))
+                        allocator: allocators[workload] ?? "system", values: s.values,
+                        fellBack: fallbacks[variant],
+                        daemonCPUMilliseconds: daemonCPU[Self.key(workload, variant, "")].map(BenchStatistics.median)))
                 }
             }
         }
@@ -103,7 +118,9 @@ struct BenchReport {
     /// policy its ratio to native with the ratio range of its repetitions.
     func tableCells() -> (header: [String], lines: [[String]]) {
         var header = ["workload", "metric", "native (median [min-max])"]
-        for variant in variants.dropFirst() { header.append("\(variant) ratio [min-max]") }
+        for variant in variants.dropFirst() {
+            header.append("\(variant)\(fallbacks[variant] == nil ? "" : " (FELL BACK)") ratio [min-max]")
+        }
         var lines = [[String]]()
         for workload in workloads {
             for metric in metricOrder[workload] ?? [] {
@@ -116,6 +133,13 @@ struct BenchReport {
                     let low = native.value != 0 ? r.spread.min / native.value : .nan
                     let high = native.value != 0 ? r.spread.max / native.value : .nan
                     line.append("\(Self.ratio(r.ratioToNative)) [\(Self.ratio(low))-\(Self.ratio(high))]")
+                }
+                lines.append(line)
+            }
+            if variants.dropFirst().contains(where: { daemonCPU[Self.key(workload, $0, "")] != nil }) {
+                var line = [workload, "daemon CPU per run ↓", "-"]
+                for variant in variants.dropFirst() {
+                    line.append(daemonCPU[Self.key(workload, variant, "")].map { String(format: "%.0f ms", BenchStatistics.median($0)) } ?? "-")
                 }
                 lines.append(line)
             }
@@ -134,6 +158,12 @@ struct BenchReport {
         var text = format(header) + "\n" + format(widths.map { String(repeating: "-", count: $0) }) + "\n"
         for line in lines { text += format(line) + "\n" }
         text += "ratio = policy median / native median in the same run (↑ higher is better, ↓ lower is better)\n"
+        text += "daemon CPU: the mount's daemon's CPU time during each run (median), spent for the program off its threads\n"
+        for variant in variants.dropFirst() {
+            if let reason = fallbacks[variant] {
+                text += "FELL BACK \(variant): some of its runs used ordinary memory (\(reason)); its numbers are not the policy's\n"
+            }
+        }
         for (workload, reason) in skipped { text += "skipped \(workload): \(reason)\n" }
         return text
     }

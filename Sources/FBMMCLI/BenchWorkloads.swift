@@ -16,6 +16,7 @@ struct BenchMetric: Sendable {
 struct BenchVariant: Sendable {
     var label: String          // "native" or the policy spec as given
     var mount: String?         // nil for native
+    var daemonPID: pid_t? = nil
 
     static let native = BenchVariant(label: "native", mount: nil)
 }
@@ -41,7 +42,9 @@ struct BenchContext {
             if allocator, let jemalloc { environment["LD_PRELOAD"] = jemalloc }
             return (arguments, environment)
         }
-        var command = [fbmm, "run", "--mount", mount]
+        // --verbose: the shim says once if it falls back, which the bench
+        // checks after each run (BenchFallbackCheck).
+        var command = [fbmm, "run", "--mount", mount, "--verbose"]
         if allocator && jemalloc != nil { command += ["--allocator", "jemalloc"] }
         return (command + ["--"] + arguments, environment)
     }

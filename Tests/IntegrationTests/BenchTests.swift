@@ -28,6 +28,25 @@ struct BenchTests {
         }
     }
 
+    /// A policy variant whose runs fell back to ordinary memory (a mount
+    /// too small for the workload) is marked in the table and in the JSON,
+    /// never reported as the policy's number.
+    @Test func aVariantThatFellBackIsMarked() throws {
+        try requireFUSE()
+        let out = "/tmp/fbmm-bench-test-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let result = try run([Artefacts.fbmm, "bench", "--quick", "--repetitions", "1", "--workloads", "gups", "--size", "32M",
+                              "--policy", "local,capacity=2M", "--out", out], timeout: 240)
+        #expect(result.ok, "\(result.stderr.suffix(2000))")
+        #expect(result.stdout.contains("FELL BACK local,capacity=2M"), "\(result.stdout)")
+        #expect(result.stderr.contains("fell back to ordinary memory"), "\(result.stderr.suffix(2000))")
+        let data = try Data(contentsOf: URL(fileURLWithPath: "\(out)/results.json"))
+        let rows = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]])
+        let policyRows = rows.filter { $0["policy"] as? String == "local,capacity=2M" }
+        #expect(!policyRows.isEmpty && policyRows.allSatisfy { ($0["fell_back"] as? String)?.contains("falling back") == true },
+                "\(policyRows)")
+    }
+
     @Test func quickBenchWritesResultsAndLeavesNothingMounted() throws {
         try requireFUSE()
         let workloadBinary = (Artefacts.fbmm as NSString).deletingLastPathComponent + "/fbmm-workload"
@@ -66,7 +85,12 @@ struct BenchTests {
             let low = (spread?["min"] as? NSNumber)?.doubleValue ?? .nan
             let high = (spread?["max"] as? NSNumber)?.doubleValue ?? .nan
             #expect(low <= value && value <= high, "median within min-max: \(row)")
+            if row["policy"] as? String != "native" {
+                #expect(row["fell_back"] == nil, "every policy run had its memory in the mount: \(row)")
+                #expect(((row["daemon_cpu_ms"] as? NSNumber)?.doubleValue ?? -1) >= 0, "the daemon's CPU time is reported: \(row)")
+            }
         }
+        #expect(result.stdout.contains("daemon CPU per run"), "\(result.stdout)")
         var metricsPerWorkload = [String: Set<String>]()
         for workload in Self.workloads {
             for variant in variants {

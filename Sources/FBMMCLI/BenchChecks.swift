@@ -1,0 +1,38 @@
+import FBMMCore
+import FBMMDaemon
+import Foundation
+
+/// What `fbmm bench` checks around each policy run, so that a number
+/// reported under a policy's name was measured with the memory in the mount.
+enum BenchFallbackCheck {
+    /// Why the run `tag` did not have its memory in the mount, or nil: the
+    /// shim runs with --verbose and says once when it falls back ("falling
+    /// back ..."), and "using fbmm mount" when it starts using one; a run
+    /// with neither never loaded the shim (a static binary, say).
+    static func reason(logDirectory: String, tag: String) -> String? {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: logDirectory)) ?? []
+        var used = false
+        for name in names where name.hasPrefix(tag + ".") {
+            let text = readText("\(logDirectory)/\(name)") ?? ""
+            for line in text.split(separator: "\n") {
+                if line.contains("fbmm: using fbmm mount") { used = true }
+                if let range = line.range(of: "falling back") {
+                    return String(line[range.lowerBound...].prefix(160))
+                }
+            }
+        }
+        return used ? nil : "the shim never used the mount (see \(logDirectory)/\(tag).*)"
+    }
+}
+
+/// The CPU time (seconds) a daemon has used, from /proc/PID/stat.
+func daemonCPUSeconds(_ pid: pid_t) -> Double? {
+    guard let fields = procStatFields(pid), fields.count > 12,
+          let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+/// The daemon serving the mount at `path` (its broker socket names it).
+func daemonPID(ofMount path: String) -> pid_t? {
+    brokerPath(ofMount: path).flatMap(RuntimeDirectory.daemonPID(ofSocket:))
+}
