@@ -54,6 +54,7 @@ func statReport(_ stats: MountStatistics) -> String {
     var out = ""
     func line(_ text: String = "") { out += text + "\n" }
     line("mount \(stats.mountpoint)  policy \(stats.policy)  daemon pid \(stats.daemon_pid)")
+    if let backing = stats.backing { line("backing: \(backing)") }
     line("pool: \(formatBytes(stats.pool["used_bytes"] ?? 0)) used of \(formatBytes(stats.pool["total_bytes"] ?? 0)), \(formatBytes(stats.pool["free_bytes"] ?? 0)) free")
     if let pz = stats.prezero {
         line("pre-zeroed: \(formatBytes(pz["ready_bytes"] ?? 0)) ready of \(formatBytes(pz["bound_bytes"] ?? 0)) bound"

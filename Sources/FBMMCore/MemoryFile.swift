@@ -5,7 +5,9 @@ import SystemPackage
 import Glibc
 #endif
 
-/// An anonymous shared-memory file (memfd): the backing store of one fbmm file.
+/// An anonymous shared-memory file: the backing store of one fbmm file. A
+/// file of the daemon's tmpfs instance where it has one (TmpfsInstance.swift),
+/// a memfd otherwise.
 ///
 /// Why a memfd and not the FUSE file's page cache: shmem honours a per-file
 /// shared memory policy (set with mbind on any mapping of it), so pages faulted
@@ -14,6 +16,9 @@ import Glibc
 public final class MemoryFile: Sendable {
     public let descriptor: FileDescriptor
     public let name: String
+    /// A memfd made sealable; a file of a tmpfs instance cannot be sealed
+    /// (its holder can shrink it: see fbmm_tmpfs.h's guard).
+    public let sealable: Bool
 
     /// Creates a new, empty, close-on-exec memfd (sealable, see `sealAgainstShrinking`).
     public init(name: String) throws(SystemError) {
@@ -25,6 +30,14 @@ public final class MemoryFile: Sendable {
         }
         self.descriptor = FileDescriptor(rawValue: fd)
         self.name = name
+        sealable = true
+    }
+
+    /// A new, empty file on the daemon's tmpfs instance.
+    public init(name: String, on instance: TmpfsInstance) throws(SystemError) {
+        descriptor = try instance.newFile()
+        self.name = name
+        sealable = false
     }
 
     deinit { try? descriptor.close() }
@@ -44,7 +57,7 @@ public final class MemoryFile: Sendable {
         return label
     }
 
-    private var context: String { "memfd '\(name)'" }
+    private var context: String { "\(sealable ? "memfd" : "tmpfs file") '\(name)'" }
 
     /// From now on nobody can make the file shorter, not even a process that
     /// was handed the memfd: a lasting daemon mapping of it then never reaches

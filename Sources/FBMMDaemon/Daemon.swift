@@ -46,19 +46,37 @@ public final class Daemon: Sendable {
         do { topology = try Topology() } catch { throw .topology(error.description) }
         let policy: any MemoryManagementPolicy
         do { policy = try registry.make(configuration.policy, topology: topology) } catch { throw .policy(error) }
-        if configuration.hugeGiven,
-           let refusal = ShmemHugePageSupport.current().refusal(for: configuration.huge, what: "huge=\(configuration.huge)") {
-            throw .hugePages(refusal)
-        }
-        if policy.wantsHugePages,
-           let refusal = ShmemHugePageSupport.current().refusal(for: .always, what: "policy \(configuration.policy.name)") {
-            throw .hugePages(refusal)
-        }
-        let brokerPath = try Self.brokerSocketPath()
+        // File memory on a private tmpfs where the kernel lets us make one:
+        // huge pages as the host gives anonymous memory (or as -o huge= and
+        // the policy say), the capacity enforced by the kernel too. Else
+        // memfds, whose huge pages the system's shmem_enabled decides.
         var configuration = configuration
         if policy.wantsHugePages { configuration.huge = .always }
+        else if !configuration.hugeGiven { configuration.huge = HugePageMode.hostAnonymous() }
+        let tmpfs: TmpfsInstance?
+        let backingNote: String
+        do {
+            let instance = try TmpfsInstance(size: configuration.capacity, huge: configuration.huge)
+            tmpfs = instance
+            backingNote = "private tmpfs (\(instance.options))"
+        } catch {
+            tmpfs = nil
+            backingNote = "memfd (no private tmpfs: \(error))"
+            logger.notice("file memory on memfds: no private tmpfs: \(error)")
+            if !configuration.hugeGiven && !policy.wantsHugePages { configuration.huge = .advise }
+            if configuration.hugeGiven,
+               let refusal = ShmemHugePageSupport.current().refusal(for: configuration.huge, what: "huge=\(configuration.huge)") {
+                throw .hugePages(refusal)
+            }
+            if policy.wantsHugePages,
+               let refusal = ShmemHugePageSupport.current().refusal(for: .always, what: "policy \(configuration.policy.name)") {
+                throw .hugePages(refusal)
+            }
+        }
+        let brokerPath = try Self.brokerSocketPath()
         let filesystem = MemoryFileSystem(configuration: configuration, topology: topology, policy: policy,
-                                          registry: registry, brokerPath: brokerPath, logger: logger)
+                                          registry: registry, brokerPath: brokerPath, tmpfs: tmpfs,
+                                          backingNote: backingNote, logger: logger)
         self.filesystem = filesystem
         do {
             metrics = try configuration.metricsPort.map { port throws(SystemError) in try MetricsEndpoint(port: port, logger: logger) }

@@ -25,8 +25,8 @@ final class FileBacking: Sendable {
     }
     private let state: Locked<PlacementState>
 
-    init(name: String, policy: any MemoryManagementPolicy) throws(SystemError) {
-        memory = try MemoryFile(name: name)
+    init(name: String, policy: any MemoryManagementPolicy, on instance: TmpfsInstance? = nil) throws(SystemError) {
+        if let instance { memory = try MemoryFile(name: name, on: instance) } else { memory = try MemoryFile(name: name) }
         state = Locked(PlacementState(policy: policy, placedUpTo: 0))
     }
 

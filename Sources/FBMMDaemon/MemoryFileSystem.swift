@@ -17,6 +17,11 @@ import Glibc
 /// cache of the FUSE file (direct I/O to the memfd, or the shim's mapping).
 public final class MemoryFileSystem: FileSystemOperations {
     public let configuration: MountConfiguration
+    /// The daemon's private tmpfs, which backs every file (nil: memfds).
+    let tmpfs: TmpfsInstance?
+    /// What backs the files, for `fbmm stat` ("tmpfs size=...,huge=..." or
+    /// "memfd" with the reason there is no tmpfs).
+    let backingNote: String
     let topology: Topology
     let mountPolicy: any MemoryManagementPolicy
     let registry: PolicyRegistry
@@ -30,7 +35,10 @@ public final class MemoryFileSystem: FileSystemOperations {
     let copyOnWrite: CopyOnWrite
 
     public init(configuration: MountConfiguration, topology: Topology, policy: any MemoryManagementPolicy,
-                registry: PolicyRegistry, brokerPath: String, logger: Logger) {
+                registry: PolicyRegistry, brokerPath: String, tmpfs: TmpfsInstance? = nil,
+                backingNote: String = "memfd", logger: Logger) {
+        self.tmpfs = tmpfs
+        self.backingNote = backingNote
         self.configuration = configuration
         self.topology = topology
         self.mountPolicy = policy
@@ -108,7 +116,7 @@ public final class MemoryFileSystem: FileSystemOperations {
             let (policy, spec) = inheritedPolicy(ns, parent: parent)
             inheritedSpec = spec
             do {
-                content = .regular(try FileBacking(name: name.description, policy: policy))
+                content = .regular(try FileBacking(name: name.description, policy: policy, on: tmpfs))
             } catch {
                 logger.error("create \(name): \(error)")
                 throw error.errno

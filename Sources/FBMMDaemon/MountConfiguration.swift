@@ -53,7 +53,7 @@ public struct MountConfiguration: Sendable {
         PolicyKey("prezero", default: "64M", "pre-zeroed pool: memory kept allocated and zero for programs run under the shim (0: off)"),
         PolicyKey("cow-chunk", default: "64K", "copy-on-write across fork: bytes copied per fault, a power of two from a page to 2M (0: copy at fork)"),
         PolicyKey("metrics", default: "off", "serve mount-wide Prometheus metrics on 127.0.0.1:PORT (per-file and per-process series: fbmm stat --prometheus)"),
-        PolicyKey("huge", default: "advise", "transparent huge pages for file memory: always, advise (where the program asks), never"),
+        PolicyKey("huge", default: "the host's", "transparent huge pages for file memory: always, advise (where the program asks), never; by default as the host gives anonymous memory"),
     ]
 
     public init(mountpoint: String, policy: PolicySpec) {

@@ -66,9 +66,11 @@ final class PrezeroPool: Sendable {
     /// (until the file is released), and reads which pages the process
     /// already uses (a fork child's copies). Returns the window's page count.
     func enroll(inode: InodeNumber, backing: FileBacking) throws(SystemError) -> UInt64 {
-        // The window is mapped for good: the program (which holds the memfd)
-        // must not be able to pull the file's end under it.
-        try backing.memory.sealAgainstShrinking()
+        // The window is mapped for good: the program (which holds the file)
+        // must not be able to pull the file's end under it. A memfd is sealed;
+        // a tmpfs file cannot be, so PoolArena guards its mappings instead (a
+        // touch past a shrunk end retires the arena rather than crash us).
+        if backing.memory.sealable { try backing.memory.sealAgainstShrinking() }
         // The header is the program's to write: read it once, check it all.
         let header = try backing.memory.read(at: 0, count: MemoryLayout<fbmm_pool_ctl>.offset(of: \.header_pad)!)
         let field = { (index: Int) -> UInt64 in
@@ -171,6 +173,12 @@ final class PrezeroPool: Sendable {
             var clean = list.map { $0.value.cleanPages }
             var worked = false
             for (index, (inode, arena)) in list.enumerated() {
+                if arena.poisoned {
+                    logger.notice("prezero: inode \(inode) was shrunk under the pool by its program: left out of the pool")
+                    remove(inode: inode)
+                    clean[index] = 0
+                    continue
+                }
                 // Freed pages are zeroed back into the pool as long as the whole
                 // pool stays within the bound (cheap: the pages exist). Filling
                 // empty pages (slow: they are allocated) is per arena, up to an
@@ -312,9 +320,29 @@ final class PoolArena: @unchecked Sendable {
         control = controlMapping.base.bindMemory(to: fbmm_pool_ctl.self, capacity: 1)
         emptyMap = .allocate(capacity: Int(FBMM_POOL_WORDS))
         emptyMap.initialize(repeating: 0, count: Int(FBMM_POOL_WORDS))
+        if backing.memory.sealable {
+            guards = []
+        } else {
+            fbmm_guard_install()
+            guards = [controlMapping, windowMapping].map { fbmm_guard_add($0.base, Int($0.range.count)) }
+            guard !guards.contains(-1) else {
+                guards.forEach(fbmm_guard_remove)
+                emptyMap.deallocate()
+                throw SystemError("prezero enrol", "no SIGBUS guard slot left", errno: .noSpace)
+            }
+        }
     }
 
-    deinit { emptyMap.deallocate() }
+    deinit {
+        guards.forEach(fbmm_guard_remove)
+        emptyMap.deallocate()
+    }
+
+    /// The SIGBUS guard slots of an unsealable file's mappings (fbmm_tmpfs.h).
+    private let guards: [Int32]
+    /// Whether the program shrank its file under our mappings: the arena
+    /// must go (a scratch page stands where the touched one vanished).
+    var poisoned: Bool { guards.contains { fbmm_guard_hit($0) != 0 } }
 
     /// What the shim reports in the control block (pages; untrusted, reporting only).
     var shimCounters: (handed: UInt64, returned: UInt64, misses: UInt64, kicks: UInt64) {

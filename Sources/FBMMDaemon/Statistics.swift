@@ -48,6 +48,8 @@ public struct MountStatistics: Codable, Sendable {
     /// Every live process that owns files here: how much of its memory the
     /// mount holds and where the rest is (ProcessCoverage.swift).
     public var processes: [ProcessUsage]? = nil
+    /// What backs the files: "private tmpfs (size=...,huge=...)" or "memfd (why)".
+    public var backing: String? = nil
 
     public func json(pretty: Bool = true) throws -> Data {
         let encoder = JSONEncoder()
@@ -122,6 +124,7 @@ extension MemoryFileSystem {
         statistics.policy_counters = policyCounters
         statistics.prezero = self.pool?.usage()
         statistics.huge = configuration.huge.rawValue
+        statistics.backing = backingNote
         return statistics
     }
 }

@@ -140,35 +140,59 @@ struct PoolTests {
         #expect(number(pool["handed_out_bytes"]) == 0 && number(pool["enrolled_total"]) == 0, "\(pool)")
     }
 
-    /// huge=always and the contig policy need shmem THP: where the system
-    /// forbids it, the mount is refused with the sysfs line to change and
-    /// nothing is mounted; where it allows it, the mount says huge=always and
-    /// a program's 2 MiB-aligned memory is PMD-mapped.
+    /// huge=always and the contig policy on a stock system: the daemon's
+    /// private tmpfs honours its own huge= whatever shmem_enabled says, so
+    /// both mount without any sysfs change and a program's memory is
+    /// PMD-mapped. (Without a private tmpfs, memfds, they are refused with
+    /// the sysfs line to change: HugePageSupportTests covers that text.)
     @Test(arguments: [["-o", "huge=always"], ["--policy", "contig"]])
-    func hugePagesWorkOrAreRefusedClearly(_ arguments: [String]) throws {
+    func hugePagesWorkWithoutSysfsChanges(_ arguments: [String]) throws {
         try requireFUSE()
-        let support = ShmemHugePageSupport.current()
         let dir = FileManager.default.temporaryDirectory.path + "/fbmm-test-huge-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { _ = try? run([Artefacts.fbmm, "umount", dir]); rmdir(dir) }
         let result = try run([Artefacts.fbmm, "mount", dir] + arguments)
-        if !support.allowsAdvisedMappings {
-            #expect(!result.ok, "a system without shmem THP must refuse \(arguments)")
-            let lines = result.stderr.split(separator: "\n")
-            #expect(lines.count == 1 && result.stderr.contains("shmem_enabled"), "one clear line: \(result.stderr)")
-            #expect(!isMounted(dir), "nothing mounted")
-            return
-        }
-        try #require(result.ok, "\(result.stderr)")
+        try #require(result.ok, "\(arguments) must mount on a stock system: \(result.stderr)")
+        let stat = try run([Artefacts.fbmm, "stat", dir])
+        #expect(stat.stdout.contains("backing: private tmpfs") && stat.stdout.contains("huge=always"), "\(stat.stdout)")
         let value = try run(["getfattr", "--only-values", "-n", "user.fbmm.huge", dir])
         #expect(value.stdout == "always")
         try ShimPrograms.build()
-        // 64 MiB touched under the shim: its mappings are MADV_HUGEPAGE, so
-        // the kernel backs them with PMD-mapped shmem huge pages.
+        // 64 MiB touched under the shim, not asking for huge pages: the
+        // instance's huge=always gives PMD-mapped shmem huge pages.
         let probe = try run(unblocked([Artefacts.fbmm, "run", "--mount", dir, "--", ShimPrograms.probe, "hugepmd", "64"]), timeout: 120)
         #expect(probe.ok, "\(probe.stdout) \(probe.stderr)")
         let kb = Int(probe.stdout.split(separator: " ").last.map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) } ?? "") ?? 0
         #expect(kb >= 32 * 1024, "ShmemPmdMapped/FilePmdMapped kB of the program: \(probe.stdout)")
+    }
+
+    /// By default the mount's file memory gets huge pages exactly as the
+    /// host gives anonymous memory: a program that asks (MADV_HUGEPAGE, as
+    /// JVMs and jemalloc's thp:always do) gets them under the shim as it
+    /// does natively (unless the host's THP is `never`); `-o huge=never`
+    /// gives none even when asked.
+    @Test func hugePagesFollowTheHostsAnonymousSetting() throws {
+        try ShimPrograms.build()
+        func pmdKB(_ result: CommandResult) -> Int {
+            Int(result.stdout.split(separator: " ").last.map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) } ?? "") ?? -1
+        }
+        let native = try run(unblocked([ShimPrograms.probe, "hugepmd", "64", "ask"]), timeout: 120)
+        try #require(native.ok, "\(native.stderr)")
+        let mount = try TestMount()
+        defer { mount.close() }
+        let shimmed = try run(fbmmRun(mount, [], [ShimPrograms.probe, "hugepmd", "64", "ask"]), timeout: 120)
+        try #require(shimmed.ok, "\(shimmed.stderr)")
+        let host = HugePageMode.hostAnonymous()
+        if host == .never {
+            #expect(pmdKB(shimmed) == 0, "the host gives no huge pages, nor does the mount: \(shimmed.stdout)")
+        } else {
+            #expect(pmdKB(native) >= 32 * 1024, "natively the asking program gets huge pages: \(native.stdout)")
+            #expect(pmdKB(shimmed) >= 32 * 1024, "under the shim too (host THP \(host)): \(shimmed.stdout)")
+        }
+        let never = try TestMount(options: ["huge=never"])
+        defer { never.close() }
+        let refused = try run(fbmmRun(never, [], [ShimPrograms.probe, "hugepmd", "64", "ask"]), timeout: 120)
+        #expect(refused.ok && pmdKB(refused) == 0, "huge=never: none even when asked: \(refused.stdout)")
     }
 }
 

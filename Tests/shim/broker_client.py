@@ -148,7 +148,7 @@ def expect_backing(name, fd_num, ino, flags=0):
         result(name, False, "no reply: %r" % e)
         return None
     target = os.readlink("/proc/self/fd/%d" % fd) if fd is not None else None
-    ok = status == 0 and fd is not None and target.startswith("/memfd:")
+    ok = status == 0 and fd is not None and target.startswith(("/memfd:", "/fbmm-backing."))
     result(name, ok, "status %d (%s) fd %r -> %r" % (status, name_of(status), fd, target))
     if fd is not None and not ok:
         os.close(fd)
@@ -423,8 +423,8 @@ def fuzz(cases, seed):
                         return
                     if op == OP_GET_BACKING:
                         target = os.readlink("/proc/self/fd/%d" % r.fd) if r.fd is not None else None
-                        if target is None or not target.startswith("/memfd:"):
-                            result("fuzz: GET_BACKING hands a memfd", False, "%s: fd -> %r" % (where, target))
+                        if target is None or not target.startswith(("/memfd:", "/fbmm-backing.")):
+                            result("fuzz: GET_BACKING hands the backing file", False, "%s: fd -> %r" % (where, target))
                             return
                 elif op == OP_MIGRATE:
                     if not any(p[2] and p[0] == req_ino for p in proofs):

@@ -15,6 +15,14 @@
  *       writes its pid to READY and waits (up to 60 s, rewriting the garbage
  *       every 50 ms) for GO to exist; prints "poolctl: done" and exits 0.
  *
+ *   hostile shrink MS
+ *       Under the shim: enrols in the pool, truncates its own arena to 0
+ *       under the daemon's pool mappings, waits MS ms ("shrink: done").
+ *
+ *   hostile grow MB
+ *       Under the shim: grows its arena's backing by MB MiB through its own
+ *       descriptor (ftruncate + fallocate), past the daemon's accounting.
+ *
  *   hostile threadalloc READY
  *       Its first large allocation (malloc 8 MiB, memset) happens on a new
  *       thread; writes "PID TID" to READY and sleeps until killed (120 s).
@@ -286,7 +294,8 @@ static int find_pool_memfd(int *memfds)
         int fd = atoi(e->d_name);
         char target[PATH_MAX];
         fd_target(fd, target, sizeof target);
-        if (strncmp(target, "/memfd:", 7)) continue;
+        /* The daemon backs files with memfds or files of its private tmpfs. */
+        if (strncmp(target, "/memfd:", 7) && strncmp(target, "/fbmm-backing.", 14)) continue;
         ++*memfds;
         uint64_t magic = 0;
         if (pread(fd, &magic, sizeof magic, 0) == (ssize_t)sizeof magic && magic == FBMM_POOL_MAGIC) found = fd;
@@ -395,6 +404,58 @@ static int poolctl(const char *mode, uint64_t seed, int rounds, const char *read
     garbage(ctl, kind >= 0 ? kind : 0);
     printf("poolctl: done\n");
     fflush(stdout);
+    return 0;
+}
+
+/* ---- shrink / grow: what a program can do with its own backing fd ---------- */
+
+/* Under the shim: enrols in the pool (its freed pages left for the daemon to
+ * zero), then truncates its own arena to 0 under the daemon's lasting pool
+ * mappings, and waits `ms` without touching that memory again. A sealed
+ * memfd refuses (EPERM); a tmpfs file shrinks, and the daemon must survive
+ * its next touch of the window. */
+static int shrink(long ms)
+{
+    churn(40);
+    int memfds = 0;
+    int fd = find_pool_memfd(&memfds);
+    if (fd < 0) { printf("FAIL shrink: no enrolled arena (%d backing file(s))\n", memfds); return 1; }
+    fflush(stdout);
+    /* From here on nothing that may touch the arena (the shim's pool
+     * control block is in it): raw writes, no stdio, no malloc. */
+    int r = ftruncate(fd, 0);
+    const char *said = r == 0 ? "shrink: ftruncate ok\n" : "shrink: ftruncate refused\n";
+    if (write(1, said, strlen(said)) < 0) _exit(2);
+    struct timespec t = { ms / 1000, (ms % 1000) * 1000000 };
+    while (nanosleep(&t, &t) < 0 && errno == EINTR) {}
+    if (write(1, "shrink: done\n", 13) < 0) _exit(2);
+    _exit(0);
+}
+
+/* Under the shim: grows its own arena's backing through the descriptor it
+ * holds, past the mount's capacity (ftruncate, then fallocate of `mb` MiB),
+ * bypassing the daemon's accounting; prints what the kernel said. */
+static int grow(long mb)
+{
+    char *p = malloc(8u << 20);  /* an arena */
+    if (!p) { printf("FAIL grow: malloc\n"); return 1; }
+    memset(p, 1, 8u << 20);
+    int memfds = 0;
+    find_pool_memfd(&memfds);
+    int fd = -1;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char target[PATH_MAX];
+        fd_target(atoi(e->d_name), target, sizeof target);
+        if (!strncmp(target, "/memfd:", 7) || !strncmp(target, "/fbmm-backing.", 14)) fd = atoi(e->d_name);
+    }
+    if (d) closedir(d);
+    if (fd < 0) { printf("FAIL grow: no backing file in /proc/self/fd\n"); return 1; }
+    off_t size = (off_t)mb << 20;
+    int t = ftruncate(fd, size + (64 << 20));
+    int f = fallocate(fd, 0, 64 << 20, size);
+    printf("grow: ftruncate %s, fallocate %s\n", t == 0 ? "ok" : errname(errno), f == 0 ? "ok" : errname(errno));
     return 0;
 }
 
@@ -787,6 +848,8 @@ int main(int argc, char **argv)
         return poolctl(argv[2], seed, rounds, argv[argc - 2], argv[argc - 1]);
     }
     if (argc == 3 && !strcmp(argv[1], "threadalloc")) return threadalloc(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "shrink")) return shrink(atol(argv[2]));
+    if (argc == 3 && !strcmp(argv[1], "grow")) return grow(atol(argv[2]));
     if (argc == 2 && !strcmp(argv[1], "victim")) return victim();
     if ((argc == 8 || argc == 9) && !strcmp(argv[1], "pidreuse"))
         return pidreuse(argv[2], argv[3], (uid_t)atoi(argv[4]), (gid_t)atoi(argv[5]), (uid_t)atoi(argv[6]),

@@ -133,11 +133,13 @@ static int unblock(char **argv)
 /* Maps and touches MB MiB of anonymous memory and prints how much of this
  * process's memory is mapped by huge-page (PMD) entries: shmem under the
  * shim, anonymous natively. */
-static int hugepmd(size_t mb)
+static int hugepmd(size_t mb, int ask)
 {
     size_t len = mb << 20;
     char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) { perror("mmap"); return 1; }
+    /* "ask": as JVMs and jemalloc's thp:always do, MADV_HUGEPAGE first. */
+    if (ask && madvise(p, len, MADV_HUGEPAGE) < 0) { perror("madvise"); return 1; }
     for (size_t i = 0; i < len; i += 4096) p[i] = 1;
     FILE *f = fopen("/proc/self/smaps_rollup", "r");
     if (!f) { perror("smaps_rollup"); return 1; }
@@ -155,10 +157,11 @@ static int hugepmd(size_t mb)
 
 int main(int argc, char **argv)
 {
-    if (argc == 3 && !strcmp(argv[1], "hugepmd")) return hugepmd(strtoul(argv[2], NULL, 0));
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "hugepmd"))
+        return hugepmd(strtoul(argv[2], NULL, 0), argc == 4 && !strcmp(argv[3], "ask"));
     if (argc >= 3 && !strcmp(argv[1], "unblock")) return unblock(argv + 2);
     if (argc == 3 && !strcmp(argv[1], "alloc")) return alloc(strtoul(argv[2], NULL, 0));
     if (argc == 5 && !strcmp(argv[1], "hold")) return hold(strtoul(argv[2], NULL, 0), argv[3], argv[4]);
-    fprintf(stderr, "usage: probe alloc MB | probe hold MB READY GO | probe hugepmd MB | probe unblock CMD [ARGS...]\n");
+    fprintf(stderr, "usage: probe alloc MB | probe hold MB READY GO | probe hugepmd MB [ask] | probe unblock CMD [ARGS...]\n");
     return 2;
 }

@@ -120,7 +120,7 @@ static long held_kb(void)
         link[n] = 0;
         struct stat st;
         if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
-        if (!strncmp(link, "/memfd:", 7)) memfd_blocks += st.st_blocks;
+        if (!strncmp(link, "/memfd:", 7) || !strncmp(link, "/fbmm-backing.", 14)) memfd_blocks += st.st_blocks;
         else if (!strncmp(link, mnt, ml) && link[ml] == '/') mount_blocks += st.st_blocks;
     }
     if (d) closedir(d);

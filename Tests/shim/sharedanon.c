@@ -77,7 +77,7 @@ static void backing(const char *r)
         unsigned long lo, hi;
         if (sscanf(line, "%lx-%lx", &lo, &hi) != 2 || (unsigned long)r < lo || (unsigned long)r >= hi) continue;
         if (strstr(line, "/dev/zero")) strcpy(kind, "devzero");
-        else if (strstr(line, "/memfd:")) strcpy(kind, "memfd");
+        else if (strstr(line, "/memfd:") || strstr(line, "/fbmm-backing.")) strcpy(kind, "memfd");  /* the daemon's backing file */
         else if (mount && *mount && strstr(line, mount)) strcpy(kind, "mount");
         else strcpy(kind, "other");
         line[strcspn(line, "\n")] = 0;

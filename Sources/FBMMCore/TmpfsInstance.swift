@@ -1,0 +1,61 @@
+import CFBMMSys
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The daemon's own tmpfs, mounted nowhere (fsopen/fsconfig/fsmount): the
+/// backing of every file of a mount where the kernel allows it.
+///
+/// Why not memfds: a memfd lives on the kernel's internal shm mount, whose
+/// huge-page setting is the system-wide `shmem_enabled` (often `never`), so
+/// a program under the shim loses the huge pages it gets natively; and the
+/// kernel enforces no limit on what a process holding a memfd allocates. A
+/// tmpfs instance has its own `huge=` (honoured whatever `shmem_enabled`
+/// says, except its emergency values `deny` and `force`) and its own
+/// `size=`, enforced whoever allocates. It goes away with the daemon's last
+/// reference; nothing appears in /proc/mounts.
+public final class TmpfsInstance: Sendable {
+    public let mountDescriptor: Int32
+    /// The options it was made with ("size=...,huge=...").
+    public let options: String
+    public let huge: HugePageMode
+
+    /// `size`: bytes the instance may hold (nil: all of RAM, "100%").
+    public init(size: UInt64?, huge: HugePageMode) throws(SystemError) {
+        let tmpfsHuge = huge == .advise ? "advise" : huge == .always ? "always" : "never"
+        var options = "size=\(size.map { String(max($0, UInt64(pageSize))) } ?? "100%"),huge=\(tmpfsHuge),mode=0700"
+        options += ",nr_inodes=0"  // files are bounded by the mount's max-files, not by tmpfs
+        var refused: UnsafePointer<CChar>?
+        let fd = fbmm_tmpfs_mount(options, &refused)
+        guard fd >= 0 else {
+            let e = Errno(rawValue: errno)
+            throw SystemError("fsmount(tmpfs)", refused.map { "option \(String(cString: $0))" } ?? options, errno: e)
+        }
+        mountDescriptor = fd
+        self.options = options
+        self.huge = huge
+    }
+
+    deinit { close(mountDescriptor) }
+
+    /// A new empty file, unlinked at once (it lives while referenced, like a memfd).
+    public func newFile() throws(SystemError) -> FileDescriptor {
+        let fd = try retryingSyscall("openat(tmpfs instance)", options) { fbmm_tmpfs_file(mountDescriptor) }
+        return FileDescriptor(rawValue: fd)
+    }
+}
+
+extension HugePageMode {
+    /// What the host gives anonymous memory (/sys/kernel/mm/transparent_hugepage/enabled):
+    /// `always` -> always, `madvise` -> advise, `never` -> never. The mount's
+    /// file memory follows it unless `-o huge=` says otherwise.
+    public static func hostAnonymous() -> HugePageMode {
+        switch readText("\(ShmemHugePageSupport.directory)/enabled").flatMap(ShmemHugePageSupport.selected) {
+        case "always": return .always
+        case "never": return .never
+        default: return .advise
+        }
+    }
+}

@@ -1,0 +1,59 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Issue 17: the daemon's files live on its own tmpfs instance (mounted
+/// nowhere), so the kernel enforces the mount's capacity whoever allocates,
+/// and a program that abuses the backing descriptor it was handed can hurt
+/// only itself. `Tests/shim/hostile.c` plays the program.
+@Suite(.serialized)
+struct BackingTests {
+    static var hostile: String { "\(Artefacts.packageRoot)/shim/build/hostile" }
+
+    /// `fbmm stat` says what backs the files; as root that is the private tmpfs.
+    @Test func statNamesThePrivateTmpfs() throws {
+        let mount = try TestMount(options: ["capacity=64M"])
+        defer { mount.close() }
+        let stats = try mount.statistics()
+        let backing = stats["backing"] as? String ?? ""
+        #expect(backing.hasPrefix("private tmpfs") && backing.contains("size=67108864"), "\(backing)")
+        #expect(!((try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? "").contains("fbmm-backing"),
+                "the instance is mounted nowhere")
+    }
+
+    /// A program grows its arena's backing through its own descriptor,
+    /// bypassing the daemon's accounting: the kernel refuses past
+    /// `capacity` (it held 4 GiB on a 1G memfd mount before), and the mount
+    /// stays within it.
+    @Test func programGrowingItsBackingCannotPassCapacity() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount(options: ["capacity=64M"])
+        defer { mount.close() }
+        let result = try run(fbmmRun(mount, [], [Self.hostile, "grow", "1024"]), timeout: 60)
+        #expect(result.ok, "\(result.stdout) \(result.stderr)")
+        #expect(result.stdout.contains("fallocate ENOSPC"), "the kernel refuses: \(result.stdout)")
+        let pool = try mount.statistics()["pool"] as? [String: Any] ?? [:]
+        #expect(number(pool["used_bytes"]) <= 64 << 20, "\(pool)")
+    }
+
+    /// A program truncates its own arena under the daemon's pre-zeroed pool
+    /// mappings (a memfd was sealed against that; a tmpfs file cannot be):
+    /// the daemon's next touch is caught, the arena leaves the pool, and the
+    /// daemon serves on.
+    @Test func programShrinkingItsArenaDoesNotKillTheDaemon() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount()
+        defer { mount.close() }
+        let result = try run(fbmmRun(mount, ["--min-size", "4K"], [Self.hostile, "shrink", "1500"]), timeout: 60)
+        #expect(result.stdout.contains("shrink: ftruncate ok") && result.stdout.contains("shrink: done"),
+                "\(result.stdout) \(result.stderr)")
+        let log = (try? String(contentsOfFile: "\(mount.path).log", encoding: .utf8)) ?? ""
+        #expect(log.contains("shrunk under the pool"), "the daemon noticed: \(log.suffix(1500))")
+        #expect((try? mount.statistics()) != nil, "the daemon still answers")
+        let after = try run(fbmmRun(mount, ["--min-size", "4K"], [ShimPrograms.probe, "alloc", "16"]))
+        #expect(after.ok && after.stdout.contains("malloc ok"), "a new program is served: \(after.stdout) \(after.stderr)")
+    }
+}
