@@ -7,7 +7,7 @@
 #   512M:    first touch of a 512 MiB block, no madvise
 #   always:  with ALLOW_SYSFS=1, the host's anonymous THP set to `always` for
 #            the run (restored after), no madvise
-# The mount is a default `fbmm mount` (its file memory follows the host's
+# The mount is `fbmm mount -o backing=tmpfs` (its file memory follows the host's
 # anonymous THP setting on the daemon's private tmpfs). Native and fbmm runs
 # alternate; each figure is the median of REPS runs.
 # Usage: scripts/bench-huge.sh   (root, /dev/fuse; after scripts/build.sh)
@@ -31,7 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 gcc -O2 -o "$work/hugebench" Benchmarks/huge/hugebench.c
-"$FBMM" mount "$mnt" --policy local >/dev/null
+"$FBMM" mount "$mnt" --policy local -o backing=tmpfs >/dev/null
 echo "host THP: $old_thp; $("$FBMM" stat "$mnt" | grep '^backing')"
 
 field() { sed -E "s/.*$1 ([0-9.]+).*/\1/"; }
@@ -61,7 +61,7 @@ if [ "${ALLOW_SYSFS:-0}" = 1 ]; then
     # A mount follows the host's setting as it is when mounted: mount anew.
     echo always > "$thp"
     "$FBMM" umount "$mnt"
-    "$FBMM" mount "$mnt" --policy local >/dev/null
+    "$FBMM" mount "$mnt" --policy local -o backing=tmpfs >/dev/null
     run_case "1 GiB, host THP always, no madvise" "$MIB" 0 "$UPDATES"
     echo "$old_thp" > "$thp"
 fi

@@ -46,31 +46,31 @@ public final class Daemon: Sendable {
         do { topology = try Topology() } catch { throw .topology(error.description) }
         let policy: any MemoryManagementPolicy
         do { policy = try registry.make(configuration.policy, topology: topology) } catch { throw .policy(error) }
-        // File memory on a private tmpfs where the kernel lets us make one:
+        // File memory on the daemon's private tmpfs when asked (-o backing=tmpfs):
         // huge pages as the host gives anonymous memory (or as -o huge= and
         // the policy say), the capacity enforced by the kernel too. Else
         // memfds, whose huge pages the system's shmem_enabled decides.
         var configuration = configuration
         if policy.wantsHugePages { configuration.huge = .always }
-        else if !configuration.hugeGiven { configuration.huge = HugePageMode.hostAnonymous() }
-        let tmpfs: TmpfsInstance?
-        let backingNote: String
-        do {
-            let instance = try TmpfsInstance(size: configuration.capacity, huge: configuration.huge)
-            tmpfs = instance
-            backingNote = "private tmpfs (\(instance.options))"
-        } catch {
-            tmpfs = nil
-            backingNote = "memfd (no private tmpfs: \(error))"
-            logger.notice("file memory on memfds: no private tmpfs: \(error)")
-            if !configuration.hugeGiven && !policy.wantsHugePages { configuration.huge = .advise }
+        var tmpfs: TmpfsInstance?
+        var backingNote = "memfd"
+        if configuration.privateTmpfs {
+            if !configuration.hugeGiven && !policy.wantsHugePages { configuration.huge = HugePageMode.hostAnonymous() }
+            do {
+                let instance = try TmpfsInstance(size: configuration.capacity, huge: configuration.huge)
+                tmpfs = instance
+                backingNote = "private tmpfs (\(instance.options))"
+            } catch {
+                throw .system(error)
+            }
+        } else {
             if configuration.hugeGiven,
                let refusal = ShmemHugePageSupport.current().refusal(for: configuration.huge, what: "huge=\(configuration.huge)") {
-                throw .hugePages(refusal)
+                throw .hugePages(refusal + "; or use -o backing=tmpfs")
             }
             if policy.wantsHugePages,
                let refusal = ShmemHugePageSupport.current().refusal(for: .always, what: "policy \(configuration.policy.name)") {
-                throw .hugePages(refusal)
+                throw .hugePages(refusal + "; or use -o backing=tmpfs")
             }
         }
         let brokerPath = try Self.brokerSocketPath()

@@ -5,17 +5,24 @@ import Testing
 import Glibc
 #endif
 
-/// Issue 17: the daemon's files live on its own tmpfs instance (mounted
-/// nowhere), so the kernel enforces the mount's capacity whoever allocates,
+/// Issue 17, `-o backing=tmpfs`: the daemon's files live on its own tmpfs
+/// instance (mounted nowhere), so the kernel enforces the mount's capacity whoever allocates,
 /// and a program that abuses the backing descriptor it was handed can hurt
 /// only itself. `Tests/shim/hostile.c` plays the program.
 @Suite(.serialized)
 struct BackingTests {
     static var hostile: String { "\(Artefacts.packageRoot)/shim/build/hostile" }
 
-    /// `fbmm stat` says what backs the files; as root that is the private tmpfs.
+    /// `fbmm stat` says what backs the files: memfds by default, the private
+    /// tmpfs with backing=tmpfs; a bad value is one line and no mount.
     @Test func statNamesThePrivateTmpfs() throws {
-        let mount = try TestMount(options: ["capacity=64M"])
+        let plain = try TestMount()
+        defer { plain.close() }
+        #expect(try plain.statistics()["backing"] as? String == "memfd")
+        let scratch = try TemporaryDirectory()
+        let refused = try run([Artefacts.fbmm, "mount", scratch.path, "-o", "backing=disk"])
+        #expect(!refused.ok && refused.stderr.contains("expected memfd or tmpfs"), "\(refused.stderr)")
+        let mount = try TestMount(options: ["backing=tmpfs", "capacity=64M"])
         defer { mount.close() }
         let stats = try mount.statistics()
         let backing = stats["backing"] as? String ?? ""
@@ -30,7 +37,7 @@ struct BackingTests {
     /// stays within it.
     @Test func programGrowingItsBackingCannotPassCapacity() throws {
         try ShimPrograms.build()
-        let mount = try TestMount(options: ["capacity=64M"])
+        let mount = try TestMount(options: ["backing=tmpfs", "capacity=64M"])
         defer { mount.close() }
         let result = try run(fbmmRun(mount, [], [Self.hostile, "grow", "1024"]), timeout: 60)
         #expect(result.ok, "\(result.stdout) \(result.stderr)")
@@ -45,7 +52,7 @@ struct BackingTests {
     /// daemon serves on.
     @Test func programShrinkingItsArenaDoesNotKillTheDaemon() throws {
         try ShimPrograms.build()
-        let mount = try TestMount()
+        let mount = try TestMount(options: ["backing=tmpfs"])
         defer { mount.close() }
         let result = try run(fbmmRun(mount, ["--min-size", "4K"], [Self.hostile, "shrink", "1500"]), timeout: 60)
         #expect(result.stdout.contains("shrink: ftruncate ok") && result.stdout.contains("shrink: done"),

@@ -140,18 +140,25 @@ struct PoolTests {
         #expect(number(pool["handed_out_bytes"]) == 0 && number(pool["enrolled_total"]) == 0, "\(pool)")
     }
 
-    /// huge=always and the contig policy on a stock system: the daemon's
-    /// private tmpfs honours its own huge= whatever shmem_enabled says, so
-    /// both mount without any sysfs change and a program's memory is
-    /// PMD-mapped. (Without a private tmpfs, memfds, they are refused with
-    /// the sysfs line to change: HugePageSupportTests covers that text.)
+    /// huge=always and the contig policy: on memfds (the default backing)
+    /// they need shmem THP, and where the system forbids it the mount is
+    /// refused in one line naming the sysfs setting (and backing=tmpfs);
+    /// on the daemon's private tmpfs, which honours its own huge= whatever
+    /// shmem_enabled says, both mount on a stock system and a program's
+    /// memory is PMD-mapped.
     @Test(arguments: [["-o", "huge=always"], ["--policy", "contig"]])
     func hugePagesWorkWithoutSysfsChanges(_ arguments: [String]) throws {
         try requireFUSE()
         let dir = FileManager.default.temporaryDirectory.path + "/fbmm-test-huge-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { _ = try? run([Artefacts.fbmm, "umount", dir]); rmdir(dir) }
-        let result = try run([Artefacts.fbmm, "mount", dir] + arguments)
+        if !ShmemHugePageSupport.current().allowsAdvisedMappings {
+            let refused = try run([Artefacts.fbmm, "mount", dir] + arguments)
+            #expect(!refused.ok && refused.stderr.split(separator: "\n").count == 1 && refused.stderr.contains("shmem_enabled")
+                    && refused.stderr.contains("backing=tmpfs"), "memfds: one clear line: \(refused.stderr)")
+            #expect(!isMounted(dir), "nothing mounted")
+        }
+        let result = try run([Artefacts.fbmm, "mount", dir, "-o", "backing=tmpfs"] + arguments)
         try #require(result.ok, "\(arguments) must mount on a stock system: \(result.stderr)")
         let stat = try run([Artefacts.fbmm, "stat", dir])
         #expect(stat.stdout.contains("backing: private tmpfs") && stat.stdout.contains("huge=always"), "\(stat.stdout)")
@@ -166,8 +173,8 @@ struct PoolTests {
         #expect(kb >= 32 * 1024, "ShmemPmdMapped/FilePmdMapped kB of the program: \(probe.stdout)")
     }
 
-    /// By default the mount's file memory gets huge pages exactly as the
-    /// host gives anonymous memory: a program that asks (MADV_HUGEPAGE, as
+    /// With backing=tmpfs the mount's file memory gets huge pages exactly as
+    /// the host gives anonymous memory by default: a program that asks (MADV_HUGEPAGE, as
     /// JVMs and jemalloc's thp:always do) gets them under the shim as it
     /// does natively (unless the host's THP is `never`); `-o huge=never`
     /// gives none even when asked.
@@ -178,7 +185,7 @@ struct PoolTests {
         }
         let native = try run(unblocked([ShimPrograms.probe, "hugepmd", "64", "ask"]), timeout: 120)
         try #require(native.ok, "\(native.stderr)")
-        let mount = try TestMount()
+        let mount = try TestMount(options: ["backing=tmpfs"])
         defer { mount.close() }
         let shimmed = try run(fbmmRun(mount, [], [ShimPrograms.probe, "hugepmd", "64", "ask"]), timeout: 120)
         try #require(shimmed.ok, "\(shimmed.stderr)")
@@ -189,7 +196,7 @@ struct PoolTests {
             #expect(pmdKB(native) >= 32 * 1024, "natively the asking program gets huge pages: \(native.stdout)")
             #expect(pmdKB(shimmed) >= 32 * 1024, "under the shim too (host THP \(host)): \(shimmed.stdout)")
         }
-        let never = try TestMount(options: ["huge=never"])
+        let never = try TestMount(options: ["backing=tmpfs", "huge=never"])
         defer { never.close() }
         let refused = try run(fbmmRun(never, [], [ShimPrograms.probe, "hugepmd", "64", "ask"]), timeout: 120)
         #expect(refused.ok && pmdKB(refused) == 0, "huge=never: none even when asked: \(refused.stdout)")

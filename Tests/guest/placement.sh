@@ -181,7 +181,7 @@ reply_ok() {
     jq -e '(.error == null) and (.absent == 0) and (.intact == true)' <<<"$1" >/dev/null
 }
 in_mount() {   # the buffer of a reply is mapped from an fbmm file (not a fallback)
-    jq -e '.mapped | test("^/memfd:")' <<<"$1" >/dev/null
+    jq -e '.mapped | test("^/memfd:|^/fbmm-backing\\.")' <<<"$1" >/dev/null
 }
 
 # judge NAME EXPECT REPLY STATNODES: one PASS/FAIL line.
