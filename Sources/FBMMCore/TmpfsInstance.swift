@@ -24,7 +24,12 @@ public final class TmpfsInstance: Sendable {
 
     /// `size`: bytes the instance may hold (nil: all of RAM, "100%").
     public init(size: UInt64?, huge: HugePageMode) throws(SystemError) {
-        let tmpfsHuge = huge == .advise ? "advise" : huge == .always ? "always" : "never"
+        // huge=always is `advise` on the instance, with the shim marking every
+        // mapping of 2 MiB or more MADV_HUGEPAGE: on an `always` tmpfs a write
+        // through the file (the daemon's copy-on-write push) allocates a huge
+        // folio and so fills the holes around it, which a lazy fork copy
+        // still needs to fault on (found by poolcheck/cowfork on huge=always).
+        let tmpfsHuge = huge == .never ? "never" : "advise"
         var options = "size=\(size.map { String(max($0, UInt64(pageSize))) } ?? "100%"),huge=\(tmpfsHuge),mode=0700"
         options += ",nr_inodes=0"  // files are bounded by the mount's max-files, not by tmpfs
         var refused: UnsafePointer<CChar>?

@@ -46,7 +46,7 @@ public final class Daemon: Sendable {
         do { topology = try Topology() } catch { throw .topology(error.description) }
         let policy: any MemoryManagementPolicy
         do { policy = try registry.make(configuration.policy, topology: topology) } catch { throw .policy(error) }
-        // File memory on the daemon's private tmpfs when asked (-o backing=tmpfs):
+        // File memory on the daemon's private tmpfs where it can be made (-o backing=):
         // huge pages as the host gives anonymous memory (or as -o huge= and
         // the policy say), the capacity enforced by the kernel too. Else
         // memfds, whose huge pages the system's shmem_enabled decides.
@@ -54,16 +54,21 @@ public final class Daemon: Sendable {
         if policy.wantsHugePages { configuration.huge = .always }
         var tmpfs: TmpfsInstance?
         var backingNote = "memfd"
-        if configuration.privateTmpfs {
-            if !configuration.hugeGiven && !policy.wantsHugePages { configuration.huge = HugePageMode.hostAnonymous() }
+        if configuration.privateTmpfs != false {
+            let huge = configuration.hugeGiven || policy.wantsHugePages ? configuration.huge : HugePageMode.hostAnonymous()
             do {
-                let instance = try TmpfsInstance(size: configuration.capacity, huge: configuration.huge)
+                let instance = try TmpfsInstance(size: configuration.capacity, huge: huge)
                 tmpfs = instance
+                configuration.huge = huge
                 backingNote = "private tmpfs (\(instance.options))"
             } catch {
-                throw .system(error)
+                // Asked for explicitly: say why not; by default: memfds.
+                if configuration.privateTmpfs == true { throw .system(error) }
+                backingNote = "memfd (no private tmpfs: \(error))"
+                logger.notice("file memory on memfds: no private tmpfs: \(error)")
             }
-        } else {
+        }
+        if tmpfs == nil {
             if configuration.hugeGiven,
                let refusal = ShmemHugePageSupport.current().refusal(for: configuration.huge, what: "huge=\(configuration.huge)") {
                 throw .hugePages(refusal + "; or use -o backing=tmpfs")

@@ -35,9 +35,10 @@ public struct MountConfiguration: Sendable {
     /// (a power of two, a page to 2M; 0: fork children copy everything
     /// before fork returns, as without userfaultfd).
     public var cowChunk: UInt64 = 64 << 10
-    /// `-o backing=tmpfs`: file memory on the daemon's private tmpfs
-    /// (TmpfsInstance) instead of memfds.
-    public var privateTmpfs = false
+    /// `-o backing=`: file memory on the daemon's private tmpfs
+    /// (TmpfsInstance, `tmpfs`) or on memfds (`memfd`); nil (the default):
+    /// the tmpfs where the kernel lets us make one, else memfds.
+    public var privateTmpfs: Bool?
     /// `-o metrics=PORT`: serve the mount-wide Prometheus series on
     /// 127.0.0.1:PORT (MetricsEndpoint.swift).
     public var metricsPort: UInt16?
@@ -55,7 +56,7 @@ public struct MountConfiguration: Sendable {
         PolicyKey("mode", default: "1777", "permissions of the mount's root directory (octal)"),
         PolicyKey("prezero", default: "64M", "pre-zeroed pool: memory kept allocated and zero for programs run under the shim (0: off)"),
         PolicyKey("cow-chunk", default: "64K", "copy-on-write across fork: bytes copied per fault, a power of two from a page to 2M (0: copy at fork)"),
-        PolicyKey("backing", default: "memfd", "file memory: memfd, or tmpfs (the daemon's private tmpfs: huge pages as the host gives anonymous memory, capacity enforced by the kernel; root, kernel 5.2+)"),
+        PolicyKey("backing", default: "auto", "file memory: tmpfs (the daemon's private tmpfs: huge pages as the host gives anonymous memory, capacity enforced by the kernel; root, kernel 5.2+), memfd, or auto (tmpfs where possible)"),
         PolicyKey("metrics", default: "off", "serve mount-wide Prometheus metrics on 127.0.0.1:PORT (per-file and per-process series: fbmm stat --prometheus)"),
         PolicyKey("huge", default: "advise", "transparent huge pages for file memory: always, advise (where the program asks), never; with backing=tmpfs, by default as the host gives anonymous memory"),
     ]
@@ -100,10 +101,10 @@ public struct MountConfiguration: Sendable {
             cowChunk = size
         }
         if let value = policyOptions.remove("backing") {
-            guard value == "memfd" || value == "tmpfs" else {
-                throw .invalidValue(key: "backing", value: value, reason: "expected memfd or tmpfs")
+            guard ["memfd", "tmpfs", "auto"].contains(value) else {
+                throw .invalidValue(key: "backing", value: value, reason: "expected tmpfs, memfd or auto")
             }
-            privateTmpfs = value == "tmpfs"
+            privateTmpfs = value == "auto" ? nil : value == "tmpfs"
         }
         if let value = policyOptions.remove("metrics") {
             guard let port = UInt16(value), port > 0 else {

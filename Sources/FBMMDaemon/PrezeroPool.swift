@@ -316,7 +316,10 @@ final class PoolArena: @unchecked Sendable {
         self.windowOffset = windowOffset
         controlMapping = try backing.memory.map(0..<UInt64(FBMM_POOL_CTL_BYTES))
         windowMapping = try backing.memory.map(windowOffset..<(windowOffset + windowBytes))
-        if huge != .advise { try? windowMapping.adviseHugePages(huge == .always) }
+        // Never MADV_HUGEPAGE: a huge folio filled into the window would fill
+        // the holes around it too, which a lazy fork copy may still need;
+        // the window serves mappings under 2 MiB anyway.
+        if huge == .never { try? windowMapping.adviseHugePages(false) }
         control = controlMapping.base.bindMemory(to: fbmm_pool_ctl.self, capacity: 1)
         emptyMap = .allocate(capacity: Int(FBMM_POOL_WORDS))
         emptyMap.initialize(repeating: 0, count: Int(FBMM_POOL_WORDS))

@@ -16,12 +16,15 @@ struct BackingTests {
     /// `fbmm stat` says what backs the files: memfds by default, the private
     /// tmpfs with backing=tmpfs; a bad value is one line and no mount.
     @Test func statNamesThePrivateTmpfs() throws {
-        let plain = try TestMount()
+        let plain = try TestMount(options: ["backing=memfd"])
         defer { plain.close() }
         #expect(try plain.statistics()["backing"] as? String == "memfd")
+        let auto = try TestMount()
+        defer { auto.close() }
+        #expect((try auto.statistics()["backing"] as? String)?.hasPrefix("private tmpfs") == true, "root: tmpfs by default")
         let scratch = try TemporaryDirectory()
         let refused = try run([Artefacts.fbmm, "mount", scratch.path, "-o", "backing=disk"])
-        #expect(!refused.ok && refused.stderr.contains("expected memfd or tmpfs"), "\(refused.stderr)")
+        #expect(!refused.ok && refused.stderr.contains("expected tmpfs, memfd or auto"), "\(refused.stderr)")
         let mount = try TestMount(options: ["backing=tmpfs", "capacity=64M"])
         defer { mount.close() }
         let stats = try mount.statistics()

@@ -153,7 +153,7 @@ struct PoolTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { _ = try? run([Artefacts.fbmm, "umount", dir]); rmdir(dir) }
         if !ShmemHugePageSupport.current().allowsAdvisedMappings {
-            let refused = try run([Artefacts.fbmm, "mount", dir] + arguments)
+            let refused = try run([Artefacts.fbmm, "mount", dir, "-o", "backing=memfd"] + arguments)
             #expect(!refused.ok && refused.stderr.split(separator: "\n").count == 1 && refused.stderr.contains("shmem_enabled")
                     && refused.stderr.contains("backing=tmpfs"), "memfds: one clear line: \(refused.stderr)")
             #expect(!isMounted(dir), "nothing mounted")
