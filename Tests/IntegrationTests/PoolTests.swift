@@ -161,7 +161,7 @@ struct PoolTests {
         let result = try run([Artefacts.fbmm, "mount", dir, "-o", "backing=tmpfs"] + arguments)
         try #require(result.ok, "\(arguments) must mount on a stock system: \(result.stderr)")
         let stat = try run([Artefacts.fbmm, "stat", dir])
-        #expect(stat.stdout.contains("backing: private tmpfs") && stat.stdout.contains("huge=always"), "\(stat.stdout)")
+        #expect(stat.stdout.contains("backing: private tmpfs") && stat.stdout.contains("huge pages: always"), "\(stat.stdout)")
         let value = try run(["getfattr", "--only-values", "-n", "user.fbmm.huge", dir])
         #expect(value.stdout == "always")
         try ShimPrograms.build()
