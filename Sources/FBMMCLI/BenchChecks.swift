@@ -25,13 +25,6 @@ enum BenchFallbackCheck {
     }
 }
 
-/// The CPU time (seconds) a daemon has used, from /proc/PID/stat.
-func daemonCPUSeconds(_ pid: pid_t) -> Double? {
-    guard let fields = procStatFields(pid), fields.count > 12,
-          let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
-    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-}
-
 /// The daemon serving the mount at `path` (its broker socket names it).
 func daemonPID(ofMount path: String) -> pid_t? {
     brokerPath(ofMount: path).flatMap(RuntimeDirectory.daemonPID(ofSocket:))

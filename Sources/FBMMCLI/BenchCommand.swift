@@ -155,11 +155,11 @@ struct BenchCommand: ParsableCommand {
                     let tag = "\(workload.name)-\(v == 0 ? "native" : "p\(v)")-r\(rep)"
                     let t0 = Date()
                     let metrics: [BenchMetric]
-                    let cpuBefore = variant.daemonPID.flatMap(daemonCPUSeconds)
+                    let cpuBefore = variant.daemonPID.flatMap(taskCPUSeconds)
                     do { metrics = try workload.run(in: variant, context: context, tag: tag) } catch let error as CLIError {
                         throw CLIError("\(workload.name) (\(variant.label), repetition \(rep)): \(error.description)")
                     }
-                    if let before = cpuBefore, let after = variant.daemonPID.flatMap(daemonCPUSeconds) {
+                    if let before = cpuBefore, let after = variant.daemonPID.flatMap(taskCPUSeconds) {
                         daemonCPU[BenchReport.key(workload.name, variant.label, ""), default: []].append((after - before) * 1000)
                     }
                     if variant.mount != nil, fallbacks[variant.label] == nil,

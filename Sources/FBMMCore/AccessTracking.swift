@@ -329,17 +329,10 @@ public final class DamonTracker: AccessTracker {
     private static func accountKdamonds(_ s: inout State) {
         for i in 0..<s.pids.count {
             guard let text = readText("\(root)/\(i)/pid")?.trimmed, let tid = Int32(text), tid > 0,
-                  let seconds = threadCPU(tid) else { continue }
+                  let seconds = taskCPUSeconds(tid) else { continue }
             s.cpu += max(0, seconds - (s.kdamondCPU[tid] ?? 0))
             s.kdamondCPU[tid] = seconds
         }
-    }
-
-    /// utime + stime of a task from /proc/TID/stat, in seconds.
-    static func threadCPU(_ tid: Int32) -> Double? {
-        // After "comm)": state is field 3, utime 14, stime 15 -> indices 11 and 12 here.
-        guard let fields = procStatFields(tid), fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
-        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     public func scan(_ files: [TrackedFile]) -> [UInt64: [UInt8]] {

@@ -125,3 +125,11 @@ public func procStatFields(_ tid: Int32) -> [Substring]? {
     guard let text = readText("/proc/\(tid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
     return text[text.index(after: close)...].split(separator: " ")
 }
+
+/// utime + stime of a task (a thread, or a whole process by its pid) from
+/// /proc/TID/stat, in seconds; nil when it is gone.
+public func taskCPUSeconds(_ tid: Int32) -> Double? {
+    // After "comm)": state is field 3, utime 14, stime 15 -> indices 11 and 12 here.
+    guard let fields = procStatFields(tid), fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}

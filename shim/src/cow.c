@@ -146,6 +146,20 @@ static int daemon_gone(int e)
     return e == ECONNREFUSED || e == ENOENT;
 }
 
+/* A release or settle the daemon did not take: with the daemon gone, go
+ * ahead without it (0); otherwise keep the memory as it is (-1, EBUSY),
+ * saying `what` once. */
+static int not_taken(int *once, const char *what, const char *why)
+{
+    if (daemon_gone(errno)) {
+        abandon(why);
+        return 0;
+    }
+    fbmm_say_once(once, what, why, NULL);
+    errno = EBUSY;
+    return -1;
+}
+
 int fbmm_cow_prepare(void)
 {
     cow.pending = 0;
@@ -290,14 +304,8 @@ int fbmm_cow_release(uint64_t off, uint64_t len)
     uint64_t linked = 1;
     char why[160];
     if (exchange(&req, &fbmm_arena.name_fd, 1, &linked, why, sizeof why) < 0) {
-        if (daemon_gone(errno)) {
-            abandon(why);
-            return 0;
-        }
         static int once;
-        fbmm_say_once(&once, "keeping freed memory a fork child may still need: ", why, NULL);
-        errno = EBUSY;
-        return -1;
+        return not_taken(&once, "keeping freed memory a fork child may still need: ", why);
     }
     if (!linked) cow.linked = 0;
     return 0;
@@ -308,14 +316,8 @@ int fbmm_cow_settle(uint64_t off, uint64_t len)
     if (!cow.linked || fbmm_arena.tmpfs || !len) return 0;
     char why[160];
     if (fill(off, len, why, sizeof why) == 0) return 0;
-    if (daemon_gone(errno)) {
-        abandon(why);
-        return 0;
-    }
     static int once;
-    fbmm_say_once(&once, "cannot move memory a fork child shares lazily: ", why, NULL);
-    errno = EBUSY;
-    return -1;
+    return not_taken(&once, "cannot move memory a fork child shares lazily: ", why);
 }
 
 int fbmm_cow_linked(void)
