@@ -13,6 +13,7 @@ command -v swift >/dev/null || { say "swift is not on PATH: install the Swift 6 
 want=(libfuse3-dev fuse3 libnuma-dev numactl pkg-config gcc make libc6-dev
       stress-ng sqlite3 python3 attr psmisc jq libjemalloc2 libmimalloc2.0 coreutils
       postgresql    # postgresql: SharedAnonTests runs a server under the shim
+      libpython3.11-testsuite       # CPythonSuiteTests runs test_subprocess and test_os under the shim
       python3-prometheus-client curl)   # ObservabilityTests parse `fbmm stat --prometheus` and scrape -o metrics
 missing=()
 for p in "${want[@]}"; do

@@ -37,6 +37,42 @@ struct FileOperationTests {
         #expect(try run(["sh", "-c", "head -c 1048576 '\(source)' | cmp - '\(mount.file("copy"))'"]).ok)
     }
 
+    /// A listing in progress while the directory changes (issue 15): every
+    /// entry that exists throughout is listed exactly once, nothing twice,
+    /// however many readdir requests the listing takes; files removed before
+    /// the reader's position used to make it skip as many others. The same
+    /// program runs outside the mount first, which must pass it too.
+    @Test func listingWhileTheDirectoryChangesSkipsAndRepeatsNothing() throws {
+        let program = """
+            import os, sys
+            d = sys.argv[1]
+            os.mkdir(d)
+            names = [f"f{i:05d}" for i in range(3000)]
+            for n in names:
+                open(os.path.join(d, n), "w").close()
+            seen = []
+            for k, e in enumerate(os.scandir(d)):
+                seen.append(e.name)
+                if k == 200:
+                    for n in names[:150]:
+                        os.unlink(os.path.join(d, n))
+                    for i in range(150):
+                        open(os.path.join(d, f"g{i:05d}"), "w").close()
+            stable = set(names[150:])
+            missing = stable - set(seen)
+            repeated = len(seen) - len(set(seen))
+            print("missing", len(missing), "repeated", repeated, "listed", len(seen))
+            sys.exit(0 if not missing and not repeated else 1)
+            """
+        let scratch = try TemporaryDirectory()
+        let onDisk = try run(["python3", "-c", program, scratch.path + "/list"], timeout: 120)
+        try #require(onDisk.ok, "the check itself fails outside the mount: \(onDisk.stdout)\(onDisk.stderr)")
+        let mount = try TestMount()
+        defer { mount.close() }
+        let inMount = try run(["python3", "-c", program, mount.file("list")], timeout: 120)
+        #expect(inMount.ok, "listing while files come and go: \(inMount.stdout)\(inMount.stderr)")
+    }
+
     @Test func directoriesRenameAndRemove() throws {
         let mount = try TestMount()
         defer { mount.close() }

@@ -46,7 +46,7 @@ struct SharedAnonTests {
         let work = try TemporaryDirectory()
         let app = try Background(fbmmRun(mount, ["--verbose"], [Self.program, "hold", work.file("ready"), work.file("go")]))
         defer { app.stop() }
-        let ready = try #require(waitForFile(work.file("ready"), seconds: 30), "never got ready: \(app.output)")
+        let ready = try #require(waitForContent(work.file("ready"), seconds: 30), "never got ready: \(app.output)")
         let pid = try #require(Int(ready.trimmingCharacters(in: .whitespacesAndNewlines)))
         let resident = try residentOf(mount, prefix: "sharedanon.\(pid).")
         #expect(resident >= 64 << 20, "the program's arena file holds the 64 MiB shared region: \(resident) bytes")
@@ -108,7 +108,7 @@ struct SharedAnonTests {
             let ready = work.file("ready-\(allocator)"), go = work.file("go-\(allocator)")
             let app = try Background(fbmmRun(mount, ["--allocator", allocator, "--verbose"], ["python3", "-c", Self.pythonProgram, ready, go]))
             defer { app.stop() }
-            let text = try #require(waitForFile(ready, seconds: 60), "python3 (\(allocator)) never got ready: \(app.output)")
+            let text = try #require(waitForContent(ready, seconds: 60), "python3 (\(allocator)) never got ready: \(app.output)")
             let pid = try #require(Int(text.trimmingCharacters(in: .whitespacesAndNewlines)))
             let resident = try residentOf(mount, prefix: "python3.\(pid).")
             #expect(resident >= 64 << 20, "python3 (\(allocator)): its arena file holds the 64 MiB shared mmap: \(resident) bytes")

@@ -72,7 +72,7 @@ struct ShimTests {
         let app = try Background(fbmmRun(mount, ["--verbose"],
                                          ["python3", "-c", Self.pythonProgram, work.file("ready"), work.file("go")]))
         defer { app.stop() }
-        let ready = try #require(waitForFile(work.file("ready"), seconds: 60), "python3 under the shim never got ready: \(app.output)")
+        let ready = try #require(waitForContent(work.file("ready"), seconds: 60), "python3 under the shim never got ready: \(app.output)")
         let fields = ready.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         try #require(fields.count == 2)
         let (pid, shmemKB) = (fields[0], fields[1])
@@ -362,6 +362,17 @@ func waitForFile(_ path: String, seconds: Double) -> String? {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
         if let text = try? String(contentsOfFile: path, encoding: .utf8) { return text }
+        usleep(20_000)
+    }
+    return nil
+}
+
+/// The file's text once it has some: a writer that creates the file and then
+/// writes (python's `open(path, 'w')`) is seen between the two otherwise.
+func waitForContent(_ path: String, seconds: Double) -> String? {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if let text = try? String(contentsOfFile: path, encoding: .utf8), !text.isEmpty { return text }
         usleep(20_000)
     }
     return nil

@@ -341,7 +341,7 @@ struct TrustBoundaryTests {
         let app = try Background(a.command(fbmmRun(mount, ["--verbose"], [Self.hostile, "threadalloc", work.file("ready")])),
                                  environment: ["HOME": "/"])
         defer { app.stop() }
-        let ready = try #require(waitForFile(work.file("ready"), seconds: 30), "threadalloc never got ready: \(app.output)")
+        let ready = try #require(waitForContent(work.file("ready"), seconds: 30), "threadalloc never got ready: \(app.output)")
         let ids = ready.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Int32($0) }
         try #require(ids.count == 2, "\(ready)")
         let (pid, tid) = (ids[0], ids[1])

@@ -83,6 +83,7 @@
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
+#include "rawfd.h"
 
 #include "../../Sources/CFBMMSys/include/fbmm_broker.h"
 #include "../../Sources/CFBMMSys/include/fbmm_pool.h"
@@ -284,14 +285,12 @@ static void churn(int n)
 /* Our arena's backing: the /memfd: link whose offset 0 holds the pool magic. */
 static int find_pool_memfd(int *memfds)
 {
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) return -1;
+    int fds[4096], nfd = raw_self_fds(fds, 4096);
+    if (nfd < 0) return -1;
     int found = -1;
     *memfds = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        int fd = atoi(e->d_name);
+    for (int i = 0; i < nfd; i++) {
+        int fd = fds[i];
         char target[PATH_MAX];
         fd_target(fd, target, sizeof target);
         /* The daemon backs files with memfds or files of its private tmpfs. */
@@ -300,7 +299,6 @@ static int find_pool_memfd(int *memfds)
         uint64_t magic = 0;
         if (pread(fd, &magic, sizeof magic, 0) == (ssize_t)sizeof magic && magic == FBMM_POOL_MAGIC) found = fd;
     }
-    closedir(d);
     return found;
 }
 
@@ -442,15 +440,12 @@ static int grow(long mb)
     memset(p, 1, 8u << 20);
     int memfds = 0;
     find_pool_memfd(&memfds);
-    int fd = -1;
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
+    int fd = -1, fds[4096], nfd = raw_self_fds(fds, 4096);
+    for (int i = 0; i < nfd; i++) {
         char target[PATH_MAX];
-        fd_target(atoi(e->d_name), target, sizeof target);
-        if (!strncmp(target, "/memfd:", 7) || !strncmp(target, "/fbmm-backing.", 14)) fd = atoi(e->d_name);
+        fd_target(fds[i], target, sizeof target);
+        if (!strncmp(target, "/memfd:", 7) || !strncmp(target, "/fbmm-backing.", 14)) fd = fds[i];
     }
-    if (d) closedir(d);
     if (fd < 0) { printf("FAIL grow: no backing file in /proc/self/fd\n"); return 1; }
     off_t size = (off_t)mb << 20;
     int t = ftruncate(fd, size + (64 << 20));
@@ -494,19 +489,15 @@ static int threadalloc(const char *ready)
 /* The mount file among our fds (our arena), or -1. */
 static int find_mount_fd(const char *mount)
 {
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) return -1;
+    int fds[4096], nfd = raw_self_fds(fds, 4096);
+    if (nfd < 0) return -1;
     size_t m = strlen(mount);
     int found = -1;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
+    for (int i = 0; i < nfd; i++) {
         char target[PATH_MAX];
-        int fd = atoi(e->d_name);
-        fd_target(fd, target, sizeof target);
-        if (!strncmp(target, mount, m) && target[m] == '/') found = fd;
+        fd_target(fds[i], target, sizeof target);
+        if (!strncmp(target, mount, m) && target[m] == '/') found = fds[i];
     }
-    closedir(d);
     return found;
 }
 
@@ -521,7 +512,7 @@ static int victim(void)
             memcpy(p + i, secret_pattern, sizeof secret_pattern - 1);
         int fd = find_mount_fd(mount);
         struct stat st;
-        if (fd >= 0 && fstat(fd, &st) == 0) ino = (uint64_t)st.st_ino;
+        if (fd >= 0 && raw_fstat(fd, &st) == 0) ino = (uint64_t)st.st_ino;
     }
     if (write(3, &ino, sizeof ino) != (ssize_t)sizeof ino) return 1;
     close(3);

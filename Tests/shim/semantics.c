@@ -30,6 +30,7 @@
 #include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "rawfd.h"
 
 extern char **environ;
 
@@ -110,11 +111,10 @@ static long held_kb(void)
     const char *mnt = getenv("FBMM_MOUNT");
     size_t ml = strlen(mnt);
     long memfd_blocks = 0, mount_blocks = 0;
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
+    int fds[4096], nfd = raw_self_fds(fds, 4096);
+    for (int i = 0; i < nfd; i++) {
         char path[300], link[4096];
-        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fds[i]);
         ssize_t n = readlink(path, link, sizeof link - 1);
         if (n <= 0) continue;
         link[n] = 0;
@@ -123,7 +123,6 @@ static long held_kb(void)
         if (!strncmp(link, "/memfd:", 7) || !strncmp(link, "/fbmm-backing.", 14)) memfd_blocks += st.st_blocks;
         else if (!strncmp(link, mnt, ml) && link[ml] == '/') mount_blocks += st.st_blocks;
     }
-    if (d) closedir(d);
     return (memfd_blocks ? memfd_blocks : mount_blocks) / 2;
 }
 

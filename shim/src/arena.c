@@ -144,7 +144,7 @@ int fbmm_arena_open(struct fbmm_arena *a)
     }
     fd = fbmm_fd_high(fd);
     struct stat st;
-    if (fstat(fd, &st) < 0) {
+    if (sys_fstat(fd, &st) < 0) {
         why_set(a, "fstat of the arena file", NULL, errno);
         goto fail;
     }
@@ -161,7 +161,7 @@ int fbmm_arena_open(struct fbmm_arena *a)
         a->mem_fd = fbmm_fd_high(memfd);
     }
     a->name_fd = fd;
-    if (fstat(a->mem_fd, &st) < 0) {
+    if (sys_fstat(a->mem_fd, &st) < 0) {
         why_set(a, "fstat of the backing", NULL, errno);
         goto fail;
     }
@@ -177,10 +177,10 @@ int fbmm_arena_open(struct fbmm_arena *a)
     return 0;
 
 fail:
-    if (a->mem_fd >= 0 && a->mem_fd != fd) close(a->mem_fd);
+    if (a->mem_fd >= 0 && a->mem_fd != fd) sys_close(a->mem_fd);
     a->mem_fd = -1;
     unlink(path);
-    close(fd);
+    sys_close(fd);
     a->name_fd = -1;
     a->state = ARENA_FAILED;
     return -1;
@@ -191,8 +191,8 @@ fail:
 void fbmm_arena_close(struct fbmm_arena *a)
 {
     if (a->mem_fd >= 0 && a->mem_fd != a->name_fd && fbmm_fd_is(a->mem_fd, a->mem_dev, a->mem_ino))
-        close(a->mem_fd);
-    if (a->name_fd >= 0 && fbmm_fd_is(a->name_fd, a->name_dev, a->name_ino)) close(a->name_fd);
+        sys_close(a->mem_fd);
+    if (a->name_fd >= 0 && fbmm_fd_is(a->name_fd, a->name_dev, a->name_ino)) sys_close(a->name_fd);
     a->mem_fd = a->name_fd = -1;
 }
 
@@ -270,7 +270,7 @@ int fbmm_arena_grow(uint64_t need)
     /* The daemon must have grown the memfd before answering the setattr;
      * mapping past its end would SIGBUS the application later. */
     struct stat st;
-    if (fstat(a->mem_fd, &st) < 0 || (uint64_t)st.st_size < n) {
+    if (sys_fstat(a->mem_fd, &st) < 0 || (uint64_t)st.st_size < n) {
         static int once;
         fbmm_say_once(&once, "falling back to anonymous memory: ",
                       "the daemon did not grow the backing", NULL);

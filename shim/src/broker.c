@@ -16,6 +16,7 @@
 
 #include "../../Sources/CFBMMSys/include/fbmm_broker.h"
 #include "shim.h"
+#include "sys.h"
 
 /* A daemon that accepted the connection but never answers must not hang the
  * application forever; after this long we fall back instead. */
@@ -122,7 +123,7 @@ int fbmm_broker_exchange(const char *sock, const struct fbmm_request *request, c
         for (size_t i = 0; i < k; i++) {
             int f;
             memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
-            if (got < 0) got = f; else close(f);
+            if (got < 0) got = f; else sys_close(f);
         }
     }
     if (n < 0) {
@@ -140,13 +141,13 @@ int fbmm_broker_exchange(const char *sock, const struct fbmm_request *request, c
         err = EPROTO;
         set_why(why, whylen, "broker reply carried no fd", 0);
     }
-    if (err && got >= 0) { close(got); got = -1; }
+    if (err && got >= 0) { sys_close(got); got = -1; }
     if (!err) {
         *fd_out = got;
         if (size) *size = rep.size;
     }
 out:
-    close(s);
+    sys_close(s);
     errno = err;
     return err ? -1 : 0;
 }

@@ -88,7 +88,7 @@ static int make_uffd(void)
     struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_WP_HUGETLBFS_SHMEM };
     if (ioctl(fd, UFFDIO_API, &api) < 0 || !(api.features & UFFD_FEATURE_MISSING_SHMEM)) {
         int e = errno;
-        close(fd);
+        sys_close(fd);
         errno = e ? e : ENOTSUP;
         return -1;
     }
@@ -176,7 +176,7 @@ int fbmm_cow_prepare(void)
         return 0;
     }
     if (fbmm_arena_open(&cow.next) < 0) {
-        if (uffd != cow.uffd) close(uffd);
+        if (uffd != cow.uffd) sys_close(uffd);
         return 0;
     }
     int ok = 1;
@@ -192,7 +192,7 @@ int fbmm_cow_prepare(void)
         ok = exchange(&req, fds, 3, NULL, why, sizeof why) == 0;
     }
     int e = errno;
-    if (uffd != cow.uffd) close(uffd);
+    if (uffd != cow.uffd) sys_close(uffd);
     if (!ok) {
         fbmm_arena_close(&cow.next);
         /* A daemon without copy-on-write (older, cow-chunk=0, an old kernel)
@@ -240,7 +240,7 @@ int fbmm_cow_child(void)
     memset(&cow.next, 0, sizeof cow.next);
     cow.linked = 1;
     /* The parent's userfaultfd is the parent's. */
-    if (cow.uffd >= 0) close(cow.uffd);
+    if (cow.uffd >= 0) sys_close(cow.uffd);
     cow.uffd = -1;
     fbmm_pool_child(0);
     fbmm_cache_drop_child(1);
@@ -288,7 +288,7 @@ int fbmm_cow_child(void)
      * written there through a new mapping, never through a fault. */
     if (!trouble && fbmm_arena.pool_window) fbmm_cow_release(0, FBMM_POOL_CTL_BYTES);
     if (trouble) {
-        if (uffd >= 0) close(uffd);  /* unregisters everything: faults go to the kernel */
+        if (uffd >= 0) sys_close(uffd);  /* unregisters everything: faults go to the kernel */
         uffd = -1;
         fill_now(trouble);
     }

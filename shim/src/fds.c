@@ -5,8 +5,9 @@
  * the memfd would leave a fork child with nothing to copy from, so the
  * calls that can destroy a descriptor number are interposed:
  *
- *  - close of one of ours answers 0 and closes nothing (the number stays
- *    ours; the program cannot use it anyway, it never opened it);
+ *  - close of one of ours fails with EBADF, as for any number that is not
+ *    open, and closes nothing (fdview.c keeps the rest of the illusion:
+ *    fstat, fcntl, dup and /proc/self/fd do not show ours either);
  *  - close_range and closefrom close everything else in their range (one
  *    close_range per gap between ours);
  *  - dup2/dup3 onto one of ours first moves ours to another number (>= the
@@ -61,14 +62,14 @@ static int real_dup3(int o, int n, int flags)
 {
     if (!flags && next_dup2) return next_dup2(o, n);
     if (flags && next_dup3) return next_dup3(o, n, flags);
-    if (!flags && o == n) return fcntl(o, F_GETFD) < 0 ? -1 : n;  /* dup2's answer */
+    if (!flags && o == n) return sys_fcntl(o, F_GETFD, 0) < 0 ? -1 : n;  /* dup2's answer */
     return (int)syscall(SYS_dup3, o, n, flags);
 }
 
 int fbmm_fd_is(int fd, dev_t dev, ino_t ino)
 {
     struct stat st;
-    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+    return fd >= 0 && sys_fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
 }
 
 int fbmm_fd_high(int fd)
@@ -76,13 +77,13 @@ int fbmm_fd_high(int fd)
     if (fd < 0) return fd;
     int h = fbmm_fd_move(fd);
     if (h < 0) return fd;
-    close(fd);
+    sys_close(fd);
     return h;
 }
 
 int fbmm_fd_move(int fd)
 {
-    int h = fcntl(fd, F_DUPFD_CLOEXEC, FBMM_FD_FLOOR);
+    int h = sys_fcntl(fd, F_DUPFD_CLOEXEC, FBMM_FD_FLOOR);
     if (h >= 0 || (errno != EMFILE && errno != EINVAL)) return h;
     /* Every number from the floor up to the soft limit is taken, or the
      * limit is below the floor: go just above the soft limit, where the
@@ -96,7 +97,7 @@ int fbmm_fd_move(int fd)
     up = old;
     up.rlim_cur = old.rlim_max - old.rlim_cur > 64 ? old.rlim_cur + 64 : old.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &up) < 0) return -1;
-    h = fcntl(fd, F_DUPFD_CLOEXEC, (int)old.rlim_cur);
+    h = sys_fcntl(fd, F_DUPFD_CLOEXEC, (int)old.rlim_cur);
     int e = errno;
     setrlimit(RLIMIT_NOFILE, &old);
     errno = e;
@@ -118,7 +119,7 @@ static int our_fds(int mine[5])
 }
 
 /* Is fd one of ours? Lock-free: only numbers are compared. */
-static int ours(int fd)
+int fbmm_fd_ours(int fd)
 {
     int mine[5], n = our_fds(mine);
     for (int i = 0; i < n; i++)
@@ -149,7 +150,12 @@ static void evict(int fd)
 
 FBMM_EXPORT int close(int fd)
 {
-    if (!fbmm_depth && ours(fd)) return 0;  /* as if closed; the number stays ours */
+    if (!fbmm_depth && fbmm_fd_ours(fd)) {
+        /* Not open as far as the program knows (fdview.c): the kernel's
+         * answer for such a number, and ours stays. */
+        errno = EBADF;
+        return -1;
+    }
     return real_close(fd);
 }
 
@@ -199,7 +205,7 @@ FBMM_EXPORT void closefrom(int low)
         struct rlimit rl;
         long max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 1L << 20 ? (long)rl.rlim_cur : 1L << 20;
         for (long fd = low; fd < max; fd++)
-            if (!active || !ours((int)fd)) syscall(SYS_close, (int)fd);
+            if (!active || !fbmm_fd_ours((int)fd)) syscall(SYS_close, (int)fd);
     }
     if (active) fbmm_unlock();
 }
@@ -207,12 +213,16 @@ FBMM_EXPORT void closefrom(int low)
 static int dup_onto(int oldfd, int newfd, int flags)
 {
     fbmm_init();
+    if (!fbmm_depth && fbmm_fd_ours(oldfd)) {  /* not open, for the program */
+        errno = EBADF;
+        return -1;
+    }
     /* Only a number that is ours, or could be about to be (the floor and
      * up: ours are being opened or moved under the lock), needs care. */
-    if (fbmm_depth || !fbmm_cfg.active || oldfd == newfd || (newfd < FBMM_FD_FLOOR && !ours(newfd)))
+    if (fbmm_depth || !fbmm_cfg.active || oldfd == newfd || (newfd < FBMM_FD_FLOOR && !fbmm_fd_ours(newfd)))
         return real_dup3(oldfd, newfd, flags);
     fbmm_lock();
-    int was = ours(newfd);
+    int was = fbmm_fd_ours(newfd);
     if (was) evict(newfd);
     int r = real_dup3(oldfd, newfd, flags);
     int e = errno;

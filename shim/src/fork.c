@@ -198,7 +198,7 @@ static void child_fixup(void)
     if (ok && neu.size < old.size) {
         struct stat st;
         ok = ftruncate(neu.name_fd, (off_t)old.size) == 0 &&
-             fstat(neu.mem_fd, &st) == 0 && (uint64_t)st.st_size >= old.size;
+             sys_fstat(neu.mem_fd, &st) == 0 && (uint64_t)st.st_size >= old.size;
         if (ok) neu.size = old.size;
         else fbmm_arena_close(&neu);
     }
@@ -269,9 +269,9 @@ static void parent(void)
     if (fork_cow) fbmm_cow_parent();
     if (fork_pipe[1] >= 0) {
         char c;
-        close(fork_pipe[1]);
+        sys_close(fork_pipe[1]);
         while (read(fork_pipe[0], &c, 1) < 0 && errno == EINTR) {}
-        close(fork_pipe[0]);
+        sys_close(fork_pipe[0]);
     }
     fork_locked = 0;
     fbmm_unlock();
@@ -282,12 +282,12 @@ static void child(void)
 {
     if (!fork_locked) return;
     int saved = errno;
-    if (fork_pipe[0] >= 0) close(fork_pipe[0]);
+    if (fork_pipe[0] >= 0) sys_close(fork_pipe[0]);
     if (!fork_cow || !fbmm_cow_child()) child_fixup();
     if (fork_pipe[1] >= 0) {
         ssize_t r = write(fork_pipe[1], "", 1);
         (void)r;
-        close(fork_pipe[1]);
+        sys_close(fork_pipe[1]);
     }
     fork_locked = 0;
     fbmm_lock_reset_child();

@@ -30,6 +30,7 @@ void fbmm_init(void)
         fbmm_config_load();
         fbmm_malloc_resolve();
         fbmm_fds_resolve();
+        fbmm_fdview_resolve();
         fbmm_fork_register();
         __atomic_store_n(&init_done, 1, __ATOMIC_RELEASE);
     }

@@ -143,15 +143,15 @@ static int enroll(void)
     if (!fbmm_arena_name_ok() ||
         fbmm_broker_request(a->sock, FBMM_OP_POOL, 0, a->name_fd, (uint64_t)a->name_ino, 1, &efd, &got,
                             why, sizeof why) < 0 || got != pages) {
-        if (efd >= 0) close(efd);
+        if (efd >= 0) sys_close(efd);
         sys_munmap(ctl, FBMM_POOL_CTL_BYTES);
         static int once;
         fbmm_say_once(&once, "no pre-zeroed pool: ", why, NULL);
         return -1;
     }
     int high = fbmm_fd_move(efd);
-    if (high >= 0) { close(efd); efd = high; }
-    if (fstat(efd, &st) == 0) {
+    if (high >= 0) { sys_close(efd); efd = high; }
+    if (sys_fstat(efd, &st) == 0) {
         pool.efd_dev = st.st_dev;
         pool.efd_ino = st.st_ino;
     }
@@ -257,7 +257,7 @@ void fbmm_pool_child(int fresh)
     if (fresh) pool.win_off = 0;  /* the child starts a new offset space */
     if (pool.state == POOL_READY) {
         sys_munmap(pool.ctl, FBMM_POOL_CTL_BYTES);
-        if (fbmm_fd_is(pool.efd, pool.efd_dev, pool.efd_ino)) close(pool.efd);
+        if (fbmm_fd_is(pool.efd, pool.efd_dev, pool.efd_ino)) sys_close(pool.efd);
     }
     pool.ctl = NULL;
     pool.efd = -1;

@@ -69,6 +69,9 @@ int  fbmm_fd_high(int fd);
 /* Whether fd is open on the file (dev, ino): the program may have closed
  * ours with a raw system call and reused the number for its own file. */
 int  fbmm_fd_is(int fd, dev_t dev, ino_t ino);
+/* Whether fd is one of the shim's descriptors (numbers only, lock-free). */
+int  fbmm_fd_ours(int fd);
+void fbmm_fdview_resolve(void);
 
 /* ---- offsets.c: allocator of arena file offset ranges (locked) -------- */
 

@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -30,6 +31,21 @@ static inline int sys_madvise(void *a, size_t l, int advice)
 static inline int sys_mprotect(void *a, size_t l, int prot)
 {
     return (int)syscall(SYS_mprotect, a, l, prot);
+}
+/* The shim's own descriptor calls: close, fstat, fcntl and dup are
+ * interposed too (fdview.c hides the shim's descriptors from the program),
+ * so the shim's own uses go straight to the kernel. */
+static inline int sys_close(int fd)
+{
+    return (int)syscall(SYS_close, fd);
+}
+static inline int sys_fstat(int fd, struct stat *st)
+{
+    return (int)syscall(SYS_fstat, fd, st);
+}
+static inline int sys_fcntl(int fd, int cmd, long arg)
+{
+    return (int)syscall(SYS_fcntl, fd, cmd, arg);
 }
 /* Kernel-sized (8-byte) signal mask, so no sigset_t juggling. */
 static inline int sys_sigmask(int how, const uint64_t *set, uint64_t *old)

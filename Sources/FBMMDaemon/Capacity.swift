@@ -1,0 +1,95 @@
+import CFBMMSys
+import FBMMCore
+import FBMMPolicy
+import FUSEKit
+import Logging
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the mount commits and what `df` shows: the `capacity` bound is on
+/// committed bytes (a file's size, or its allocation if larger), because
+/// pages programs fault through their own mappings never pass through the
+/// daemon; they can only fault within a file's size, and sizes only grow
+/// through `admitGrowth`.
+extension MemoryFileSystem {
+    public func statfs(_ ctx: RequestContext, inode: InodeNumber, reply: consuming StatfsReply) {
+        let pool = poolUsage(withUsed: false)
+        let block = UInt64(pageSize)
+        let files = state.withLock { $0.inodes.count }
+        let maxFiles = UInt64(configuration.maxFiles ?? 1 << 20)
+        reply.statistics(FilesystemStatistics(
+            blockSize: block, totalBlocks: pool.total / block, freeBlocks: pool.free / block,
+            availableBlocks: pool.free / block, totalFiles: maxFiles,
+            freeFiles: maxFiles > UInt64(files) ? maxFiles - UInt64(files) : 0))
+    }
+
+    /// What a file commits the pool to: its size (any process mapping it may
+    /// fault in every page up to it), or its allocation if larger (fallocate
+    /// with KEEP_SIZE).
+    static func committedBytes(_ backing: FileBacking) -> UInt64 {
+        max((try? backing.memory.size()) ?? 0, (try? backing.memory.allocatedBytes()) ?? 0)
+    }
+
+    /// What all files together commit the pool to, their extended
+    /// attributes (held in the daemon's memory) included.
+    func committedTotal() -> UInt64 {
+        state.withLock { ns in
+            ns.inodes.values.reduce(ns.xattrBytes) { sum, record in sum + (record.backing.map(Self.committedBytes) ?? 0) }
+        }
+    }
+
+    /// `-o capacity`: may `backing` grow to `size`? The bound is on committed
+    /// bytes because pages that programs fault through their own mappings never
+    /// pass through the daemon; they can only fault within a file's size, and
+    /// sizes only grow through here.
+    /// Also refuses sizes past `max-file-size` (EFBIG).
+    func admitGrowth(_ backing: FileBacking, to size: UInt64) -> Errno? {
+        if size > configuration.maxFileSize { return .fileTooLarge }
+        guard let capacity = configuration.capacity else { return nil }
+        let current = Self.committedBytes(backing)
+        guard size > current else { return nil }
+        let total = committedTotal()
+        return total - min(total, current) + size <= capacity ? nil : .noSpace
+    }
+
+    /// The pool `df` shows: the memory of the nodes the mount's policy may use
+    /// (or `capacity`), what of it is free, and (`fbmm stat` only, which asks
+    /// for it: one fstat per file) what the files hold.
+    func poolUsage(withUsed: Bool = true) -> (total: UInt64, used: UInt64, free: UInt64) {
+        let used = !withUsed ? 0 : state.withLock { ns in
+            ns.inodes.values.reduce(UInt64(0)) { sum, record in
+                sum + ((try? record.backing?.memory.allocatedBytes()) ?? 0)
+            }
+        }
+        let nodes = nodeMemory.current(fallback: topology).nodes.filter { mountPolicy.allowedNodes.contains($0.id) }
+        var total = nodes.reduce(UInt64(0)) { $0 + $1.memTotal }
+        var free = nodes.reduce(UInt64(0)) { $0 + $1.memFree }
+        if let capacity = configuration.capacity {
+            let committed = committedTotal()
+            total = min(total, capacity)
+            free = min(free, capacity > committed ? capacity - committed : 0)
+        }
+        return (total, used, free)
+    }
+}
+
+/// The nodes' memory as sysfs last said, re-read at most once a second:
+/// `df` in a loop (monitoring agents do) would otherwise read every node's
+/// meminfo per statfs.
+final class NodeMemoryCache: Sendable {
+    private let cached = Locked<(topology: Topology, at: ContinuousClock.Instant)?>(nil)
+    private let maxAge: Duration
+
+    init(maxAge: Duration = .seconds(1)) { self.maxAge = maxAge }
+
+    func current(fallback: Topology) -> Topology {
+        let now = ContinuousClock.now
+        if let hit = cached.withLock({ $0 }), now - hit.at < maxAge { return hit.topology }
+        guard let fresh = try? Topology() else { return fallback }
+        cached.withLock { $0 = (fresh, now) }
+        return fresh
+    }
+}

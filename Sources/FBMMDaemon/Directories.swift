@@ -1,0 +1,96 @@
+import FBMMCore
+import FUSEKit
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The entries each open directory handle lists. A listing is taken once,
+/// when the handle reads from offset 0 (its first readdir, or after
+/// rewinddir), and every later readdir of that handle continues in it: an
+/// offset is an index into an array that does not change, so entries created
+/// or removed meanwhile are neither skipped nor repeated (POSIX leaves them
+/// to either side of the listing), and a readdir costs what it returns, not
+/// a walk and sort of the whole directory (listing 100,000 files used to be
+/// O(n^2 log n)). Kept apart from the namespace lock: a listing in progress
+/// holds no lock between requests.
+final class DirectoryListings: Sendable {
+    private struct State {
+        var listings: [UInt64: [DirectoryEntry]] = [:]
+        var nextHandle: UInt64 = 1
+    }
+    private let state = Locked(State())
+
+    /// A new handle, with no listing yet.
+    func open() -> UInt64 {
+        state.withLock { s in
+            let handle = s.nextHandle
+            s.nextHandle += 1
+            s.listings[handle] = []
+            return handle
+        }
+    }
+
+    func listing(_ handle: UInt64) -> [DirectoryEntry]? {
+        state.withLock { $0.listings[handle] }
+    }
+
+    func store(_ handle: UInt64, _ entries: [DirectoryEntry]) {
+        state.withLock { s in
+            if s.listings[handle] != nil { s.listings[handle] = entries }
+        }
+    }
+
+    func close(_ handle: UInt64) {
+        _ = state.withLock { $0.listings.removeValue(forKey: handle) }
+    }
+
+    /// Open directory handles (for `fbmm stat`'s curiosity and the tests).
+    var count: Int { state.withLock { $0.listings.count } }
+}
+
+extension MemoryFileSystem {
+    public func opendir(_ ctx: RequestContext, inode: InodeNumber, flags: Int32, reply: consuming OpenReply) {
+        let isDir = state.withLock { ns in ns.inodes[inode]?.isDirectory }
+        switch isDir {
+        case true?: reply.opened(handle: listings.open(), directIO: false)
+        case false?: reply.error(.notDirectory)
+        case nil: reply.error(.noSuchFileOrDirectory)
+        }
+    }
+
+    public func readdir(_ ctx: RequestContext, inode: InodeNumber, file: OpenFile, reply: consuming DirectoryReply) {
+        guard reply.offset != 0, let entries = listings.listing(file.handle), !entries.isEmpty else {
+            // Offset 0 (or a handle this daemon never gave, e.g. the root's
+            // from before a restart): take the listing now.
+            switch transact({ (ns) throws(Errno) -> [DirectoryEntry] in try Self.entries(of: inode, in: ns) }) {
+            case .success(let entries):
+                listings.store(file.handle, entries)
+                reply.entries(entries)
+            case .failure(let errno):
+                reply.error(errno)
+            }
+            return
+        }
+        reply.entries(entries)
+    }
+
+    public func releasedir(_ ctx: RequestContext, inode: InodeNumber, file: OpenFile, reply: consuming StatusReply) {
+        listings.close(file.handle)
+        reply.ok()
+    }
+
+    /// ".", ".." and the children, in the directory's own order (as tmpfs,
+    /// unsorted: `ls` sorts). Called with the lock held.
+    static func entries(of inode: InodeNumber, in ns: borrowing Namespace) throws(Errno) -> [DirectoryEntry] {
+        let dir = try ns.directory(inode)
+        var entries = [DirectoryEntry(name: ".", inode: inode, mode: S_IFDIR),
+                       DirectoryEntry(name: "..", inode: dir.parent, mode: S_IFDIR)]
+        entries.reserveCapacity(dir.children.count + 2)
+        for (name, child) in dir.children {
+            entries.append(DirectoryEntry(name: name, inode: child, mode: ns.inodes[child]?.mode ?? 0))
+        }
+        return entries
+    }
+}
