@@ -316,7 +316,12 @@ final class Broker: Sendable {
         let arena = request.flags & UInt32(FBMM_BACKING_ARENA) != 0
         switch filesystem.backingForBroker(attached.inode, peer: peer, arena: arena) {
         case .success(let file):
-            reply(client, status: 0, size: (try? file.backing.memory.size()) ?? 0, fd: file.backing.memory.descriptor.rawValue)
+            let memory: MemoryFile
+            do { memory = try file.backing.memory } catch {
+                refuse(client, error.errno, "inode \(attached.inode) has no memory to give: \(error)")
+                return
+            }
+            reply(client, status: 0, size: (try? memory.size()) ?? 0, fd: memory.descriptor.rawValue)
             logger.debug("broker gave inode \(file.inode)\(arena ? " (arena)" : "") to pid \(peer.pid)")
         case .failure(let e):
             refuse(client, e, arena ? "inode \(attached.inode) cannot become an arena of pid \(peer.pid) uid \(peer.uid)"

@@ -30,7 +30,7 @@ extension MemoryFileSystem {
     /// fault in every page up to it), or its allocation if larger (fallocate
     /// with KEEP_SIZE).
     static func committedBytes(_ backing: FileBacking) -> UInt64 {
-        max((try? backing.memory.size()) ?? 0, (try? backing.memory.allocatedBytes()) ?? 0)
+        max((try? backing.existing?.size()) ?? 0, (try? backing.existing?.allocatedBytes()) ?? 0)
     }
 
     /// What all files together commit the pool to, their extended
@@ -61,7 +61,7 @@ extension MemoryFileSystem {
     func poolUsage(withUsed: Bool = true) -> (total: UInt64, used: UInt64, free: UInt64) {
         let used = !withUsed ? 0 : state.withLock { ns in
             ns.inodes.values.reduce(UInt64(0)) { sum, record in
-                sum + ((try? record.backing?.memory.allocatedBytes()) ?? 0)
+                sum + ((try? record.backing?.existing?.allocatedBytes()) ?? 0)
             }
         }
         let nodes = nodeMemory.current(fallback: topology).nodes.filter { mountPolicy.allowedNodes.contains($0.id) }

@@ -289,9 +289,11 @@ final class CopyOnWrite: Sendable {
     }
 
     private func readPage(_ from: CowFile, _ page: UInt64, into: UnsafeMutableRawPointer) -> Bool {
+        // A file that never had memory is all holes: zero.
+        guard let fd = from.backing.existing?.descriptor.rawValue else { return true }
         var done = 0
         while done < pageSize {
-            let n = pread(from.backing.memory.descriptor.rawValue, into + done, pageSize - done,
+            let n = pread(fd, into + done, pageSize - done,
                           off_t(page) * off_t(pageSize) + off_t(done))
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }  // past the end: zero
@@ -307,9 +309,10 @@ final class CopyOnWrite: Sendable {
             // A zero page (a hole, mostly) stays a hole in the copy: the copy
             // lacks nothing there, and its missing-page fault reads zero.
             if raw.withMemoryRebound(to: UInt64.self, { $0.allSatisfy { $0 == 0 } }) { return true }
+            guard let fd = (try? into.backing.memory)?.descriptor.rawValue else { return false }
             var done = 0
             while done < pageSize {
-                let n = pwrite(into.backing.memory.descriptor.rawValue, raw.baseAddress! + done, pageSize - done,
+                let n = pwrite(fd, raw.baseAddress! + done, pageSize - done,
                                off_t(page) * off_t(pageSize) + off_t(done))
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { return false }
@@ -346,7 +349,7 @@ final class CopyOnWrite: Sendable {
 
     static func memfdIdentity(_ backing: FileBacking) -> MemfdIdentity? {
         var st = stat()
-        guard fstat(backing.memory.descriptor.rawValue, &st) == 0 else { return nil }
+        guard let memory = try? backing.memory, fstat(memory.descriptor.rawValue, &st) == 0 else { return nil }
         return MemfdIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
     }
 }

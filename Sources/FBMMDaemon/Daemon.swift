@@ -174,10 +174,21 @@ public final class Daemon: Sendable {
     }
 
     /// Every file holds a memfd and every waiting broker peer a socket: take
-    /// the hard limit on descriptors, not the 1024 soft default.
+    /// the hard limit on descriptors, not the 1024 soft default, and as root
+    /// (CAP_SYS_RESOURCE) the kernel's ceiling, fs.nr_open: a directory of
+    /// 100,000 files is 100,000 memfds, past many hosts' hard limit (20,000
+    /// here).
     static func raiseFileLimit() {
         var limit = rlimit()
-        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max {
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        if let text = readText("/proc/sys/fs/nr_open"),
+           let ceiling = text.split(whereSeparator: \.isWhitespace).first.flatMap({ rlim_t($0) }), ceiling > limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = ceiling
+            raised.rlim_max = ceiling
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { return }
+        }
+        if limit.rlim_cur < limit.rlim_max {
             limit.rlim_cur = limit.rlim_max
             setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         }

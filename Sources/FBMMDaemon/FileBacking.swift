@@ -18,17 +18,43 @@ final class FileBacking: Sendable {
     private static var maxWindow: UInt64 { 64 << 30 }
     private var maxWindow: UInt64 { Self.maxWindow }
 
-    let memory: MemoryFile
+    /// The memfd (or file of the private tmpfs), made when the file first
+    /// needs memory: an empty file (a lock file, a `touch`, 100,000 of them in
+    /// a directory) holds no descriptor, as on tmpfs it holds no page. The
+    /// daemon's descriptors are bounded (RLIMIT_NOFILE: 20,000 on some
+    /// hosts), files are not.
+    private let file = Locked<MemoryFile?>(nil)
+    private let name: String
+    private let instance: TmpfsInstance?
     private struct PlacementState {
         var policy: any MemoryManagementPolicy
         var placedUpTo: UInt64
     }
     private let state: Locked<PlacementState>
 
-    init(name: String, policy: any MemoryManagementPolicy, on instance: TmpfsInstance? = nil) throws(SystemError) {
-        if let instance { memory = try MemoryFile(name: name, on: instance) } else { memory = try MemoryFile(name: name) }
+    init(name: String, policy: any MemoryManagementPolicy, on instance: TmpfsInstance? = nil) {
+        self.name = name
+        self.instance = instance
         state = Locked(PlacementState(policy: policy, placedUpTo: 0))
     }
+
+    /// The file's memory, made now if it has none yet (what grows, maps,
+    /// writes or hands the memory out uses this).
+    var memory: MemoryFile {
+        get throws(SystemError) {
+            try file.withLock { (made: inout MemoryFile?) throws(SystemError) -> MemoryFile in
+                if let made { return made }
+                let new: MemoryFile
+                if let instance { new = try MemoryFile(name: name, on: instance) } else { new = try MemoryFile(name: name) }
+                made = new
+                return new
+            }
+        }
+    }
+
+    /// The file's memory if it has any (what only looks uses this: an empty
+    /// file is size 0 with no blocks, nothing resident).
+    var existing: MemoryFile? { file.withLock { $0 } }
 
     var policy: any MemoryManagementPolicy { state.withLock { $0.policy } }
 
@@ -104,6 +130,7 @@ final class FileBacking: Sendable {
     private func forEachDataWindow(in range: Range<UInt64>?,
                                    _ body: (FileMapping, Range<UInt64>) throws(SystemError) -> Void) throws(SystemError) {
         let page = UInt64(pageSize)
+        guard let memory = existing else { return }  // never had memory: nothing resident
         for data in try memory.dataRanges(in: range) {
             let aligned = (data.lowerBound / page * page)..<((data.upperBound + page - 1) / page * page)
             let window = try memory.map(aligned)

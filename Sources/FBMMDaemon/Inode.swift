@@ -75,9 +75,23 @@ final class InodeRecord {
     var isDirectory: Bool { if case .directory = content { return true } else { return false } }
     var backing: FileBacking? { if case .regular(let b) = content { return b } else { return nil } }
 
+    /// A directory's entries. `_modify` moves the dictionary out of the
+    /// enum while it is changed: with get/set, `children[name] = n` copied the
+    /// whole dictionary (the enum still held it), so each create in a
+    /// directory of n files cost O(n) — 1 ms per create at 20,000 files.
     var children: [FileName: InodeNumber] {
         get { if case .directory(let c) = content { return c } else { return [:] } }
         set { if isDirectory { content = .directory(children: newValue) } }
+        _modify {
+            guard case .directory(var c) = content else {
+                var scratch: [FileName: InodeNumber] = [:]
+                yield &scratch
+                return
+            }
+            content = .directory(children: [:])  // drop the enum's reference: c is now unique
+            defer { content = .directory(children: c) }
+            yield &c
+        }
     }
 
     func touchModified() {
@@ -104,8 +118,8 @@ final class InodeRecord {
             st.st_size = off_t(4096 + 0 * children.count)
             st.st_blocks = 8
         case .regular(let backing):
-            st.st_size = off_t((try? backing.memory.size()) ?? 0)
-            st.st_blocks = blkcnt_t(((try? backing.memory.allocatedBytes()) ?? 0) / 512)
+            st.st_size = off_t((try? backing.existing?.size()) ?? 0)
+            st.st_blocks = blkcnt_t(((try? backing.existing?.allocatedBytes()) ?? 0) / 512)
         case .special(let device):
             st.st_rdev = dev_t(device)
         }

@@ -49,8 +49,9 @@ extension MemoryFileSystem {
         }
         let identity = ObjectIdentifier(policy as AnyObject)
         return candidates.compactMap { inode, name, backing, pid in
-            guard ObjectIdentifier(backing.policy as AnyObject) == identity else { return nil }
-            return MaintainedFile(inode: inode, name: name, memory: backing.memory, ownerPID: pid)
+            // A file that never had memory has nothing to maintain.
+            guard ObjectIdentifier(backing.policy as AnyObject) == identity, let memory = backing.existing else { return nil }
+            return MaintainedFile(inode: inode, name: name, memory: memory, ownerPID: pid)
         }
     }
 

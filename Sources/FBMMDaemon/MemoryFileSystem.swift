@@ -119,12 +119,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         case S_IFREG, 0:
             let (policy, spec) = inheritedPolicy(ns, parent: parent)
             inheritedSpec = spec
-            do {
-                content = .regular(try FileBacking(name: name.description, policy: policy, on: tmpfs))
-            } catch {
-                logger.error("create \(name): \(error)")
-                throw error.errno
-            }
+            content = .regular(FileBacking(name: name.description, policy: policy, on: tmpfs))
         case S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK:
             content = .special(device: 0)
         default:

@@ -68,7 +68,8 @@ extension MemoryFileSystem {
             }
             do {
                 let count = try backing.ensurePlaced(upTo: size, context: file.context(size: size))
-                try backing.memory.resize(to: size)
+                // Size 0 of a file that never had memory changes nothing.
+                if size > 0 || backing.existing != nil { try backing.memory.resize(to: size) }
                 if count > 0 { state.withLock { $0.counters.placements += UInt64(count) } }
             } catch {
                 logger.warning("truncate \(file.name) to \(size): \(error)")

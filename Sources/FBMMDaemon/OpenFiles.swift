@@ -31,8 +31,8 @@ extension MemoryFileSystem {
             if case .failure(let errno) = result { reply.error(errno) }
             return
         }
-        if flags & O_TRUNC != 0, let backing = state.withLock({ $0.inodes[inode]?.backing }) {
-            do { try backing.memory.resize(to: 0) } catch {
+        if flags & O_TRUNC != 0, let memory = state.withLock({ $0.inodes[inode]?.backing })?.existing {
+            do { try memory.resize(to: 0) } catch {
                 _ = state.withLock { ns in releaseHandle(&ns, handle) }
                 reply.error(error.errno)
                 return
@@ -45,8 +45,11 @@ extension MemoryFileSystem {
                      reply: consuming DataReply) {
         guard let backing = state.withLock({ $0.inodes[inode]?.backing }) else { reply.error(.badFileDescriptor); return }
         guard offset >= 0 else { reply.error(.invalidArgument); return }
+        // A file that never had memory is empty: end of file, and no memfd
+        // made for it just to say so.
+        guard let memory = backing.existing else { reply.data([]); return }
         do {
-            reply.data(try backing.memory.read(at: UInt64(offset), count: min(size, 1 << 24)))
+            reply.data(try memory.read(at: UInt64(offset), count: min(size, 1 << 24)))
         } catch {
             reply.error(error.errno)
         }

@@ -66,13 +66,14 @@ final class PrezeroPool: Sendable {
     /// (until the file is released), and reads which pages the process
     /// already uses (a fork child's copies). Returns the window's page count.
     func enroll(inode: InodeNumber, backing: FileBacking) throws(SystemError) -> UInt64 {
+        let memory = try backing.memory
         // The window is mapped for good: the program (which holds the file)
         // must not be able to pull the file's end under it. A memfd is sealed;
         // a tmpfs file cannot be, so PoolArena guards its mappings instead (a
         // touch past a shrunk end retires the arena rather than crash us).
-        if backing.memory.sealable { try backing.memory.sealAgainstShrinking() }
+        if memory.sealable { try memory.sealAgainstShrinking() }
         // The header is the program's to write: read it once, check it all.
-        let header = try backing.memory.read(at: 0, count: MemoryLayout<fbmm_pool_ctl>.offset(of: \.header_pad)!)
+        let header = try memory.read(at: 0, count: MemoryLayout<fbmm_pool_ctl>.offset(of: \.header_pad)!)
         let field = { (index: Int) -> UInt64 in
             header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self) }
         }
@@ -294,6 +295,8 @@ final class PoolArena: @unchecked Sendable {
     // Touched by the zeroing thread only, except `clean` (atomic: stat reads
     // it) and the mappings (immutable).
     let backing: FileBacking
+    /// The backing's memory (an enrolled arena has some: enrolment made it).
+    let memory: MemoryFile
     let windowOffset: UInt64
     private let controlMapping: FileMapping
     private let windowMapping: FileMapping
@@ -313,9 +316,11 @@ final class PoolArena: @unchecked Sendable {
 
     init(backing: FileBacking, windowOffset: UInt64, windowBytes: UInt64, huge: HugePageMode) throws(SystemError) {
         self.backing = backing
+        let memory = try backing.memory
+        self.memory = memory
         self.windowOffset = windowOffset
-        controlMapping = try backing.memory.map(0..<UInt64(FBMM_POOL_CTL_BYTES))
-        windowMapping = try backing.memory.map(windowOffset..<(windowOffset + windowBytes))
+        controlMapping = try memory.map(0..<UInt64(FBMM_POOL_CTL_BYTES))
+        windowMapping = try memory.map(windowOffset..<(windowOffset + windowBytes))
         // Never MADV_HUGEPAGE: a huge folio filled into the window would fill
         // the holes around it too, which a lazy fork copy may still need;
         // the window serves mappings under 2 MiB anyway.
@@ -323,7 +328,7 @@ final class PoolArena: @unchecked Sendable {
         control = controlMapping.base.bindMemory(to: fbmm_pool_ctl.self, capacity: 1)
         emptyMap = .allocate(capacity: Int(FBMM_POOL_WORDS))
         emptyMap.initialize(repeating: 0, count: Int(FBMM_POOL_WORDS))
-        if backing.memory.sealable {
+        if memory.sealable {
             guards = []
         } else {
             fbmm_guard_install()
@@ -355,5 +360,5 @@ final class PoolArena: @unchecked Sendable {
     }
 
     var windowBase: UnsafeMutablePointer<CChar> { windowMapping.base.assumingMemoryBound(to: CChar.self) }
-    var descriptor: Int32 { backing.memory.descriptor.rawValue }
+    var descriptor: Int32 { memory.descriptor.rawValue }
 }

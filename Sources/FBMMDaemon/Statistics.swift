@@ -91,8 +91,8 @@ extension MemoryFileSystem {
             for (node, bytes) in byNode { nodeTotals[node, default: 0] &+= bytes }
             files.append(MountStatistics.FileUsage(
                 name: file.file.name, path: file.path,
-                size: (try? backing.memory.size()) ?? 0,
-                allocated_bytes: (try? backing.memory.allocatedBytes()) ?? 0,
+                size: (try? backing.existing?.size()) ?? 0,
+                allocated_bytes: (try? backing.existing?.allocatedBytes()) ?? 0,
                 resident_bytes: byNode.values.reduce(0, &+),
                 nodes: Dictionary(uniqueKeysWithValues: byNode.map { (String($0.key), $0.value) }),
                 owner_pid: file.ownerPID,
@@ -117,7 +117,9 @@ extension MemoryFileSystem {
         var backings = Set<BackingIdentity>()
         var owners = Set<Int32>()
         for file in snapshot.0 {
-            if let identity = BackingIdentity(descriptor: file.file.backing.memory.descriptor.rawValue) { backings.insert(identity) }
+            if let memory = file.file.backing.existing, let identity = BackingIdentity(descriptor: memory.descriptor.rawValue) {
+                backings.insert(identity)
+            }
             if file.openHandles > 0 && file.ownerPID > 0 { owners.insert(file.ownerPID) }
         }
         statistics.processes = owners.sorted().compactMap { ProcessCoverage.usage(of: $0, backings: backings) }

@@ -99,7 +99,7 @@ extension MemoryFileSystem {
             guard let file = found else { reply.error(.noSuchFileOrDirectory); return }
             if let file {
                 do {
-                    let size = try file.backing.memory.size()
+                    let size = try file.backing.existing?.size() ?? 0
                     try file.backing.replacePolicy(policy, context: file.context(size: size))
                     pool?.policyChanged(inode)
                 } catch {

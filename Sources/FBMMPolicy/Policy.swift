@@ -43,9 +43,12 @@ public struct PolicyKey: Sendable, Hashable {
 /// any process mapping the file follow it.
 ///
 /// Thread-safety: `place` is called from FUSE worker threads, concurrently for
-/// different files; it must be a pure function of its inputs and the policy's
-/// immutable configuration. It must not block (no I/O, no locks held long):
-/// it runs on the path of a `write` or `ftruncate` of a user's program.
+/// different files (and for the same file: two growths may race). It may keep
+/// state across calls (the tiered policy charges a mount-wide fast budget), so
+/// that state is its own to lock, and the answer for one range must not
+/// depend on the order in which concurrent calls take that lock beyond what a
+/// budget implies. It must not block (no I/O, no lock held across a system
+/// call): it runs on the path of a `write` or `ftruncate` of a user's program.
 public protocol MemoryManagementPolicy: Sendable, CustomStringConvertible {
     /// The name users choose it by (`--policy NAME`).
     static var name: String { get }

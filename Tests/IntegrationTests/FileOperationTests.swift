@@ -73,6 +73,42 @@ struct FileOperationTests {
         #expect(inMount.ok, "listing while files come and go: \(inMount.stdout)\(inMount.stderr)")
     }
 
+    /// Issue 15/17: an empty file holds no descriptor in the daemon (its
+    /// memfd is made when it first gets memory), so a directory of many
+    /// empty files is bounded by memory, not by the daemon's RLIMIT_NOFILE
+    /// (20,000 on some hosts); creating, listing, reading, truncating and
+    /// stat-ing them makes none, and writing one makes exactly its own.
+    @Test func emptyFilesHoldNoDescriptor() throws {
+        let mount = try TestMount()
+        defer { mount.close() }
+        let pid = try #require(try mount.statistics()["daemon_pid"] as? Int)
+        func descriptors() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1 }
+        let before = descriptors()
+        let program = """
+            import os, sys
+            d = sys.argv[1]
+            os.mkdir(d)
+            for i in range(3000):
+                os.close(os.open(f"{d}/f{i:05d}", os.O_CREAT | os.O_WRONLY, 0o644))
+            assert len(os.listdir(d)) == 3000
+            assert all(os.stat(f"{d}/f{i:05d}").st_size == 0 for i in range(0, 3000, 7))
+            assert open(f"{d}/f00001", "rb").read() == b""
+            os.close(os.open(f"{d}/f00002", os.O_WRONLY | os.O_TRUNC))
+            os.truncate(f"{d}/f00003", 0)
+            print("ok")
+            """
+        let made = try run(["python3", "-c", program, mount.file("many")], timeout: 300)
+        #expect(made.ok && made.stdout.contains("ok"), "\(made.stdout)\(made.stderr)")
+        let idle = descriptors()
+        #expect(idle - before < 50, "3,000 empty files cost the daemon \(idle - before) descriptors")
+        #expect(try run(["sh", "-c", "printf hello > '\(mount.file("many/f00004"))'"]).ok)
+        #expect((try? String(contentsOfFile: mount.file("many/f00004"), encoding: .utf8)) == "hello")
+        #expect(descriptors() - idle == 1, "the written file has its memfd: \(idle) -> \(descriptors())")
+        let listed = try run(["ls", "-l", mount.file("many")])
+        #expect(listed.ok && listed.stdout.split(separator: "\n").count == 3001, "ls -l lists 3,000 files: \(listed.stderr)")
+        #expect(descriptors() - idle == 1)
+    }
+
     @Test func directoriesRenameAndRemove() throws {
         let mount = try TestMount()
         defer { mount.close() }
