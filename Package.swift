@@ -2,6 +2,7 @@
 // fbmm: File-Based Memory Management in user space. One target per layer:
 //   CFuse3 / CNuma / CFBMMSys  - C system libraries and the broker wire header
 //   FBMMCore                   - typed syscall wrappers: memfd, mmap, NUMA, topology
+//   FBMMTracking               - access trackers (soft-dirty, DAMON): which pages a process uses
 //   FBMMPolicy                 - the policy protocol and the built-in policies
 //   FUSEKit                    - a Swift face on libfuse3's low-level API
 //   FBMMDaemon                 - the memory filesystem, the fd broker, statistics
@@ -21,7 +22,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "fbmm", targets: ["fbmm"]),
-        .library(name: "FBMM", targets: ["FBMMCLI", "FBMMPolicy", "FBMMCore"]),
+        .library(name: "FBMM", targets: ["FBMMCLI", "FBMMPolicy", "FBMMTracking", "FBMMCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -41,8 +42,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings),
         .target(
+            name: "FBMMTracking",
+            dependencies: ["FBMMCore", "CNuma"],
+            swiftSettings: swiftSettings),
+        .target(
             name: "FBMMPolicy",
-            dependencies: ["FBMMCore"],
+            dependencies: ["FBMMCore", "FBMMTracking"],
             swiftSettings: swiftSettings),
         .target(
             name: "FUSEKit",
@@ -63,7 +68,7 @@ let package = Package(
         .target(
             name: "FBMMCLI",
             dependencies: [
-                "FBMMDaemon", "FBMMPolicy", "FBMMCore", "CFBMMSys",
+                "FBMMDaemon", "FBMMPolicy", "FBMMTracking", "FBMMCore", "CFBMMSys",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -79,7 +84,7 @@ let package = Package(
             swiftSettings: swiftSettings),
         .testTarget(
             name: "FBMMPolicyTests",
-            dependencies: ["FBMMPolicy", "FBMMCore"],
+            dependencies: ["FBMMPolicy", "FBMMTracking", "FBMMCore"],
             swiftSettings: swiftSettings),
         .testTarget(
             name: "IntegrationTests",

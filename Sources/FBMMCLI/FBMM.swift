@@ -3,6 +3,7 @@ import ArgumentParser
 // to see the policy protocol, options, topology and kernel policy types.
 @_exported import FBMMCore
 @_exported import FBMMPolicy
+@_exported import FBMMTracking
 import Synchronization
 
 /// The `fbmm` command line. A package that adds its own policies builds its

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FBMMDaemon
 import FBMMPolicy
+import FBMMTracking
 
 struct PoliciesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

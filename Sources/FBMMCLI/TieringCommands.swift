@@ -1,6 +1,7 @@
 import ArgumentParser
 import CFBMMSys
 import FBMMCore
+import FBMMTracking
 import FBMMPolicy
 import Foundation
 

@@ -1,4 +1,5 @@
 import FBMMCore
+import FBMMTracking
 import Synchronization
 
 #if canImport(Glibc)

@@ -1,4 +1,5 @@
 import FBMMCore
+import FBMMTracking
 import Synchronization
 
 #if canImport(Glibc)
@@ -13,7 +14,7 @@ import Glibc
 /// mount's files; after that to the slow node.
 ///
 /// Maintenance (a daemon thread, every `scan-interval`): an access tracker
-/// (soft-dirty or DAMON, see `AccessTracking.swift`) says how often each page
+/// (soft-dirty or DAMON, the FBMMTracking module) says how often each page
 /// of each process-owned file was used during the scan. A page used in at
 /// least half the tracker's samples is hot for that scan. Slow pages hot in
 /// `promote-threshold` scans in a row are promoted, hottest first; when the

@@ -1,4 +1,5 @@
 import FBMMCore
+import FBMMTracking
 import Testing
 @testable import FBMMPolicy
 

@@ -1,0 +1,133 @@
+import CNuma
+import FBMMCore
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Access tracking: which pages of a process-owned file a process has used
+// lately, without kernel changes. The daemon does not map pages itself for the
+// app; it finds the app's own mappings of the memfd (`/proc/PID/maps` lists
+// them as `/memfd:NAME (deleted)` with the memfd's inode and file offset) and
+// asks the kernel about those virtual addresses. See PRIOR_ART.md, "Hot-page
+// detection without kernel changes".
+
+/// One file to track: the process that maps it and the memfd's inode.
+public struct TrackedFile: Sendable, Hashable {
+    /// The caller's key for the file (the daemon uses its inode number).
+    public var key: UInt64
+    public var pid: Int32
+    /// st_ino of the memfd, as /proc/PID/maps shows it.
+    public var memfdInode: UInt64
+    /// Pages in the file (results are this long).
+    public var pageCount: Int
+
+    public init(key: UInt64, pid: Int32, memfdInode: UInt64, pageCount: Int) {
+        self.key = key
+        self.pid = pid
+        self.memfdInode = memfdInode
+        self.pageCount = pageCount
+    }
+}
+
+/// One VMA of a process that maps a file: [start, end) at `fileOffset`.
+public struct VMA: Sendable, Hashable {
+    public var start: UInt64
+    public var end: UInt64
+    public var fileOffset: UInt64
+    public var inode: UInt64
+    public var path: String
+
+    /// Parses /proc/PID/maps text; keeps memfd mappings only (`/memfd:...`).
+    public static func memfdMappings(inMaps text: String) -> [VMA] {
+        var result: [VMA] = []
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
+            guard fields.count == 6 else { continue }
+            let path = fields[5].drop(while: { $0 == " " })
+            guard path.hasPrefix("/memfd:") else { continue }
+            let bounds = fields[0].split(separator: "-")
+            guard bounds.count == 2, let start = UInt64(bounds[0], radix: 16), let end = UInt64(bounds[1], radix: 16),
+                  let offset = UInt64(fields[2], radix: 16), let inode = UInt64(fields[4]) else { continue }
+            result.append(VMA(start: start, end: end, fileOffset: offset, inode: inode, path: String(path)))
+        }
+        return result
+    }
+
+    public static func memfdMappings(pid: Int32) -> [VMA] {
+        guard let text = readText("/proc/\(pid)/maps") else { return [] }
+        return memfdMappings(inMaps: text)
+    }
+}
+
+/// Which tracker to use (`tracker=` key).
+public enum TrackerKind: String, Sendable, CaseIterable {
+    case auto, softdirty, damon
+
+    /// What `auto` picks on the running kernel: DAMON when its sysfs admin
+    /// interface exists and nobody else is using it (it sees reads as well as
+    /// writes), else soft-dirty (Debian 12's 6.1 has it; it sees writes only).
+    public static func resolveAuto() -> TrackerKind {
+        DamonTracker.isAvailable ? .damon : SoftDirtyTracker.isAvailable ? .softdirty : .auto
+    }
+
+    /// Kinds the running kernel offers (for `fbmm policies`).
+    public static var available: [TrackerKind] {
+        var kinds: [TrackerKind] = []
+        if SoftDirtyTracker.isAvailable { kinds.append(.softdirty) }
+        if DamonTracker.isAvailable { kinds.append(.damon) }
+        return kinds
+    }
+
+    public func makeTracker() -> any AccessTracker {
+        switch self == .auto ? Self.resolveAuto() : self {
+        case .damon: return DamonTracker()
+        case .softdirty: return SoftDirtyTracker()
+        case .auto: return NoTracker()
+        }
+    }
+}
+
+/// What `auto` gets on a kernel with neither tracker: nothing is ever hot, so
+/// the tiered policy only places and keeps the fast node within capacity.
+public final class NoTracker: AccessTracker {
+    public let name = "none"
+    public init() {}
+    public func scan(_ files: [TrackedFile]) -> [UInt64: [UInt8]] { [:] }
+    public var cpuSeconds: Double { 0 }
+    public func stop() {}
+}
+
+/// Finds the pages a process used lately. One `scan` per maintenance pass.
+public protocol AccessTracker: AnyObject, Sendable {
+    var name: String { get }
+    /// Per file key: per page, how often it was found accessed during this
+    /// scan, 0 (never) ... 255 (in every sample). Pages not mapped by the
+    /// process read 0. Files whose process cannot be inspected are left out.
+    func scan(_ files: [TrackedFile]) -> [UInt64: [UInt8]]
+    /// CPU seconds spent on tracking so far, in this process and in kernel
+    /// threads the tracker started.
+    var cpuSeconds: Double { get }
+    /// Releases kernel resources (DAMON contexts).
+    func stop()
+}
+
+/// Writes `text` to a sysfs or procfs file (DAMON's knobs, clear_refs).
+func writeText(_ path: String, _ text: String) -> Bool {
+    let fd = open(path, O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    return write(fd, bytes, bytes.count) == bytes.count
+}
+
+extension String {
+    var trimmed: String {
+        var s = Substring(self)
+        while let c = s.last, c.isWhitespace { s = s.dropLast() }
+        while let c = s.first, c.isWhitespace { s = s.dropFirst() }
+        return String(s)
+    }
+    var asUInt64: UInt64? { UInt64(self) }
+}
