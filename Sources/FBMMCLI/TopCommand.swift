@@ -1,4 +1,5 @@
 import ArgumentParser
+import FBMMCore
 import FBMMDaemon
 import FBMMPolicy
 import Foundation
@@ -129,8 +130,3 @@ private func bytes(_ value: Double?) -> String {
     value.map { formatBytes(UInt64(max(0, $0))) } ?? "-"
 }
 
-private func monotonicSeconds() -> Double {
-    var t = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
-}
