@@ -22,7 +22,7 @@ status=${PIPESTATUS[0]}
 set -e
 # One plain summary line (Swift Testing's own; XCTest, which has no tests here, prints "Executed 0").
 total=$(sed -nE 's/^.*Test run with ([0-9]+) tests? in .*/\1/p' "$out" | tail -n 1)
-failed=$(grep -cE '^✘ Test .* failed after' "$out" || true)
+failed=$(grep -E '^✘ Test .* failed after' "$out" | grep -cv '^✘ Test run with' || true)
 rm -f "$out"
 leftover=$(comm -13 <(echo "$before") <(test_mounts) | grep . || true)
 if [ -n "$leftover" ]; then

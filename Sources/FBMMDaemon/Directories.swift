@@ -60,20 +60,20 @@ extension MemoryFileSystem {
         }
     }
 
+    /// The handle's listing: taken now at offset 0 (or for a handle without
+    /// one), else the one its earlier requests read.
+    private func listing(_ handle: UInt64, inode: InodeNumber, offset: Int) -> Result<[DirectoryEntry], Errno> {
+        if offset != 0, let entries = listings.listing(handle), !entries.isEmpty { return .success(entries) }
+        let taken = transact { (ns) throws(Errno) -> [DirectoryEntry] in try Self.entries(of: inode, in: ns) }
+        if case .success(let entries) = taken { listings.store(handle, entries) }
+        return taken
+    }
+
     public func readdir(_ ctx: RequestContext, inode: InodeNumber, file: OpenFile, reply: consuming DirectoryReply) {
-        guard reply.offset != 0, let entries = listings.listing(file.handle), !entries.isEmpty else {
-            // Offset 0 (or a handle this daemon never gave, e.g. the root's
-            // from before a restart): take the listing now.
-            switch transact({ (ns) throws(Errno) -> [DirectoryEntry] in try Self.entries(of: inode, in: ns) }) {
-            case .success(let entries):
-                listings.store(file.handle, entries)
-                reply.entries(entries)
-            case .failure(let errno):
-                reply.error(errno)
-            }
-            return
+        switch listing(file.handle, inode: inode, offset: reply.offset) {
+        case .success(let entries): reply.entries(entries)
+        case .failure(let errno): reply.error(errno)
         }
-        reply.entries(entries)
     }
 
     public func releasedir(_ ctx: RequestContext, inode: InodeNumber, file: OpenFile, reply: consuming StatusReply) {
@@ -94,3 +94,47 @@ extension MemoryFileSystem {
         return entries
     }
 }
+
+/// `ls -l` in one round trip per page of entries instead of two per entry
+/// (FUSE_READDIRPLUS): the same listing as readdir, each entry with its
+/// attributes as they are now. An entry removed since the listing was taken
+/// is left out (its offset still counts), and every entry sent but "." and
+/// ".." is a lookup the kernel will forget.
+extension MemoryFileSystem: DirectoryPlusListing {
+    public func readdirplus(_ ctx: RequestContext, inode: InodeNumber, file: OpenFile, reply: consuming DirectoryPlusReply) {
+        let entries: [DirectoryEntry]
+        switch listing(file.handle, inode: inode, offset: reply.offset) {
+        case .success(let listed): entries = listed
+        case .failure(let errno): reply.error(errno); return
+        }
+        var start = max(0, reply.offset)
+        while start < entries.count {
+            // What fits, measured outside the lock.
+            var end = start, used = 0
+            while end < entries.count {
+                let size = reply.encodedSize(of: entries[end].name)
+                if used + size > reply.size { break }
+                used += size
+                end += 1
+            }
+            if end == start { break }  // not even one fits: answer empty
+            let batch = state.withLock { ns -> [DirectoryPlusEntry] in
+                var out: [DirectoryPlusEntry] = []
+                out.reserveCapacity(end - start)
+                for index in start..<end {
+                    let listed = entries[index]
+                    guard let record = ns.inodes[listed.inode] else { continue }  // gone since the listing
+                    let dot = listed.name == "." || listed.name == ".."
+                    if !dot { record.lookups += 1 }
+                    out.append(DirectoryPlusEntry(name: listed.name, entry: entry(record), nextOffset: index + 1))
+                }
+                return out
+            }
+            // A page of entries all gone is not the end of the directory.
+            if !batch.isEmpty { reply.entries(batch); return }
+            start = end
+        }
+        reply.entries([])
+    }
+}
+

@@ -43,6 +43,17 @@ public protocol FileSystemOperations: AnyObject, Sendable {
     func destroyed()
 }
 
+/// A capability, as go-fuse has them: a filesystem that can answer a
+/// listing with each entry's attributes (FUSE_READDIRPLUS). The kernel then
+/// asks for it when a program lists and stats (`ls -l`), and creates the
+/// dentries and caches the attributes from it, instead of one lookup and
+/// one getattr per entry. Only conformers get the operation registered
+/// (libfuse turns READDIRPLUS on when it is). Every entry answered except
+/// "." and ".." counts as one lookup (`forget` pays it back).
+public protocol DirectoryPlusListing: FileSystemOperations {
+    func readdirplus(_ ctx: RequestContext, inode: InodeNumber, file: OpenFile, reply: consuming DirectoryPlusReply)
+}
+
 extension FileSystemOperations {
     public func lookup(_ ctx: RequestContext, parent: InodeNumber, name: FileName, reply: consuming EntryReply) { reply.error(.noFunction) }
     public func forget(inode: InodeNumber, count: UInt64) {}

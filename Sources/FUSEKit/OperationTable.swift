@@ -26,8 +26,14 @@ private func string(_ name: UnsafePointer<CChar>?) -> String {
     name.map { String(cString: $0) } ?? ""
 }
 
-func makeOperationTable() -> fuse_lowlevel_ops {
+func makeOperationTable(directoryPlus: Bool = false) -> fuse_lowlevel_ops {
     var ops = fuse_lowlevel_ops()
+    if directoryPlus {
+        ops.readdirplus = { req, ino, size, offset, fi in
+            (fs(req) as! any DirectoryPlusListing).readdirplus(
+                RequestContext(req!), inode: ino, file: OpenFile(fi), reply: DirectoryPlusReply(req!, size: size, offset: Int(offset)))
+        }
+    }
     ops.`init` = { userdata, _ in
         Unmanaged<SessionContext>.fromOpaque(userdata!).takeUnretainedValue().operations.initialized()
     }

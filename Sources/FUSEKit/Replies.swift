@@ -200,3 +200,58 @@ public struct DirectoryReply: ~Copyable {
     public consuming func error(_ errno: Errno) { replyError(req, errno); discard self }
     deinit { replyError(req, .ioError) }
 }
+
+/// readdirplus: entries with their attributes, from `offset` on, packed into
+/// at most `size` bytes. The filesystem decides which entries go (each one
+/// sent counts as a lookup), so it measures them first with `encodedSize`.
+public struct DirectoryPlusReply: ~Copyable {
+    let req: fuse_req_t
+    public let size: Int
+    public let offset: Int
+    init(_ req: fuse_req_t, size: Int, offset: Int) { self.req = req; self.size = size; self.offset = offset }
+
+    /// Bytes the entry named `name` takes in the reply.
+    public func encodedSize(of name: FileName) -> Int {
+        name.withCString { fuse_add_direntry_plus(req, nil, 0, $0, nil, 0) }
+    }
+
+    /// Answers with `entries` (each with the offset of the entry after it),
+    /// which must fit in `size` (measured with `encodedSize`); an empty
+    /// list is the end of the directory.
+    public consuming func entries(_ entries: [DirectoryPlusEntry]) {
+        var buffer = [CChar](repeating: 0, count: size)
+        var used = 0
+        for item in entries {
+            var param = fuse_entry_param()
+            param.ino = item.entry.inode
+            param.generation = 1
+            param.attr = item.entry.attributes
+            param.attr_timeout = item.entry.timeout
+            param.entry_timeout = item.entry.timeout
+            let needed = buffer.withUnsafeMutableBufferPointer { raw in
+                item.name.withCString { name in
+                    fuse_add_direntry_plus(req, raw.baseAddress! + used, size - used, name, &param, off_t(item.nextOffset))
+                }
+            }
+            if needed > size - used { break }
+            used += needed
+        }
+        _ = fuse_reply_buf(req, buffer, used)
+        discard self
+    }
+    public consuming func error(_ errno: Errno) { replyError(req, errno); discard self }
+    deinit { replyError(req, .ioError) }
+}
+
+/// One entry of a readdirplus answer.
+public struct DirectoryPlusEntry: Sendable {
+    public var name: FileName
+    public var entry: Entry
+    /// The offset a later readdirplus passes to continue after this entry.
+    public var nextOffset: Int
+    public init(name: FileName, entry: Entry, nextOffset: Int) {
+        self.name = name
+        self.entry = entry
+        self.nextOffset = nextOffset
+    }
+}

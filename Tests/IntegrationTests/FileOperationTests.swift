@@ -109,6 +109,39 @@ struct FileOperationTests {
         #expect(descriptors() - idle == 1)
     }
 
+    /// `ls -l` takes the listing with attributes (READDIRPLUS): sizes and
+    /// modes are right, files changed after the listing show their new size,
+    /// and the lookups that answer counts are all paid back (after `rm -r`
+    /// the daemon holds as many inodes as before: `df -i` shows them).
+    @Test func listingWithAttributesPaysItsLookupsBack() throws {
+        let mount = try TestMount()
+        defer { mount.close() }
+        func usedInodes() throws -> Int {
+            let out = try run(["stat", "-f", "-c", "%c %d", mount.path])
+            let f = out.stdout.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            return f.count == 2 ? f[0] - f[1] : -1
+        }
+        let before = try usedInodes()
+        let made = try run(["sh", "-c", "mkdir '\(mount.file("d"))' && cd '\(mount.file("d"))' && for i in $(seq 1 400); do printf %0${i}d 0 > f$i; done"], timeout: 120)
+        try #require(made.ok, "\(made.stderr)")
+        let listed = try run(["ls", "-l", "--time-style=+", mount.file("d")])
+        let sizes = listed.stdout.split(separator: "\n").filter { $0.hasPrefix("-") }.map { $0.split(separator: " ", omittingEmptySubsequences: true) }
+        #expect(sizes.count == 400, "\(listed.stdout.prefix(500))")
+        #expect(sizes.allSatisfy { $0.count >= 5 && $0[0].hasPrefix("-rw") && "f\($0[4])" == $0.last.map(String.init) },
+                "each file's size is its number: \(sizes.prefix(3))")
+        #expect(try run(["sh", "-c", "printf 123456789 > '\(mount.file("d/f1"))'"]).ok)
+        usleep(1_100_000)  // past the attribute timeout
+        let again = try run(["ls", "-l", mount.file("d/f1")])
+        #expect(again.stdout.contains(" 9 "), "the new size after the listing: \(again.stdout)")
+        #expect(try run(["rm", "-r", mount.file("d")]).ok)
+        var after = try usedInodes()
+        for _ in 0..<50 where after != before {
+            usleep(100_000)
+            after = try usedInodes()
+        }
+        #expect(after == before, "every lookup paid back: \(before) inodes before, \(after) after rm -r")
+    }
+
     @Test func directoriesRenameAndRemove() throws {
         let mount = try TestMount()
         defer { mount.close() }
