@@ -45,9 +45,6 @@ final class DirectoryListings: Sendable {
     func close(_ handle: UInt64) {
         _ = state.withLock { $0.listings.removeValue(forKey: handle) }
     }
-
-    /// Open directory handles (for `fbmm stat`'s curiosity and the tests).
-    var count: Int { state.withLock { $0.listings.count } }
 }
 
 extension MemoryFileSystem {

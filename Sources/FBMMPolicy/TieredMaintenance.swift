@@ -38,128 +38,126 @@ extension TieredPolicy {
             }
             leftover?.stop()
         }
-        do {
-            let wanted = k.tracker == .auto ? (m.trackerKind ?? TrackerKind.resolveAuto()) : k.tracker
-            if m.tracker == nil || m.trackerKind != wanted {
-                m.tracker?.stop()
-                m.tracker = wanted.makeTracker()
-                m.trackerKind = wanted
-            }
-            guard let tracker = m.tracker else { return }
+        let wanted = k.tracker == .auto ? (m.trackerKind ?? TrackerKind.resolveAuto()) : k.tracker
+        if m.tracker == nil || m.trackerKind != wanted {
+            m.tracker?.stop()
+            m.tracker = wanted.makeTracker()
+            m.trackerKind = wanted
+        }
+        guard let tracker = m.tracker else { return }
 
-            // 1. What the owning processes used during this scan.
-            var sizes: [UInt64: UInt64] = [:]
-            var tracked: [TrackedFile] = []
-            for file in files {
-                let size = (try? file.memory.size()) ?? 0
-                sizes[file.inode] = size
-                guard let pid = file.ownerPID, size > 0 else { continue }
-                var st = stat()
-                guard fstat(file.memory.descriptor.rawValue, &st) == 0 else { continue }
-                tracked.append(TrackedFile(key: file.inode, pid: pid, memfdInode: UInt64(st.st_ino),
-                                           pageCount: Int((size + page - 1) / page)))
-            }
-            let samples = tracker.scan(tracked)
-            let cut = Self.hotCut(maxHeat: samples.values.reduce(0) { $0 > 200 ? $0 : max($0, $1.max() ?? 0) })
-            let now = monotonicSeconds()
-            let elapsed = m.lastScan.map { now - $0 } ?? k.scanInterval
-            m.lastScan = now
+        // 1. What the owning processes used during this scan.
+        var sizes: [UInt64: UInt64] = [:]
+        var tracked: [TrackedFile] = []
+        for file in files {
+            let size = (try? file.memory.size()) ?? 0
+            sizes[file.inode] = size
+            guard let pid = file.ownerPID, size > 0 else { continue }
+            var st = stat()
+            guard fstat(file.memory.descriptor.rawValue, &st) == 0 else { continue }
+            tracked.append(TrackedFile(key: file.inode, pid: pid, memfdInode: UInt64(st.st_ino),
+                                       pageCount: Int((size + page - 1) / page)))
+        }
+        let samples = tracker.scan(tracked)
+        let cut = Self.hotCut(maxHeat: samples.values.reduce(0) { $0 > 200 ? $0 : max($0, $1.max() ?? 0) })
+        let now = monotonicSeconds()
+        let elapsed = m.lastScan.map { now - $0 } ?? k.scanInterval
+        m.lastScan = now
 
-            // 2. Where each resident page is (move_pages on the daemon's window).
-            var windows: [UInt64: FileMapping] = [:]
-            var views: [TieredPlanner.FileView] = []
-            var failure: String?
-            var trackedBytes: UInt64 = 0, hotPages: UInt64 = 0
-            for file in files {
-                let size = sizes[file.inode] ?? 0
-                let pages = Int((size + page - 1) / page)
-                guard pages > 0 else { m.history.removeValue(forKey: file.inode); continue }
-                var nodes = [Int32](repeating: -1, count: pages)
-                do throws(SystemError) {
-                    let ranges = try file.memory.dataRanges()
-                    guard !ranges.isEmpty else { continue }
-                    let window = try file.memory.map(0..<(UInt64(pages) * page))
-                    let end = UInt64(pages) * page
-                    for data in ranges {
-                        // The file may have grown since its size was read.
-                        let lower = data.lowerBound / page * page
-                        guard lower < end else { continue }
-                        let aligned = lower..<min(end, (data.upperBound + page - 1) / page * page)
-                        // Present pages only: looking must not refill what a program punched.
-                        for run in try window.presentRuns(aligned) {
-                            try window.populateRead(run)
-                            let status = try window.nodesOfPages(run)
-                            let first = Int(run.lowerBound / page)
-                            for (i, node) in status.enumerated() where first + i < pages { nodes[first + i] = node }
-                        }
+        // 2. Where each resident page is (move_pages on the daemon's window).
+        var windows: [UInt64: FileMapping] = [:]
+        var views: [TieredPlanner.FileView] = []
+        var failure: String?
+        var trackedBytes: UInt64 = 0, hotPages: UInt64 = 0
+        for file in files {
+            let size = sizes[file.inode] ?? 0
+            let pages = Int((size + page - 1) / page)
+            guard pages > 0 else { m.history.removeValue(forKey: file.inode); continue }
+            var nodes = [Int32](repeating: -1, count: pages)
+            do throws(SystemError) {
+                let ranges = try file.memory.dataRanges()
+                guard !ranges.isEmpty else { continue }
+                let window = try file.memory.map(0..<(UInt64(pages) * page))
+                let end = UInt64(pages) * page
+                for data in ranges {
+                    // The file may have grown since its size was read.
+                    let lower = data.lowerBound / page * page
+                    guard lower < end else { continue }
+                    let aligned = lower..<min(end, (data.upperBound + page - 1) / page * page)
+                    // Present pages only: looking must not refill what a program punched.
+                    for run in try window.presentRuns(aligned) {
+                        try window.populateRead(run)
+                        let status = try window.nodesOfPages(run)
+                        let first = Int(run.lowerBound / page)
+                        for (i, node) in status.enumerated() where first + i < pages { nodes[first + i] = node }
                     }
-                    windows[file.inode] = window
+                }
+                windows[file.inode] = window
+            } catch {
+                failure = error.description
+                continue
+            }
+            // 3. Page history: heat (moving average), hot and cold streaks.
+            var h = m.history[file.inode] ?? PageHistory()
+            if h.heat.count != pages {
+                h.heat = Self.resized(h.heat, pages)
+                h.hotStreak = Self.resized(h.hotStreak, pages)
+                h.coldStreak = Self.resized(h.coldStreak, pages)
+            }
+            if let sample = samples[file.inode] {
+                trackedBytes += UInt64(pages) * page
+                Self.record(sample, into: &h.heat, &h.hotStreak, &h.coldStreak, hotCut: cut)
+            } else {
+                // Nobody to ask (not process-owned, or not mapped now): cooling.
+                Self.record([UInt8](repeating: 0, count: pages), into: &h.heat, &h.hotStreak, &h.coldStreak)
+            }
+            h.hotStreak.withUnsafeBufferPointer { b in for v in b where v > 0 { hotPages += 1 } }
+            m.history[file.inode] = h
+            views.append(.init(key: file.inode, nodes: nodes, hotStreak: h.hotStreak, coldStreak: h.coldStreak, heat: h.heat))
+        }
+        for key in m.history.keys where sizes[key] == nil { m.history.removeValue(forKey: key) }
+
+        // 4. Decide and move.
+        let planner = TieredPlanner(
+            fastNode: Int32(fast), slowNode: Int32(slow),
+            limitPages: Int(k.fastLimit / page), capacityPages: Int(k.fastCapacity / page),
+            promoteThreshold: k.promoteThreshold,
+            budgetPages: max(1, Int(Double(k.rateLimit) * max(elapsed, k.scanInterval) / Double(page))))
+        let plan = planner.plan(views)
+        var promoted: UInt64 = 0, demoted: UInt64 = 0
+        for (moves, target) in [(plan.demote, Int32(slow)), (plan.promote, Int32(fast))] {
+            for (key, pageIndices) in moves where !pageIndices.isEmpty {
+                guard let window = windows[key] else { continue }
+                do throws(SystemError) {
+                    let status = try window.migrate(pageOffsets: pageIndices.map { UInt64($0) * page }, to: target)
+                    let moved = UInt64(status.lazy.filter { $0 == target }.count)
+                    if target == Int32(fast) { promoted += moved } else { demoted += moved }
                 } catch {
                     failure = error.description
-                    continue
-                }
-                // 3. Page history: heat (moving average), hot and cold streaks.
-                var h = m.history[file.inode] ?? PageHistory()
-                if h.heat.count != pages {
-                    h.heat = Self.resized(h.heat, pages)
-                    h.hotStreak = Self.resized(h.hotStreak, pages)
-                    h.coldStreak = Self.resized(h.coldStreak, pages)
-                }
-                if let sample = samples[file.inode] {
-                    trackedBytes += UInt64(pages) * page
-                    Self.record(sample, into: &h.heat, &h.hotStreak, &h.coldStreak, hotCut: cut)
-                } else {
-                    // Nobody to ask (not process-owned, or not mapped now): cooling.
-                    Self.record([UInt8](repeating: 0, count: pages), into: &h.heat, &h.hotStreak, &h.coldStreak)
-                }
-                h.hotStreak.withUnsafeBufferPointer { b in for v in b where v > 0 { hotPages += 1 } }
-                m.history[file.inode] = h
-                views.append(.init(key: file.inode, nodes: nodes, hotStreak: h.hotStreak, coldStreak: h.coldStreak, heat: h.heat))
-            }
-            for key in m.history.keys where sizes[key] == nil { m.history.removeValue(forKey: key) }
-
-            // 4. Decide and move.
-            let planner = TieredPlanner(
-                fastNode: Int32(fast), slowNode: Int32(slow),
-                limitPages: Int(k.fastLimit / page), capacityPages: Int(k.fastCapacity / page),
-                promoteThreshold: k.promoteThreshold,
-                budgetPages: max(1, Int(Double(k.rateLimit) * max(elapsed, k.scanInterval) / Double(page))))
-            let plan = planner.plan(views)
-            var promoted: UInt64 = 0, demoted: UInt64 = 0
-            for (moves, target) in [(plan.demote, Int32(slow)), (plan.promote, Int32(fast))] {
-                for (key, pageIndices) in moves where !pageIndices.isEmpty {
-                    guard let window = windows[key] else { continue }
-                    do throws(SystemError) {
-                        let status = try window.migrate(pageOffsets: pageIndices.map { UInt64($0) * page }, to: target)
-                        let moved = UInt64(status.lazy.filter { $0 == target }.count)
-                        if target == Int32(fast) { promoted += moved } else { demoted += moved }
-                    } catch {
-                        failure = error.description
-                    }
                 }
             }
-            var fastPages: UInt64 = 0, slowPages: UInt64 = 0
-            for v in views {
-                v.nodes.withUnsafeBufferPointer { nodes in
-                    for node in nodes { if node == Int32(fast) { fastPages += 1 } else if node == Int32(slow) { slowPages += 1 } }
-                }
+        }
+        var fastPages: UInt64 = 0, slowPages: UInt64 = 0
+        for v in views {
+            v.nodes.withUnsafeBufferPointer { nodes in
+                for node in nodes { if node == Int32(fast) { fastPages += 1 } else if node == Int32(slow) { slowPages += 1 } }
             }
-            let cpu = tracker.cpuSeconds
-            let name = tracker.name
-            stats.withLock { c in
-                c.scans += 1
-                c.promotedPages += promoted
-                c.demotedPages += demoted
-                c.tracker = name
-                c.trackerCPU = cpu
-                c.trackedGiBSeconds += Double(trackedBytes) / Double(1 << 30) * elapsed
-                c.trackedBytes = trackedBytes
-                c.hotBytes = hotPages * page
-                c.fastBytes = (fastPages + promoted - min(fastPages + promoted, demoted)) * page
-                c.slowBytes = (slowPages + demoted - min(slowPages + demoted, promoted)) * page
-                c.passSeconds = monotonicSeconds() - started
-                if let failure { c.failures += 1; c.lastError = failure }
-            }
+        }
+        let cpu = tracker.cpuSeconds
+        let name = tracker.name
+        stats.withLock { c in
+            c.scans += 1
+            c.promotedPages += promoted
+            c.demotedPages += demoted
+            c.tracker = name
+            c.trackerCPU = cpu
+            c.trackedGiBSeconds += Double(trackedBytes) / Double(1 << 30) * elapsed
+            c.trackedBytes = trackedBytes
+            c.hotBytes = hotPages * page
+            c.fastBytes = (fastPages + promoted - min(fastPages + promoted, demoted)) * page
+            c.slowBytes = (slowPages + demoted - min(slowPages + demoted, promoted)) * page
+            c.passSeconds = monotonicSeconds() - started
+            if let failure { c.failures += 1; c.lastError = failure }
         }
     }
 }

@@ -359,20 +359,19 @@ private func processAlive(_ pid: pid_t) -> Bool {
 
 /// The file's contents once it exists (polling), or nil after `seconds`.
 func waitForFile(_ path: String, seconds: Double) -> String? {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if let text = try? String(contentsOfFile: path, encoding: .utf8) { return text }
-        usleep(20_000)
-    }
-    return nil
+    waitFor(path, seconds: seconds) { _ in true }
 }
 
 /// The file's text once it has some: a writer that creates the file and then
 /// writes (python's `open(path, 'w')`) is seen between the two otherwise.
 func waitForContent(_ path: String, seconds: Double) -> String? {
+    waitFor(path, seconds: seconds) { !$0.isEmpty }
+}
+
+private func waitFor(_ path: String, seconds: Double, until done: (String) -> Bool) -> String? {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
-        if let text = try? String(contentsOfFile: path, encoding: .utf8), !text.isEmpty { return text }
+        if let text = try? String(contentsOfFile: path, encoding: .utf8), done(text) { return text }
         usleep(20_000)
     }
     return nil

@@ -159,14 +159,19 @@ FBMM_EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, str
 
 /* fcntl's third argument, when there is one, is an int, a long or a
  * pointer: read as a long (what libc itself does) and passed on. */
+static int pass_fcntl(int (*next)(int, int, ...), int fd, int cmd, long arg)
+{
+    if (hidden(fd)) return ebadf();
+    return next ? next(fd, cmd, arg) : sys_fcntl(fd, cmd, arg);
+}
+
 FBMM_EXPORT int fcntl(int fd, int cmd, ...)
 {
     va_list ap;
     va_start(ap, cmd);
     long arg = va_arg(ap, long);
     va_end(ap);
-    if (hidden(fd)) return ebadf();
-    return next_fcntl ? next_fcntl(fd, cmd, arg) : sys_fcntl(fd, cmd, arg);
+    return pass_fcntl(next_fcntl, fd, cmd, arg);
 }
 
 FBMM_EXPORT int fcntl64(int fd, int cmd, ...)
@@ -175,8 +180,7 @@ FBMM_EXPORT int fcntl64(int fd, int cmd, ...)
     va_start(ap, cmd);
     long arg = va_arg(ap, long);
     va_end(ap);
-    if (hidden(fd)) return ebadf();
-    return next_fcntl64 ? next_fcntl64(fd, cmd, arg) : sys_fcntl(fd, cmd, arg);
+    return pass_fcntl(next_fcntl64, fd, cmd, arg);
 }
 
 FBMM_EXPORT int dup(int fd)
