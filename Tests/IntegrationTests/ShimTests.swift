@@ -211,6 +211,29 @@ struct ShimTests {
         #expect(gone, "a killed app's file and memory are gone within 1 s: \((try? mountFiles(mount)) ?? [])")
     }
 
+    /// The daemon bounds the requests one user has in flight (8) and refuses
+    /// past that unread; the shim must wait its turn rather than fall back,
+    /// or a burst of processes (stress-ng's mmapfork, a parallel build)
+    /// silently leaves the policy. 256 processes released at one instant
+    /// each ask for their arena's backing, three times over (before the
+    /// shim retried busy answers, 4 runs in 5 had some fall back).
+    @Test func aBurstOfProcessesAllGetTheMount() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount()
+        defer { mount.close() }
+        for _ in 0..<3 {
+            let burst = try run(fbmmRun(mount, ["--verbose"], [ShimPrograms.probe, "burst", "256", "2"]), timeout: 120)
+            #expect(burst.ok, "every process of the burst ran: \(burst.stdout.suffix(300)) \(burst.stderr.suffix(300))")
+            let fellBack = burst.stderr.split(separator: "\n").filter { $0.contains("falling back") }
+            #expect(fellBack.isEmpty, "none fell back to anonymous memory: \(fellBack.count) did: \(fellBack.first ?? "")")
+            let placed = burst.stdout.split(separator: "\n").filter { $0.hasPrefix("RssShmem ") }
+                .compactMap { Int($0.dropFirst(9)) }
+            #expect(placed.count == 256 && placed.allSatisfy { $0 >= 3 * 1024 },
+                    "each one's 4 MiB in the mount: \(placed.count) reported, least \(placed.min() ?? 0) KiB")
+            if !fellBack.isEmpty || !burst.ok { break }
+        }
+    }
+
     @Test func daemonDeathDoesNotKillTheApp() throws {
         try ShimPrograms.build()
         let mount = try TestMount()

@@ -14,6 +14,12 @@
  *       arena to grow) and checks that too. Prints "data ok", "new ok",
  *       the Rss lines, and exits 0 when all data read back correctly.
  *
+ *   probe burst N MB
+ *       forks N children that wait on one pipe, then releases them all at
+ *       once: each execs "probe alloc MB", so N fresh processes ask the
+ *       daemon for their arena's backing in the same instant. Exit 0 when
+ *       every child exited 0, else the number that did not.
+ *
  *   probe unblock CMD [ARGS...]
  *       unblocks all signals and restores default dispositions of the
  *       catchable ones, then execs CMD. Test runners (Swift concurrency
@@ -28,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static long status_kb(const char *key)
@@ -130,6 +137,30 @@ static int unblock(char **argv)
     return 127;
 }
 
+static int burst(int n, const char *mb)
+{
+    int gate[2];
+    if (n < 1 || n > 512 || pipe(gate) < 0) return 2;
+    for (int i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid < 0) { perror("fork"); return 2; }
+        if (pid == 0) {
+            char c;
+            close(gate[1]);
+            if (read(gate[0], &c, 1) != 0) _exit(2);  /* EOF: all released together */
+            close(gate[0]);
+            execl("/proc/self/exe", "probe", "alloc", mb, (char *)NULL);
+            _exit(127);
+        }
+    }
+    close(gate[0]);
+    close(gate[1]);
+    int bad = 0, st;
+    while (wait(&st) > 0) bad += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    printf("burst %d bad %d\n", n, bad);
+    return bad;
+}
+
 /* Maps and touches MB MiB of anonymous memory and prints how much of this
  * process's memory is mapped by huge-page (PMD) entries: shmem under the
  * shim, anonymous natively. */
@@ -160,8 +191,9 @@ int main(int argc, char **argv)
     if ((argc == 3 || argc == 4) && !strcmp(argv[1], "hugepmd"))
         return hugepmd(strtoul(argv[2], NULL, 0), argc == 4 && !strcmp(argv[3], "ask"));
     if (argc >= 3 && !strcmp(argv[1], "unblock")) return unblock(argv + 2);
+    if (argc == 4 && !strcmp(argv[1], "burst")) return burst(atoi(argv[2]), argv[3]);
     if (argc == 3 && !strcmp(argv[1], "alloc")) return alloc(strtoul(argv[2], NULL, 0));
     if (argc == 5 && !strcmp(argv[1], "hold")) return hold(strtoul(argv[2], NULL, 0), argv[3], argv[4]);
-    fprintf(stderr, "usage: probe alloc MB | probe hold MB READY GO | probe hugepmd MB [ask] | probe unblock CMD [ARGS...]\n");
+    fprintf(stderr, "usage: probe alloc MB | probe hold MB READY GO | probe hugepmd MB [ask] | probe burst N MB | probe unblock CMD [ARGS...]\n");
     return 2;
 }

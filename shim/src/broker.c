@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../../Sources/CFBMMSys/include/fbmm_broker.h"
@@ -53,7 +54,7 @@ int fbmm_broker_request(const char *sock, uint32_t op, uint32_t flags, int fd, u
     return fbmm_broker_exchange(sock, &req, &fd, fd >= 0 ? 1 : 0, want_fd, fd_out, size, why, whylen);
 }
 
-int fbmm_broker_exchange(const char *sock, const struct fbmm_request *request, const int *fds, int nfds,
+static int exchange_once(const char *sock, const struct fbmm_request *request, const int *fds, int nfds,
                          int want_fd, int *fd_out, uint64_t *size, char *why, size_t whylen)
 {
     uint32_t op = request->op;
@@ -150,4 +151,33 @@ out:
     sys_close(s);
     errno = err;
     return err ? -1 : 0;
+}
+
+/* Whether a failed exchange may succeed if sent again: the daemon bounds
+ * the requests a user has in flight (and the connections waiting) and
+ * refuses past that without reading the request: EAGAIN, or ECONNRESET /
+ * EPIPE when it closes on our unread message. */
+static int busy(int e)
+{
+    return e == EAGAIN || e == EINTR || e == ECONNRESET || e == EPIPE;
+}
+
+/* Every request the shim sends may be repeated (a backing or pool request
+ * answers the same fd again, copy-on-write release and fill are idempotent,
+ * a repeated fork or child registration is refused), so a busy answer is
+ * retried, backing off to 20 ms, for up to ~40 s: a burst of processes
+ * (stress-ng's mmapfork starts dozens at once) must not turn the daemon's
+ * fairness bound into a silent fall back to anonymous memory. */
+int fbmm_broker_exchange(const char *sock, const struct fbmm_request *request, const int *fds, int nfds,
+                         int want_fd, int *fd_out, uint64_t *size, char *why, size_t whylen)
+{
+    struct timespec pause = { 0, 100000 };
+    for (int tries = 0;; tries++) {
+        int r = exchange_once(sock, request, fds, nfds, want_fd, fd_out, size, why, whylen);
+        if (r == 0 || !busy(errno) || tries >= 2000) return r;
+        int e = errno;
+        nanosleep(&pause, NULL);
+        if (pause.tv_nsec < 20000000) pause.tv_nsec *= 2;
+        errno = e;
+    }
 }

@@ -101,29 +101,11 @@ static int reg(int uffd, const struct fbmm_piece *p, uint64_t mode)
     return ioctl(uffd, UFFDIO_REGISTER, &r);
 }
 
-/* Whether a failed request may succeed if sent again: the daemon bounds
- * the requests a user has in flight and refuses past that without reading
- * the request (EAGAIN, or ECONNRESET when it closes on our unread message),
- * as it does when too many connections wait. */
-static int busy(int e)
-{
-    return e == EAGAIN || e == EINTR || e == ECONNRESET || e == EPIPE;
-}
-
-/* One copy-on-write request about our arena. Many processes forking and
- * freeing at once meet the daemon's bound; a release or a fill must not
- * fail for that, so it is retried, backing off to 20 ms, for up to ~40 s.
- * (Every copy-on-write request may be repeated: release and fill are
- * idempotent, and a repeated fork or child registration is refused.) */
+/* One copy-on-write request about our arena (retried while the daemon is
+ * busy: fbmm_broker_exchange). */
 static int exchange(struct fbmm_request *req, const int *fds, int nfds, uint64_t *size, char *why, size_t wl)
 {
-    struct timespec pause = { 0, 100000 };
-    for (int tries = 0;; tries++) {
-        int r = fbmm_broker_exchange(fbmm_arena.sock, req, fds, nfds, 0, &(int){ -1 }, size, why, wl);
-        if (r == 0 || !busy(errno) || tries >= 2000) return r;
-        nanosleep(&pause, NULL);
-        if (pause.tv_nsec < 20000000) pause.tv_nsec *= 2;
-    }
+    return fbmm_broker_exchange(fbmm_arena.sock, req, fds, nfds, 0, &(int){ -1 }, size, why, wl);
 }
 
 /* The daemon is gone (its socket refuses or vanished): nobody pushes what
