@@ -15,7 +15,13 @@ struct RunCommand: ParsableCommand {
             anonymous mmaps and large malloc blocks into a file of the mount. glibc keeps small \
             objects in its brk heap, out of any interposer's reach: --allocator jemalloc or \
             mimalloc preloads that allocator after the shim, so that they land in the mount too.
-            Environment set for the program: FBMM_MOUNT, FBMM_MIN_SIZE, FBMM_STRICT, FBMM_VERBOSE.
+            Without --verbose the shim says only what the user must know: that the program \
+            fell back to ordinary memory (the first time, and why), and at exit when less than half \
+            of its resident memory was in the mount (where the rest was, and the fix); --quiet \
+            silences that too. A statically linked or set-user-ID program, which cannot be \
+            preloaded, is named before it starts.
+            Environment set for the program: FBMM_MOUNT, FBMM_MIN_SIZE, FBMM_STRICT, FBMM_VERBOSE, \
+            FBMM_REPORT (the program's pid: only that process reports, not its children).
             """)
 
     enum Allocator: String, ExpressibleByArgument, CaseIterable {
@@ -34,8 +40,11 @@ struct RunCommand: ParsableCommand {
     @Flag(name: .long, help: "Fail allocations with ENOMEM instead of falling back to ordinary memory.")
     var strict = false
 
-    @Flag(name: .long, help: "Let the shim say on stderr when it falls back.")
+    @Flag(name: .long, help: "Let the shim say on stderr everything it does (backing, pool, every fallback).")
     var verbose = false
+
+    @Flag(name: .long, help: "Say nothing on stderr, not even when the program's memory stays outside the mount.")
+    var quiet = false
 
     @Argument(parsing: .captureForPassthrough, help: "The program and its arguments (after --).")
     var command: [String] = []
@@ -46,6 +55,7 @@ struct RunCommand: ParsableCommand {
         // "--" (or a program name), -h and --help are ours.
         if command.first == "--help" || command.first == "-h" { throw CleanExit.helpRequest(self) }
         if command.first == "--" { command.removeFirst() }
+        if quiet && verbose { throw CLIError("--quiet and --verbose cannot be used together") }
         guard let program = command.first else { throw CLIError("no program given (fbmm run --mount DIR -- PROGRAM [ARGS...])") }
         guard let mountDir = mount ?? ProcessInfo.processInfo.environment["FBMM_MOUNT"] else {
             throw CLIError("no mount given (--mount DIR or FBMM_MOUNT)")
@@ -57,11 +67,15 @@ struct RunCommand: ParsableCommand {
                 // Not a matter of verbosity: none of the program's memory would be in the mount.
                 let why = "no permission to use \(mountPath) (mounted by another user: it needs -o allow_other)"
                 if strict { throw CLIError(why) }
-                writeStderr("fbmm: \(why); \(program) runs on ordinary memory")
+                if !quiet { writeStderr("fbmm: \(why); \(program) runs on ordinary memory") }
             } else {
                 if strict { throw CLIError("\(mountPath) is not an fbmm mount (strict mode)") }
                 if verbose { writeStderr("fbmm: \(mountPath) is not an fbmm mount; \(program) runs on ordinary memory") }
             }
+        }
+        if let obstacle = preloadObstacle(program) {
+            if strict { throw CLIError(obstacle) }
+            if !quiet { writeStderr("fbmm: \(obstacle)") }
         }
         if let minSize {
             do { _ = try ByteSize(parsing: minSize) } catch { throw CLIError("--min-size: \(error)") }
@@ -81,6 +95,8 @@ struct RunCommand: ParsableCommand {
         if let minSize { setenv("FBMM_MIN_SIZE", minSize, 1) }
         if strict { setenv("FBMM_STRICT", "1", 1) }
         if verbose { setenv("FBMM_VERBOSE", "1", 1) }
+        // exec keeps the pid: the shim reports in the program, not in what it starts.
+        if quiet { unsetenv("FBMM_REPORT") } else { setenv("FBMM_REPORT", String(getpid()), 1) }
         // exec: the program replaces fbmm, so its exit status and signals are the caller's to see.
         var argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) } + [nil]
         execvp(program, &argv)

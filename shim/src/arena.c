@@ -260,8 +260,12 @@ int fbmm_arena_grow(uint64_t need)
     if (ftruncate(a->name_fd, (off_t)n) < 0) {
         int e = errno;
         static int once;
-        fbmm_say_once(&once, "falling back to anonymous memory: cannot grow the arena file: ",
-                      strerrorname_np(e) ? strerrorname_np(e) : "error", NULL);
+        if (e == ENOSPC)
+            fbmm_say_once(&once, "falling back to anonymous memory: the mount is full ",
+                          "(ENOSPC: its -o capacity is used up)", NULL);
+        else
+            fbmm_say_once(&once, "falling back to anonymous memory: cannot grow the arena file: ",
+                          strerrorname_np(e) ? strerrorname_np(e) : "error", NULL);
         /* The daemon is gone or the descriptor is: don't ask again. */
         if (e == ENOTCONN || e == ENODEV || e == EIO || e == EBADF) a->grow_dead = 1;
         errno = ENOMEM;

@@ -70,6 +70,7 @@ void fbmm_config_load(void)
     if (pg) fbmm_page = pg;
 
     fbmm_cfg.verbose = env_flag("FBMM_VERBOSE");
+    fbmm_report_load();
     fbmm_cfg.strict = env_flag("FBMM_STRICT");
     /* FBMM_PREZERO=0: this process does not use the mount's pre-zeroed pool. */
     const char *pz = getenv("FBMM_PREZERO");
@@ -110,7 +111,6 @@ void fbmm_config_load(void)
 
 void fbmm_say(const char *a, const char *b, const char *c)
 {
-    if (!fbmm_cfg.verbose) return;
     char buf[512];
     size_t n = 0;
     const char *parts[] = { "fbmm: ", a, b, c, "\n" };
@@ -118,6 +118,10 @@ void fbmm_say(const char *a, const char *b, const char *c)
         for (const char *p = parts[i]; p && *p && n < sizeof buf - 1; p++)
             buf[n++] = *p;
     }
+    /* A fallback is remembered, and said in the process fbmm run started
+     * even without --verbose (report.c). */
+    fbmm_report_message(buf, n);
+    if (!fbmm_cfg.verbose) return;
     int saved = errno;
     ssize_t r = write(2, buf, n);
     (void)r;

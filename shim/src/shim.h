@@ -41,6 +41,11 @@ int fbmm_parse_size(const char *s, size_t *out);
 void fbmm_say(const char *a, const char *b, const char *c);
 /* Like fbmm_say, but only the first time *once is 0. */
 void fbmm_say_once(int *once, const char *a, const char *b, const char *c);
+/* report.c: FBMM_REPORT (the pid fbmm run gave the program) is read; a
+ * message is offered to the reporter, which remembers the first fallback,
+ * says it in the reporting process. */
+void fbmm_report_load(void);
+void fbmm_report_message(const char *text, size_t n);
 /* Decimal formatting into buf (>= 21 bytes); returns buf. */
 char *fbmm_utoa(char *buf, uint64_t v);
 
