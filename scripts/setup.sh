@@ -14,7 +14,8 @@ want=(libfuse3-dev fuse3 libnuma-dev numactl pkg-config gcc make libc6-dev
       stress-ng sqlite3 python3 attr psmisc jq libjemalloc2 libmimalloc2.0 coreutils
       postgresql    # postgresql: SharedAnonTests runs a server under the shim
       libpython3.11-testsuite       # CPythonSuiteTests runs test_subprocess and test_os under the shim
-      python3-prometheus-client curl)   # ObservabilityTests parse `fbmm stat --prometheus` and scrape -o metrics
+      python3-prometheus-client curl    # ObservabilityTests parse `fbmm stat --prometheus` and scrape -o metrics
+      librsvg2-bin python3-pil)         # BenchTests render chart.svg (rsvg-convert) and look at its pixels
 missing=()
 for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -114,6 +114,13 @@ struct BenchReport {
 
     static func ratio(_ value: Double) -> String { value.isNaN ? "-" : String(format: "%.2f", value) }
 
+    /// The spread of a variant's repetitions as ratios to native's median
+    /// (what the table's [min-max] and the chart's error bars show).
+    static func ratioRange(_ r: BenchRow, native: BenchRow) -> (low: Double, high: Double) {
+        guard native.value != 0 else { return (.nan, .nan) }
+        return (r.spread.min / native.value, r.spread.max / native.value)
+    }
+
     /// Cells: metric name, unit, native median [min-max], then for each
     /// policy its ratio to native with the ratio range of its repetitions.
     func tableCells() -> (header: [String], lines: [[String]]) {
@@ -130,9 +137,8 @@ struct BenchReport {
                             "\(Self.number(native.value)) \(native.unit) [\(Self.number(native.spread.min))-\(Self.number(native.spread.max))]"]
                 for variant in variants.dropFirst() {
                     guard let r = row(workload, variant, metric) else { line.append("-"); continue }
-                    let low = native.value != 0 ? r.spread.min / native.value : .nan
-                    let high = native.value != 0 ? r.spread.max / native.value : .nan
-                    line.append("\(Self.ratio(r.ratioToNative)) [\(Self.ratio(low))-\(Self.ratio(high))]")
+                    let range = Self.ratioRange(r, native: native)
+                    line.append("\(Self.ratio(r.ratioToNative)) [\(Self.ratio(range.low))-\(Self.ratio(range.high))]")
                 }
                 lines.append(line)
             }
@@ -205,19 +211,38 @@ struct BenchReport {
     }
 
     /// Grouped bars: for each workload its headline metric, one bar per
-    /// policy with its ratio to native; a line at 1.0 (native).
+    /// policy with its ratio to native and an error bar over its
+    /// repetitions' range; a line at 1.0 (native). Every label is given
+    /// room by an estimate of its width (sans-serif runs ~0.6 em a
+    /// character), so that nothing is drawn outside the canvas.
     func svg() -> String {
         let policies = Array(variants.dropFirst())
         let palette = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
-        let barWidth = 22.0, groupGap = 28.0
-        let groupWidth = Double(max(policies.count, 1)) * barWidth + groupGap
-        let left = 70.0, top = 50.0, plotHeight = 260.0, bottom = 80.0
-        let legendWidth = 40.0 + Double(policies.map { $0.count }.max() ?? 6) * 7.5
-        let plotWidth = max(Double(workloads.count) * groupWidth, 200.0)
-        let width = left + plotWidth + 20 + legendWidth, height = top + plotHeight + bottom
+        func textWidth(_ text: String, size: Double = 12, bold: Bool = false) -> Double {
+            Double(text.count) * size * (bold ? 0.68 : 0.62)
+        }
+        let title = "fbmm bench: ratio to native (headline metric per workload, medians, min-max bars)"
         let headline = workloads.map { ($0, metricOrder[$0]?.first ?? "") }
-        let maxRatio = rows.filter { $0.policy != "native" && $0.ratioToNative.isFinite }.map(\.ratioToNative).max() ?? 1
-        var yMax = max(1.2, (maxRatio * 1.1 * 5).rounded(.up) / 5)
+        let legendLabels = policies.map { "\($0)\(fallbacks[$0] == nil ? "" : " (FELL BACK)")" }
+        let widestLabel = headline.map { max(textWidth($0.0), textWidth("\($0.1) ↑")) }.max() ?? 0
+        let barWidth = 22.0, groupGap = 28.0
+        let minimumGroup = max(Double(max(policies.count, 1)) * barWidth + groupGap, widestLabel + 12)
+        let left = 70.0, top = 50.0, plotHeight = 260.0, bottom = 80.0
+        let legendWidth = max(30.0 + (legendLabels.map { textWidth($0) }.max() ?? 40), textWidth("native = 1.0") + 10)
+        let xTitle = "workload: metric (↑ higher is better, ↓ lower is better)"
+        let plotWidth = max(Double(workloads.count) * minimumGroup, 200.0, textWidth(xTitle) + 20)
+        let groupWidth = plotWidth / Double(max(workloads.count, 1))  // groups spread over the plot
+        let width = max(left + plotWidth + 20 + legendWidth, left + textWidth(title, size: 15, bold: true) + 20)
+        let height = top + plotHeight + bottom
+        var highest = 1.0
+        for (workload, metric) in headline {
+            guard let native = row(workload, "native", metric) else { continue }
+            for policy in policies {
+                guard let r = row(workload, policy, metric) else { continue }
+                for v in [r.ratioToNative, Self.ratioRange(r, native: native).high] where v.isFinite { highest = max(highest, v) }
+            }
+        }
+        var yMax = max(1.2, (highest * 1.1 * 5).rounded(.up) / 5)
         if yMax > 5 { yMax = (yMax).rounded(.up) }
         let tickStep = yMax <= 1.6 ? 0.2 : (yMax <= 3 ? 0.5 : 1.0)
         func y(_ value: Double) -> Double { top + plotHeight - min(value, yMax) / yMax * plotHeight }
@@ -228,7 +253,7 @@ struct BenchReport {
             <svg xmlns="http://www.w3.org/2000/svg" width="\(f(width))" height="\(f(height))" viewBox="0 0 \(f(width)) \(f(height))" font-family="sans-serif" font-size="12">
             <title>fbmm bench: each policy's ratio to native, same run</title>
             <rect x="0" y="0" width="\(f(width))" height="\(f(height))" fill="white"/>
-            <text x="\(f(left))" y="22" font-size="15" font-weight="bold">fbmm bench: ratio to native (headline metric per workload, medians)</text>
+            <text x="\(f(left))" y="22" font-size="15" font-weight="bold">\(Self.xml(title))</text>
 
             """
         // Axes, ticks and grid.
@@ -241,10 +266,10 @@ struct BenchReport {
         s += "<line x1=\"\(f(left))\" y1=\"\(f(top))\" x2=\"\(f(left))\" y2=\"\(f(top + plotHeight))\" stroke=\"black\"/>\n"
         s += "<line x1=\"\(f(left))\" y1=\"\(f(top + plotHeight))\" x2=\"\(f(left + plotWidth))\" y2=\"\(f(top + plotHeight))\" stroke=\"black\"/>\n"
         s += "<text transform=\"translate(18,\(f(top + plotHeight / 2))) rotate(-90)\" text-anchor=\"middle\">ratio to native</text>\n"
-        s += "<text x=\"\(f(left + plotWidth / 2))\" y=\"\(f(height - 12))\" text-anchor=\"middle\">workload: metric (↑ higher is better, ↓ lower is better)</text>\n"
+        s += "<text x=\"\(f(left + plotWidth / 2))\" y=\"\(f(height - 12))\" text-anchor=\"middle\">\(Self.xml(xTitle))</text>\n"
         // Bars.
         for (g, (workload, metric)) in headline.enumerated() {
-            let x0 = left + groupGap / 2 + Double(g) * groupWidth
+            let x0 = left + Double(g) * groupWidth + (groupWidth - Double(policies.count) * barWidth) / 2
             for (p, policy) in policies.enumerated() {
                 guard let r = row(workload, policy, metric), r.ratioToNative.isFinite else { continue }
                 let x = x0 + Double(p) * barWidth
@@ -252,6 +277,14 @@ struct BenchReport {
                 s += "<rect class=\"bar\" data-workload=\"\(Self.xml(workload))\" data-policy=\"\(Self.xml(policy))\" data-metric=\"\(Self.xml(metric))\" "
                 s += "x=\"\(f(x))\" y=\"\(f(barTop))\" width=\"\(f(barWidth - 3))\" height=\"\(f(top + plotHeight - barTop))\" fill=\"\(palette[p % palette.count])\">"
                 s += "<title>\(Self.xml("\(workload) \(metric), \(policy): \(Self.ratio(r.ratioToNative)) x native (\(Self.number(r.value)) \(r.unit))"))</title></rect>\n"
+                if let native = row(workload, "native", metric) {
+                    let range = Self.ratioRange(r, native: native)
+                    if range.low.isFinite && range.high.isFinite {
+                        let cx = x + (barWidth - 3) / 2, lo = y(range.low), hi = y(range.high)
+                        s += "<path class=\"spread\" d=\"M\(f(cx)) \(f(lo)) V\(f(hi)) M\(f(cx - 4)) \(f(lo)) H\(f(cx + 4)) M\(f(cx - 4)) \(f(hi)) H\(f(cx + 4))\" "
+                        s += "stroke=\"black\" stroke-width=\"1.2\" fill=\"none\"/>\n"
+                    }
+                }
             }
             let arrow = (row(workload, "native", metric)?.better ?? "higher") == "higher" ? "↑" : "↓"
             let cx = x0 + Double(policies.count) * barWidth / 2
@@ -260,13 +293,13 @@ struct BenchReport {
         }
         // Native = 1.0.
         s += "<line class=\"native\" x1=\"\(f(left))\" y1=\"\(f(y(1)))\" x2=\"\(f(left + plotWidth))\" y2=\"\(f(y(1)))\" stroke=\"black\" stroke-width=\"1.5\" stroke-dasharray=\"6,4\"/>\n"
-        s += "<text x=\"\(f(left + plotWidth - 4))\" y=\"\(f(y(1) - 5))\" text-anchor=\"end\">native = 1.0</text>\n"
+        s += "<text x=\"\(f(left + plotWidth + 6))\" y=\"\(f(y(1) + 4))\">native = 1.0</text>\n"  // beside the plot, clear of the bars
         // Legend.
         let lx = left + plotWidth + 20
-        for (p, policy) in policies.enumerated() {
+        for p in policies.indices {
             let ly = top + Double(p) * 20
             s += "<rect class=\"legend\" x=\"\(f(lx))\" y=\"\(f(ly))\" width=\"12\" height=\"12\" fill=\"\(palette[p % palette.count])\"/>\n"
-            s += "<text x=\"\(f(lx + 18))\" y=\"\(f(ly + 10))\">\(Self.xml(policy))</text>\n"
+            s += "<text x=\"\(f(lx + 18))\" y=\"\(f(ly + 10))\">\(Self.xml(legendLabels[p]))</text>\n"
         }
         s += "</svg>\n"
         return s

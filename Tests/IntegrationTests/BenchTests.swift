@@ -18,6 +18,7 @@ struct BenchTests {
     /// Counts `<rect class="bar">` elements and checks the document is well-formed XML.
     final class BarCounter: NSObject, XMLParserDelegate {
         var bars = [(workload: String, policy: String)]()
+        var spreads = 0
         var rootName: String?
         func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?,
                     qualifiedName: String?, attributes: [String: String] = [:]) {
@@ -25,6 +26,7 @@ struct BenchTests {
             if name == "rect", attributes["class"] == "bar" {
                 bars.append((attributes["data-workload"] ?? "", attributes["data-policy"] ?? ""))
             }
+            if name == "path", attributes["class"] == "spread" { spreads += 1 }
         }
     }
 
@@ -45,6 +47,10 @@ struct BenchTests {
         let policyRows = rows.filter { $0["policy"] as? String == "local,capacity=2M" }
         #expect(!policyRows.isEmpty && policyRows.allSatisfy { ($0["fell_back"] as? String)?.contains("falling back") == true },
                 "\(policyRows)")
+        // The legend says it too, and its longer label still fits.
+        let chart = try String(contentsOfFile: "\(out)/chart.svg", encoding: .utf8)
+        #expect(chart.contains("local,capacity=2M (FELL BACK)"), "the chart's legend marks the variant")
+        try expectRendersInsideItsCanvas("\(out)/chart.svg")
     }
 
     @Test func quickBenchWritesResultsAndLeavesNothingMounted() throws {
@@ -127,6 +133,43 @@ struct BenchTests {
                         "one bar for \(workload) / \(policy)")
             }
         }
+        #expect(counter.spreads == counter.bars.count, "an error bar (min-max) on every bar")
+        try expectRendersInsideItsCanvas("\(out)/chart.svg")
+    }
+
+    /// Looks at the chart as a reader would: rendered by a real SVG renderer
+    /// (librsvg's rsvg-convert) and read back pixel by pixel (Pillow). The
+    /// chart is drawn inside a transparent frame 300 px wider on every side,
+    /// with its own viewport's clipping off (`overflow="visible"`): whatever
+    /// it draws beyond its canvas (the clipped title of issue 18) lands in
+    /// the frame. It must not be blank, and the frame must stay empty.
+    func expectRendersInsideItsCanvas(_ svg: String) throws {
+        let look = try run(["/usr/bin/python3", "-c", """
+            import re, subprocess, sys
+            from PIL import Image
+            text = open(sys.argv[1]).read()
+            head = re.search(r'<svg[^>]*>', text).group(0)
+            w = float(re.search(r' width="([0-9.]+)"', head).group(1))
+            h = float(re.search(r' height="([0-9.]+)"', head).group(1))
+            pad = 300
+            inner = text[text.index('<svg'):].replace('<svg ', f'<svg x="{pad}" y="{pad}" overflow="visible" ', 1)
+            framed = sys.argv[1] + '.framed.svg'
+            open(framed, 'w').write(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w + 2 * pad}" height="{h + 2 * pad}">' + inner + '</svg>')
+            subprocess.run(['rsvg-convert', '-f', 'png', '-o', framed + '.png', framed], check=True)
+            im = Image.open(framed + '.png').convert('RGBA')
+            px = im.load()
+            W, H = im.size
+            inside = lambda x, y: pad <= x < pad + w and pad <= y < pad + h
+            ink = sum(1 for x in range(pad, int(pad + w)) for y in range(pad, int(pad + h)) if px[x, y][:3] != (255, 255, 255))
+            outside = [(x - pad, y - pad) for x in range(W) for y in range(H) if not inside(x, y) and px[x, y][3] != 0]
+            print(int(w), int(h), ink, len(outside), outside[:5])
+            """, svg])
+        try #require(look.ok, "rsvg-convert (librsvg2-bin) and Pillow (python3-pil), installed by scripts/setup.sh: \(look.stderr)")
+        let fields = look.stdout.split(separator: " ")
+        let (width, height, ink, outside) = (Int(fields[0]) ?? 0, Int(fields[1]) ?? 0, Int(fields[2]) ?? 0, Int(fields[3]) ?? -1)
+        #expect(width > 300 && height > 300, "the chart's size: \(look.stdout)")
+        #expect(ink > width * height / 50, "the chart is not blank: \(look.stdout)")
+        #expect(outside == 0, "nothing drawn beyond the canvas (pixels outside, relative to its origin): \(look.stdout)")
     }
 
     @Test func badPolicyMountsNothingAndSaysWhy() throws {
