@@ -45,6 +45,22 @@ struct RunMessageTests {
                 "only the started process reports: \(parent.stdout) \(parent.stderr)")
     }
 
+    /// Memory mapped in pieces under --min-size (ruby 3.1 maps its GC heap
+    /// 32 KiB at a time): the exit line names the --min-size that redirects
+    /// them, and with it the memory is in the mount and nothing is said.
+    @Test func smallMappingsNameTheMinSizeThatTakesThem() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount()
+        defer { mount.close() }
+        let small = try run(fbmmRun(mount, [], [ShimPrograms.probe, "pieces", "2000", "32"]))
+        #expect(small.ok && kb(small.stdout, "RssAnon") >= 60 * 1024, "\(small.stdout)")
+        #expect(small.stderr.contains("in pieces of 32K-64K, under --min-size 128K: --min-size 32K redirects them"),
+                "the exit line names the size: \(small.stderr)")
+        let taken = try run(fbmmRun(mount, ["--min-size", "32K"], [ShimPrograms.probe, "pieces", "2000", "32"]))
+        #expect(taken.ok && kb(taken.stdout, "RssShmem") >= 60 * 1024 && taken.stderr.isEmpty,
+                "with --min-size 32K they are in the mount: \(taken.stdout) \(taken.stderr)")
+    }
+
     /// A full capacity mount: the fallback is said when it happens, naming
     /// the capacity, and the exit line says how much stayed outside.
     @Test func aFullMountIsSaidWithoutVerbose() throws {

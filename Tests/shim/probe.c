@@ -20,6 +20,11 @@
  *       daemon for their arena's backing in the same instant. Exit 0 when
  *       every child exited 0, else the number that did not.
  *
+ *   probe pieces N KB
+ *       maps N anonymous mappings of KB KiB each and touches every page
+ *       (ruby 3.1's GC heap pages come as 32 KiB mmaps, under the shim's
+ *       --min-size), then prints the Rss lines.
+ *
  *   probe unblock CMD [ARGS...]
  *       unblocks all signals and restores default dispositions of the
  *       catchable ones, then execs CMD. Test runners (Swift concurrency
@@ -137,6 +142,17 @@ static int unblock(char **argv)
     return 127;
 }
 
+static int pieces(long n, size_t kb)
+{
+    for (long i = 0; i < n; i++) {
+        char *p = mmap(NULL, kb << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) { perror("mmap"); return 1; }
+        for (size_t o = 0; o < kb << 10; o += 4096) p[o] = 1;
+    }
+    print_rss();
+    return 0;
+}
+
 static int burst(int n, const char *mb)
 {
     int gate[2];
@@ -191,9 +207,10 @@ int main(int argc, char **argv)
     if ((argc == 3 || argc == 4) && !strcmp(argv[1], "hugepmd"))
         return hugepmd(strtoul(argv[2], NULL, 0), argc == 4 && !strcmp(argv[3], "ask"));
     if (argc >= 3 && !strcmp(argv[1], "unblock")) return unblock(argv + 2);
+    if (argc == 4 && !strcmp(argv[1], "pieces")) return pieces(atol(argv[2]), strtoul(argv[3], NULL, 0));
     if (argc == 4 && !strcmp(argv[1], "burst")) return burst(atoi(argv[2]), argv[3]);
     if (argc == 3 && !strcmp(argv[1], "alloc")) return alloc(strtoul(argv[2], NULL, 0));
     if (argc == 5 && !strcmp(argv[1], "hold")) return hold(strtoul(argv[2], NULL, 0), argv[3], argv[4]);
-    fprintf(stderr, "usage: probe alloc MB | probe hold MB READY GO | probe hugepmd MB [ask] | probe burst N MB | probe unblock CMD [ARGS...]\n");
+    fprintf(stderr, "usage: probe alloc MB | probe hold MB READY GO | probe hugepmd MB [ask] | probe burst N MB | probe pieces N KB | probe unblock CMD [ARGS...]\n");
     return 2;
 }

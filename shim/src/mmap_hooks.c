@@ -47,6 +47,9 @@ FBMM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_
          * kernel's answer to the call itself is the native one: a caller's
          * error (EEXIST, EINVAL, EPERM) fails there the same way. */
         /* fall back to anonymous memory (shared stays shared: flags kept) */
+    } else if (fbmm_cfg.active && (flags & MAP_ANONYMOUS) && !(flags & (MAP_FIXED | MAP_STACK | MAP_GROWSDOWN)) &&
+               len < fbmm_cfg.min_size && !fbmm_depth) {
+        fbmm_report_small_mmap(len);
     }
     int fixed = (flags & MAP_FIXED) && !fbmm_depth && fbmm_rt_maybe((uintptr_t)addr, len);
     if (!fixed) return sys_mmap(addr, len, prot, flags, fd, off);

@@ -27,6 +27,11 @@
 #define REPORT_FLOOR_KB (16 * 1024)
 
 static pid_t report_pid;
+/* Bytes of anonymous mappings left to the kernel for being under
+ * --min-size, by size class (2^i <= len < 2^(i+1)): at exit they name the
+ * --min-size that would redirect them (ruby 3.1 maps each 16 KiB GC heap
+ * page itself, as a 32 KiB mmap it trims). */
+static uint64_t small_bytes[64];
 static char first_fallback[200];
 static int fallback_said;
 
@@ -61,6 +66,34 @@ void fbmm_report_message(const char *text, size_t n)
             errno = saved;
         }
     }
+}
+
+void fbmm_report_small_mmap(size_t len)
+{
+    if (report_pid && len) __atomic_add_fetch(&small_bytes[63 - __builtin_clzl(len)], len, __ATOMIC_RELAXED);
+}
+
+/* The size class that most of the small mappings' bytes came from. */
+static int busiest_small_class(uint64_t *bytes)
+{
+    int best = -1;
+    *bytes = 0;
+    for (int i = 0; i < 64; i++) {
+        uint64_t b = __atomic_load_n(&small_bytes[i], __ATOMIC_RELAXED);
+        if (b > *bytes) { *bytes = b; best = i; }
+    }
+    return best;
+}
+
+/* "32K", "2M" */
+static char *size_text(char *buf, uint64_t v)
+{
+    int mb = v >= (1 << 20) && v % (1 << 20) == 0;
+    fbmm_utoa(buf, mb ? v >> 20 : (v + 1023) >> 10);
+    size_t n = strlen(buf);
+    buf[n++] = mb ? 'M' : 'K';
+    buf[n] = 0;
+    return buf;
 }
 
 /* Line-by-line reader over a /proc file, with a fixed buffer. */
@@ -146,10 +179,10 @@ __attribute__((destructor)) static void report_at_exit(void)
     if (usage(&anon, &shmem, &heap) < 0) return;
     uint64_t total = anon + shmem;
     if (total < REPORT_FLOOR_KB || shmem * 2 >= total) return;
-    char pct[24], in[24], all[24], h[24], msg[700];
+    char pct[24], in[24], all[24], h[24], sz[24], sz2[24], cur[24], msg[700];
     fbmm_utoa(pct, shmem * 100 / total);
     const char *name = program_invocation_short_name;
-    const char *parts[12] = { "fbmm: ", name, ": ", pct, "% of its resident memory was in the mount (",
+    const char *parts[20] = { "fbmm: ", name, ": ", pct, "% of its resident memory was in the mount (",
                               mib(in, shmem), " of ", mib(all, total), ")" };
     int k = 9;
     if (fallback_said) {
@@ -164,7 +197,25 @@ __attribute__((destructor)) static void report_at_exit(void)
         parts[k++] = mib(h, heap);
         parts[k++] = " in its brk heap, where glibc keeps small blocks: --allocator jemalloc or mimalloc moves them too";
     } else {
-        parts[k++] = "; the rest is in mappings under --min-size or made before the shim loaded: try a smaller --min-size";
+        uint64_t small;
+        int cls = busiest_small_class(&small);
+        uint64_t at = cls >= 0 ? (uint64_t)1 << cls : 0;
+        if (at < fbmm_page) at = fbmm_page;
+        if (cls >= 0 && small / 1024 * 4 >= anon) {
+            parts[k++] = "; ";
+            parts[k++] = mib(h, small / 1024);
+            parts[k++] = " was mapped in pieces of ";
+            parts[k++] = size_text(sz, at);
+            parts[k++] = "-";
+            parts[k++] = size_text(sz2, at * 2);
+            parts[k++] = ", under --min-size ";
+            parts[k++] = size_text(cur, fbmm_cfg.min_size);
+            parts[k++] = ": --min-size ";
+            parts[k++] = sz;
+            parts[k++] = " redirects them (each a mapping of its own)";
+        } else {
+            parts[k++] = "; the rest is in mappings under --min-size or made before the shim loaded: try a smaller --min-size";
+        }
     }
     size_t n = 0;
     for (int i = 0; i < k; i++)
