@@ -12,6 +12,7 @@
 # Knobs: REPS=5 SIZES="256 1024" REDIS=1 FBMM=.build/debug/fbmm MOUNT_OPTIONS=""
 set -eu -o pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 REPS=${REPS:-5}
 SIZES=${SIZES:-"256 1024"}
 REDIS=${REDIS:-1}
@@ -33,7 +34,6 @@ opts=()
 for o in ${MOUNT_OPTIONS:-}; do opts+=(-o "$o"); done
 "$FBMM" mount "$mnt" "${opts[@]}"
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 field() { awk -v k="$1" '$1 == k { print $2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }'; }
 under() { "$FBMM" run --mount "$mnt" -- "$@" 2>/dev/null; }

@@ -14,6 +14,7 @@
 # Knobs: REPS=3 MIB=1024 UPDATES=50000000 ALLOW_SYSFS=0 FBMM=.build/debug/fbmm
 set -eu -o pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 REPS=${REPS:-3}
 MIB=${MIB:-1024}
 UPDATES=${UPDATES:-50000000}
@@ -35,7 +36,6 @@ gcc -O2 -o "$work/hugebench" Benchmarks/huge/hugebench.c
 echo "host THP: $old_thp; $("$FBMM" stat "$mnt" | grep '^backing')"
 
 field() { sed -E "s/.*$1 ([0-9.]+).*/\1/"; }
-median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 # case NAME MB ASK UPDATES
 run_case() {
     local name=$1 mb=$2 ask=$3 updates=$4 n=() f=()

@@ -12,6 +12,7 @@
 # Knobs: N=100000 REPS=5 FBMM=.build/debug/fbmm
 set -eu -o pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 N=${N:-100000}
 REPS=${REPS:-5}
 FBMM=${FBMM:-$( [ -x .build/release/fbmm ] && echo .build/release/fbmm || echo .build/debug/fbmm )}
@@ -41,7 +42,6 @@ PY
 start=$(date +%s%N); create "$work/fbmm/big"; made_f=$(( ($(date +%s%N) - start) / 1000000 ))
 start=$(date +%s%N); create "$work/tmpfs/big"; made_t=$(( ($(date +%s%N) - start) / 1000000 ))
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ms() { local s; s=$(date +%s%N); "$@" > /dev/null; echo $(( ($(date +%s%N) - s) / 1000000 )); }
 cpu_ms() { awk '{ print int(($14 + $15) * 1000 / '"$(getconf CLK_TCK)"') }' "/proc/$daemon/stat"; }
 

@@ -18,6 +18,7 @@
 # a 1-page mmap is not redirected at all and (b) would compare native with native.
 set -eu -o pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 REPS=${REPS:-5}
 TABLE_MIB=${TABLE_MIB:-1024}
 UPDATES=${UPDATES:-50000000}
@@ -45,28 +46,19 @@ cleanup_all() {
 }
 trap cleanup_all EXIT
 
-# The daemon's CPU time so far (ms): it zeroes the pool's pages for the
-# program on its own threads, which the program's clock does not see.
-daemon_ms() {
-    local pid
-    pid=$("$FBMM" stat --json "${RUN_MOUNT:-$mnt}" | sed -nE 's/.*"daemon_pid" *: *([0-9]+).*/\1/p' | head -n 1)
-    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) * 1000 / hz }' "/proc/$pid/stat"
-}
-
 # one MODE KEY ARGS...: one run, prints the value of KEY (fbmm runs append
 # the daemon's CPU ms during the run to $mnt.daemon)
 one() {
     local mode=$1 key=$2; shift 2
     local out before
     if [ "$mode" = native ]; then out=$("$BENCH" "$@" ${NATIVE_EXTRA:-})
-    else before=$(daemon_ms)
+    else before=$(daemon_ms "$FBMM" "${RUN_MOUNT:-$mnt}")
         out=$("$FBMM" run --mount "${RUN_MOUNT:-$mnt}" --allocator "$ALLOCATOR" --min-size "$MIN_SIZE" --verbose -- env ${RUN_ENV:-FBMM_PREZERO=1} "$BENCH" "$@" 2>"$mnt.err") || { cat "$mnt.err" >&2; exit 1; }
-        echo "$(daemon_ms) - $before" | bc -l >>"$mnt.daemon"
+        echo "$(daemon_ms "$FBMM" "${RUN_MOUNT:-$mnt}") - $before" | bc -l >>"$mnt.daemon"
         if grep -q "falling back" "$mnt.err" || ! grep -q "using fbmm mount" "$mnt.err"; then cat "$mnt.err" >&2; echo "the shim fell back: not measuring fbmm" >&2; exit 1; fi
     fi
     echo "$out" | awk -v k="$key" '$1 == k { print $2 }'
 }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # bench NAME KEY ARGS...: REPS alternating native/fbmm runs; sets NATIVE and
 # SHIM (medians) and DAEMON (the daemon's CPU ms per fbmm run, median)

@@ -218,7 +218,8 @@ public final class Daemon: Sendable {
     static func mountDevice(of path: String, fstype: String? = nil) -> UInt64? {
         guard let text = readText("/proc/self/mountinfo") else { return nil }
         var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let canonical = realpath(path, &resolved) != nil ? String(cString: resolved) : path
+        let canonical = realpath(path, &resolved) != nil
+            ? String(decoding: resolved.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : path
         var found: UInt64?
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: " ")

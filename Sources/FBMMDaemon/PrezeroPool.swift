@@ -189,9 +189,10 @@ final class PrezeroPool: Sendable {
                 let total = clean.reduce(0, &+)
                 let headroom = boundPages > total ? boundPages - total : 0
                 let budget = clean[index] + headroom
-                if arena.cleanPages < share / 2 { arena.filling = true }
-                if arena.cleanPages >= share { arena.filling = false }
-                let fillTo = arena.filling ? min(share, budget) : 0
+                let target = arena.fillTarget(share: share)
+                if arena.cleanPages < target / 2 { arena.filling = true }
+                if arena.cleanPages >= target { arena.filling = false }
+                let fillTo = arena.filling ? min(target, budget) : 0
                 if arena.revoke.exchange(false, ordering: .acquiring) {
                     let revoked = fbmm_pool_revoke(arena.control, arena.emptyMap, windowPages, arena.descriptor,
                                                    arena.windowOffset)
@@ -309,8 +310,27 @@ final class PoolArena: @unchecked Sendable {
         get { clean.load(ordering: .relaxed) }
         set { clean.store(newValue, ordering: .relaxed) }
     }
-    /// Filling towards the arena's share (hysteresis: from half of it to all).
+    /// Filling towards the arena's target (hysteresis: from half of it to all).
     var filling = true
+
+    /// Pages a new arena is filled to before it has taken any: most
+    /// processes are short-lived (a compiler under `make`) and take well
+    /// under a MiB from the pool; filling each one's equal share of the
+    /// bound (tens of MiB) up front spent ~90% of the daemon's CPU during a
+    /// `make -j2`, allocating and zeroing pages that were freed unused.
+    static let initialFillPages: UInt64 = 512
+
+    /// How far to fill this arena: twice what it has taken from the pool
+    /// so far (pages handed out plus misses), from `initialFillPages` up to
+    /// its equal `share`. The counts are the program's to write, so they
+    /// only size the fill: a program that inflates them gets its share,
+    /// which it could always have.
+    func fillTarget(share: UInt64) -> UInt64 {
+        let c = shimCounters
+        let demand = c.handed.addingReportingOverflow(c.misses)
+        let wanted = demand.overflow || demand.partialValue > UInt64.max / 2 ? UInt64.max : demand.partialValue * 2
+        return min(share, max(Self.initialFillPages, wanted))
+    }
     /// Set when the file's policy changed: take the ready pages back.
     let revoke = Atomic<Bool>(false)
 

@@ -41,6 +41,29 @@ struct PoolTests {
         #expect(number(pool["arenas"]) == 0, "no arena stays enrolled after the programs exit: \(pool)")
     }
 
+    /// A new arena is filled to what it has shown it takes, not to its share
+    /// of the bound: a program that took one mapping from the pool and then
+    /// idles leaves at most a few MiB filled for it (it was its full share,
+    /// the whole 64 MiB when alone: allocated and zeroed for every compiler
+    /// process of a `make`, and freed unused).
+    @Test func anIdleNewArenaIsFilledToItsDemandNotItsShare() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount(options: ["prezero=64M"])
+        defer { mount.close() }
+        let work = try TemporaryDirectory()
+        // 1 MiB: one mapping under 2 MiB, served from the pool.
+        let app = try Background(fbmmRun(mount, ["--verbose"], [ShimPrograms.probe, "hold", "1", work.file("ready"), work.file("go")]))
+        defer { app.stop() }
+        try #require(waitForFile(work.file("ready"), seconds: 30) != nil, "\(app.output)")
+        usleep(1_500_000)  // the zeroing thread's passes (it fills at 512 pages a pass) have settled
+        let pool = try #require(try mount.statistics()["prezero"] as? [String: Any], "\(app.output)")
+        #expect(app.stderr.contains("using the pre-zeroed pool"), "\(app.stderr)")
+        #expect(number(pool["arenas"]) == 1, "\(pool)")
+        #expect(number(pool["filled_bytes"]) <= 8 << 20, "filled for an arena that took 1 MiB: \(pool)")
+        FileManager.default.createFile(atPath: work.file("go"), contents: nil)
+        #expect(app.wait(seconds: 30) == 0, "\(app.output)")
+    }
+
     /// Three idle programs each holding a pool after heavy churn: what `fbmm
     /// stat` calls ready never exceeds the bound, and neither does the memory
     /// really allocated in their pool windows once the programs have freed

@@ -13,6 +13,18 @@ import Glibc
 struct ShimTests {
     // MARK: semantics
 
+    /// The shim's region table (an order-statistics treap since issue 15)
+    /// against a sorted-array model: random inserts, removals, splits,
+    /// merges and lookups, and a 100,000-piece burst; once optimised and
+    /// once under AddressSanitizer + UndefinedBehaviorSanitizer.
+    @Test func regionTableUnitTests() throws {
+        try ShimPrograms.build()
+        for (program, ops) in [("regions_test", "300000"), ("regions_test_san", "100000")] {
+            let result = try run(["\(Artefacts.packageRoot)/shim/build/\(program)", ops], timeout: 300)
+            #expect(result.ok && result.stdout.contains(" 0 failure(s)"), "\(program): \(result.stdout) \(result.stderr)")
+        }
+    }
+
     @Test func semanticsProgramNativeAndUnderShim() throws {
         try ShimPrograms.build()
         let native = try run(unblocked([ShimPrograms.semantics]), environment: ["LD_PRELOAD": "", "FBMM_MOUNT": ""], timeout: 120)

@@ -147,7 +147,7 @@ int fbmm_cow_prepare(void)
     cow.pending = 0;
     if (cow.off || fbmm_arena.state != ARENA_READY || fbmm_arena.tmpfs) return 0;
     int any = 0;
-    for (size_t i = 0; i < fbmm_rt_n; i++) any |= is_private(&fbmm_rt[i]);
+    for (size_t i = 0; i < fbmm_rt_n; i++) any |= is_private(fbmm_rt_at(i));
     if (!any || !fbmm_arena_fd_ok() || !fbmm_arena_name_ok()) return 0;
     /* The daemon registers and write-protects our mappings through a
      * userfaultfd of our mm and keeps it; we keep none (a lazy-copy child
@@ -227,7 +227,7 @@ int fbmm_cow_child(void)
     fbmm_pool_child(0);
     fbmm_cache_drop_child(1);
     for (size_t i = 0; i < fbmm_rt_n;) {
-        struct fbmm_piece *p = &fbmm_rt[i];
+        struct fbmm_piece *p = fbmm_rt_at(i);
         if (p->flags & P_SHARED) {
             if (p->flags & P_DONTFORK) { fbmm_rt_remove(i, 1); continue; }
             p->flags = (p->flags | P_KEEP | P_FOREIGN) & ~P_WIPEFORK;
@@ -237,7 +237,7 @@ int fbmm_cow_child(void)
     int uffd = make_uffd();
     const char *trouble = uffd < 0 ? "no userfaultfd" : NULL;
     for (size_t i = 0; i < fbmm_rt_n;) {
-        struct fbmm_piece *p = &fbmm_rt[i];
+        struct fbmm_piece *p = fbmm_rt_at(i);
         if (!is_private(p)) { i++; continue; }
         if (p->flags & P_DONTFORK) {
             if (p->flags & P_HEAD) fbmm_heads_del(p->addr);

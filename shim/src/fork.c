@@ -169,7 +169,7 @@ static void child_fixup(void)
     /* Shared anonymous memory stays the parent's file, shared: leave it
      * mapped (the kernel copied the mapping), never punch or reuse it. */
     for (size_t i = 0; i < fbmm_rt_n;) {
-        struct fbmm_piece *p = &fbmm_rt[i];
+        struct fbmm_piece *p = fbmm_rt_at(i);
         if (!(p->flags & P_SHARED)) { i++; continue; }
         if (p->flags & P_DONTFORK) {  /* the kernel did not copy it */
             fbmm_rt_remove(i, 1);
@@ -178,7 +178,7 @@ static void child_fixup(void)
         p->flags = (p->flags | P_KEEP | P_FOREIGN) & ~P_WIPEFORK;
         i++;
     }
-    for (size_t i = 0; i < fbmm_rt_n; i++) any |= !(fbmm_rt[i].flags & (P_ANON | P_SHARED));
+    for (size_t i = 0; i < fbmm_rt_n; i++) any |= !(fbmm_rt_at(i)->flags & (P_ANON | P_SHARED));
     if (old.state != ARENA_READY || !any) {
         /* Nothing of the parent's file is mapped here: start afresh. */
         if (old.state == ARENA_READY) fbmm_arena_close(&old);
@@ -205,7 +205,7 @@ static void child_fixup(void)
     if (!ok) fbmm_note_fallback("fork child: ", neu.reason[0] ? neu.reason : "cannot size its arena");
 
     for (size_t i = 0; i < fbmm_rt_n;) {
-        struct fbmm_piece *p = &fbmm_rt[i];
+        struct fbmm_piece *p = fbmm_rt_at(i);
         if (p->flags & (P_ANON | P_SHARED)) { i++; continue; }
         if (p->flags & P_DONTFORK) {
             /* The kernel did not copy this mapping into the child. */
@@ -265,7 +265,7 @@ static void parent(void)
     int saved = errno;
     /* A child may map our shared pieces now: never punch them again. */
     for (size_t i = 0; i < fbmm_rt_n; i++)
-        if (fbmm_rt[i].flags & P_SHARED) fbmm_rt[i].flags |= P_KEEP;
+        if (fbmm_rt_at(i)->flags & P_SHARED) fbmm_rt_at(i)->flags |= P_KEEP;
     if (fork_cow) fbmm_cow_parent();
     if (fork_pipe[1] >= 0) {
         char c;

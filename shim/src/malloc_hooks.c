@@ -199,10 +199,10 @@ void fbmm_cache_drop_child(int lazy)
         struct cached c = cache[--cache_n];
         sys_munmap((void *)c.addr, c.len);
         size_t i = fbmm_rt_lower(c.addr);
-        if (i < fbmm_rt_n && fbmm_rt[i].addr == c.addr && (fbmm_rt[i].flags & P_CACHED)) {
+        const struct fbmm_piece *p = i < fbmm_rt_n ? fbmm_rt_at(i) : NULL;
+        if (p && p->addr == c.addr && (p->flags & P_CACHED)) {
             fbmm_heads_del(c.addr);
-            if (!lazy || fbmm_arena_punch(fbmm_rt[i].off, fbmm_rt[i].len) == 0)
-                fbmm_off_free(fbmm_rt[i].off, fbmm_rt[i].len);
+            if (!lazy || fbmm_arena_punch(p->off, p->len) == 0) fbmm_off_free(p->off, p->len);
             fbmm_rt_remove(i, 1);
         }
     }

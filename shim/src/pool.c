@@ -130,7 +130,7 @@ static int enroll(void)
     ctl->window_offset = pool.win_off;
     /* Window pages our regions already use (a fork child's copies). */
     for (size_t i = 0; i < fbmm_rt_n; i++) {
-        const struct fbmm_piece *p = &fbmm_rt[i];
+        const struct fbmm_piece *p = fbmm_rt_at(i);
         if ((p->flags & P_ANON) || !fbmm_pool_owns(p->off) || p->off < pool.win_off) continue;
         fbmm_pool_mark(ctl->busy, (p->off - pool.win_off) / fbmm_page,
                  fbmm_pool_window_part(p->off, p->len) / fbmm_page, 1);

@@ -176,8 +176,8 @@ enum {
     P_FOREIGN   = 1u << 7,
 };
 
-extern struct fbmm_piece *fbmm_rt;
-extern size_t fbmm_rt_n;
+extern size_t fbmm_rt_n;                       /* pieces in the table */
+struct fbmm_piece *fbmm_rt_at(size_t i);       /* the i-th piece by address (i < fbmm_rt_n) */
 
 /* Lock-free pre-check: may [a, a+len) overlap one of our pieces? */
 int    fbmm_rt_maybe(uintptr_t a, size_t len);

@@ -44,8 +44,9 @@ static void release(const struct fbmm_piece *p)
 static void drop(size_t i, size_t n)
 {
     for (size_t k = i; k < i + n; k++) {
-        if (fbmm_rt[k].flags & P_CACHED) fbmm_cache_forget(fbmm_rt[k].addr);
-        if (fbmm_rt[k].flags & P_HEAD) fbmm_heads_del(fbmm_rt[k].addr);
+        const struct fbmm_piece *p = fbmm_rt_at(k);
+        if (p->flags & P_CACHED) fbmm_cache_forget(p->addr);
+        if (p->flags & P_HEAD) fbmm_heads_del(p->addr);
     }
     fbmm_rt_remove(i, n);
 }
@@ -57,7 +58,7 @@ void fbmm_vm_forget(uintptr_t a, size_t len)
     fbmm_rt_split(a);
     fbmm_rt_split(end);
     size_t i = fbmm_rt_lower(a), j = i;
-    while (j < fbmm_rt_n && fbmm_rt[j].addr < end) release(&fbmm_rt[j++]);
+    while (j < fbmm_rt_n && fbmm_rt_at(j)->addr < end) release(fbmm_rt_at(j++));
     drop(i, j - i);
 }
 
@@ -145,7 +146,7 @@ int fbmm_vm_discard(uintptr_t a, size_t len, int advice)
     size_t i = fbmm_rt_lower(a);
     int ret = 0, err = 0;
     while (pos < end) {
-        const struct fbmm_piece *p = i < fbmm_rt_n && fbmm_rt[i].addr < end ? &fbmm_rt[i] : NULL;
+        const struct fbmm_piece *p = i < fbmm_rt_n && fbmm_rt_at(i)->addr < end ? fbmm_rt_at(i) : NULL;
         uintptr_t gap_end = p ? (p->addr > pos ? p->addr : pos) : end;
         if (gap_end > pos && sys_madvise((void *)pos, gap_end - pos, advice) < 0) {
             ret = -1;
@@ -171,8 +172,8 @@ int fbmm_vm_discard(uintptr_t a, size_t len, int advice)
 
 int fbmm_vm_any(uintptr_t a, size_t len, uint32_t flags)
 {
-    for (size_t i = fbmm_rt_lower(a); i < fbmm_rt_n && fbmm_rt[i].addr < a + len; i++)
-        if (fbmm_rt[i].flags & flags) return 1;
+    for (size_t i = fbmm_rt_lower(a); i < fbmm_rt_n && fbmm_rt_at(i)->addr < a + len; i++)
+        if (fbmm_rt_at(i)->flags & flags) return 1;
     return 0;
 }
 
@@ -181,13 +182,14 @@ void fbmm_vm_set(uintptr_t a, size_t len, uint32_t set, uint32_t clear, int prot
     uintptr_t end = a + len;
     fbmm_rt_split(a);
     fbmm_rt_split(end);
-    for (size_t i = fbmm_rt_lower(a); i < fbmm_rt_n && fbmm_rt[i].addr < end; i++) {
-        fbmm_rt[i].flags = (fbmm_rt[i].flags | set) & ~clear;
-        if (prot >= 0) fbmm_rt[i].prot = (uint32_t)prot;
+    struct fbmm_piece *p;
+    for (size_t i = fbmm_rt_lower(a); i < fbmm_rt_n && (p = fbmm_rt_at(i))->addr < end; i++) {
+        p->flags = (p->flags | set) & ~clear;
+        if (prot >= 0) p->prot = (uint32_t)prot;
     }
     /* Re-merge from the right so that indices stay valid. */
     for (size_t i = fbmm_rt_lower(end); i-- > fbmm_rt_lower(a);)
-        fbmm_rt_merge_around(fbmm_rt[i].addr);
+        fbmm_rt_merge_around(fbmm_rt_at(i)->addr);
 }
 
 /* Moves one piece's mapping to dst. mremap moves the page tables (no
@@ -220,8 +222,8 @@ static int move_piece(const struct fbmm_piece *p, uintptr_t dst)
 static void refile(uintptr_t a, size_t len, uintptr_t dst)
 {
     size_t i;
-    while ((i = fbmm_rt_lower(a)) < fbmm_rt_n && fbmm_rt[i].addr < a + len) {
-        struct fbmm_piece e = fbmm_rt[i];
+    while ((i = fbmm_rt_lower(a)) < fbmm_rt_n && fbmm_rt_at(i)->addr < a + len) {
+        struct fbmm_piece e = *fbmm_rt_at(i);
         fbmm_rt_remove(i, 1);
         if (e.flags & P_CACHED) {
             /* mremap of freed memory: the block is no longer ours to reuse. */
@@ -239,20 +241,20 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
 {
     uintptr_t end = a + ol;
     size_t i = fbmm_rt_lower(a);
-    if (i >= fbmm_rt_n || fbmm_rt[i].addr >= end) {
+    if (i >= fbmm_rt_n || fbmm_rt_at(i)->addr >= end) {
         errno = ENOENT;  /* not ours: the kernel's business */
         return MAP_FAILED;
     }
     /* Natively the old range must lie in one VMA; ours must be all ours,
      * and all shared or all private. */
-    uint32_t kind = fbmm_rt[i].flags & P_SHARED;
+    uint32_t kind = fbmm_rt_at(i)->flags & P_SHARED;
     for (uintptr_t pos = a; pos < end; i++) {
-        if (i >= fbmm_rt_n || fbmm_rt[i].addr > pos || (fbmm_rt[i].flags & P_ANON) ||
-            (fbmm_rt[i].flags & P_SHARED) != kind) {
+        if (i >= fbmm_rt_n || fbmm_rt_at(i)->addr > pos || (fbmm_rt_at(i)->flags & P_ANON) ||
+            (fbmm_rt_at(i)->flags & P_SHARED) != kind) {
             errno = EFAULT;
             return MAP_FAILED;
         }
-        pos = fbmm_rt[i].addr + fbmm_rt[i].len;
+        pos = fbmm_rt_at(i)->addr + fbmm_rt_at(i)->len;
     }
     if ((flags & MREMAP_DONTUNMAP) ||
         ((flags & MREMAP_FIXED) && na < end && a < na + nl)) {
@@ -271,7 +273,7 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
     }
     if (nl == ol && !(flags & MREMAP_FIXED)) return (void *)a;
 
-    struct fbmm_piece last = fbmm_rt[fbmm_rt_lower(end - 1)];
+    struct fbmm_piece last = *fbmm_rt_at(fbmm_rt_lower(end - 1));
     size_t delta = nl - ol;
     uint64_t ext = FBMM_NO_OFF;
     /* (A fork child that kept only shared pieces has no arena yet.) */
@@ -329,20 +331,20 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
     if (delta) fbmm_vm_advise_huge((void *)(dst + ol), delta);
 
     size_t first = fbmm_rt_lower(a), k = first;
-    for (; k < fbmm_rt_n && fbmm_rt[k].addr < end; k++) {
+    for (; k < fbmm_rt_n && fbmm_rt_at(k)->addr < end; k++) {
+        const struct fbmm_piece *p = fbmm_rt_at(k);
         /* A moved mapping leaves the userfaultfd: its pages stop being
          * copied on write or filled on first touch, so whatever a fork
          * copy still shares with us there is settled first. */
-        if (!(fbmm_rt[k].flags & (P_SHARED | P_FOREIGN)) && fbmm_cow_settle(fbmm_rt[k].off, fbmm_rt[k].len) < 0)
-            break;
-        if (move_piece(&fbmm_rt[k], dst + (fbmm_rt[k].addr - a)) < 0) break;
+        if (!(p->flags & (P_SHARED | P_FOREIGN)) && fbmm_cow_settle(p->off, p->len) < 0) break;
+        if (move_piece(p, dst + (p->addr - a)) < 0) break;
     }
-    if (k < fbmm_rt_n && fbmm_rt[k].addr < end) {
+    if (k < fbmm_rt_n && fbmm_rt_at(k)->addr < end) {
         int err = errno;
         for (size_t b = first; b < k; b++) {
-            struct fbmm_piece moved = fbmm_rt[b];
-            moved.addr = dst + (fbmm_rt[b].addr - a);
-            move_piece(&moved, fbmm_rt[b].addr);
+            struct fbmm_piece moved = *fbmm_rt_at(b);
+            moved.addr = dst + (fbmm_rt_at(b)->addr - a);
+            move_piece(&moved, fbmm_rt_at(b)->addr);
         }
         errno = err;
         goto fail_dst;
@@ -402,7 +404,7 @@ void fbmm_copy_sparse(const char *src, char *dst, size_t len)
 void *fbmm_vm_remap_anon(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
 {
     size_t first = fbmm_rt_lower(a), delta = nl - ol;
-    int prot = first < fbmm_rt_n ? (int)fbmm_rt[first].prot : PROT_READ | PROT_WRITE;
+    int prot = first < fbmm_rt_n ? (int)fbmm_rt_at(first)->prot : PROT_READ | PROT_WRITE;
     uintptr_t target = 0;
     void *reserved = MAP_FAILED;
     if (flags & MREMAP_FIXED) {
@@ -425,8 +427,8 @@ void *fbmm_vm_remap_anon(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t
     }
     char *m = sys_mmap(NULL, nl, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     int readable = 1;
-    for (size_t i = first; i < fbmm_rt_n && fbmm_rt[i].addr < a + ol; i++)
-        readable &= !!(fbmm_rt[i].prot & PROT_READ);
+    for (size_t i = first; i < fbmm_rt_n && fbmm_rt_at(i)->addr < a + ol; i++)
+        readable &= !!(fbmm_rt_at(i)->prot & PROT_READ);
     if (m == MAP_FAILED || (!readable && sys_mprotect((void *)a, ol, PROT_READ) < 0)) goto fail;
     fbmm_copy_sparse((const char *)a, m, ol);
     if (prot != (PROT_READ | PROT_WRITE)) sys_mprotect(m, nl, prot);
@@ -438,8 +440,8 @@ void *fbmm_vm_remap_anon(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t
 fail:;
     int err = errno;
     if (!readable)  /* give the old pieces their protections back */
-        for (size_t i = first; i < fbmm_rt_n && fbmm_rt[i].addr < a + ol; i++)
-            sys_mprotect((void *)fbmm_rt[i].addr, fbmm_rt[i].len, (int)fbmm_rt[i].prot);
+        for (size_t i = first; i < fbmm_rt_n && fbmm_rt_at(i)->addr < a + ol; i++)
+            sys_mprotect((void *)fbmm_rt_at(i)->addr, fbmm_rt_at(i)->len, (int)fbmm_rt_at(i)->prot);
     if (m != MAP_FAILED) sys_munmap(m, nl);
     if (reserved != MAP_FAILED) sys_munmap(reserved, delta);
     errno = err ? err : ENOMEM;
