@@ -13,13 +13,16 @@ import Glibc
 struct ShimTests {
     // MARK: semantics
 
-    /// The shim's region table (an order-statistics treap since issue 15)
-    /// against a sorted-array model: random inserts, removals, splits,
-    /// merges and lookups, and a 100,000-piece burst; once optimised and
-    /// once under AddressSanitizer + UndefinedBehaviorSanitizer.
-    @Test func regionTableUnitTests() throws {
+    /// The shim's core structures against reference models: the region
+    /// table (an order-statistics treap since issue 15: random inserts,
+    /// removals, splits, merges and lookups, and a 100,000-piece burst) and
+    /// the offset allocator (a treap of free ranges: the same first-fit
+    /// answers as a sorted array); once optimised and once under
+    /// AddressSanitizer + UndefinedBehaviorSanitizer.
+    @Test func coreStructureUnitTests() throws {
         try ShimPrograms.build()
-        for (program, ops) in [("regions_test", "300000"), ("regions_test_san", "100000")] {
+        for (program, ops) in [("regions_test", "300000"), ("regions_test_san", "100000"),
+                               ("offsets_test", "300000"), ("offsets_test_san", "100000")] {
             let result = try run(["\(Artefacts.packageRoot)/shim/build/\(program)", ops], timeout: 300)
             #expect(result.ok && result.stdout.contains(" 0 failure(s)"), "\(program): \(result.stdout) \(result.stderr)")
         }

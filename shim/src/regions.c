@@ -6,10 +6,9 @@
  * remove cost O(log n). Until 2026-12 this was a sorted array: with 20,000
  * live malloc blocks, 40% of a malloc/free burst went to memmove.
  *
- * Nodes come from slabs mapped with raw system calls (never the program's
- * allocator, never our own interposers) and never move, so a piece pointer
- * stays valid until that piece is removed. Locked: callers hold fbmm_lock.
- * A fork child inherits the slabs and the tree as they are.
+ * Nodes come from slab.c and never move, so a piece pointer stays valid
+ * until that piece is removed. Locked: callers hold fbmm_lock. A fork child
+ * inherits the tree as it is.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -25,13 +24,8 @@ struct rt_node {
     uint32_t          prio;      /* heap order: higher above */
 };
 
-#define SLAB_NODES 4096u
-#define MAX_SLABS  4096u         /* 16M pieces: far past vm.max_map_count */
-static struct rt_node *slabs[MAX_SLABS];
-static size_t slab_count, slab_used;  /* nodes used of the last slab */
-static struct rt_node *free_nodes;    /* linked through .right */
+static struct fbmm_slab nodes = { .node_size = sizeof(struct rt_node) };
 static struct rt_node *root;
-static uint64_t prio_state = 0x9E3779B97F4A7C15ull;
 
 size_t fbmm_rt_n;
 
@@ -50,28 +44,12 @@ static inline void update(struct rt_node *t) { t->size = 1 + size_of(t->left) + 
 
 static struct rt_node *node_new(const struct fbmm_piece *p)
 {
-    struct rt_node *t = free_nodes;
-    if (t) {
-        free_nodes = t->right;
-    } else {
-        if (!slab_count || slab_used == SLAB_NODES) {
-            if (slab_count == MAX_SLABS) return NULL;
-            void *m = sys_mmap(NULL, SLAB_NODES * sizeof(struct rt_node), PROT_READ | PROT_WRITE,
-                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-            if (m == MAP_FAILED) return NULL;
-            slabs[slab_count++] = m;
-            slab_used = 0;
-        }
-        t = &slabs[slab_count - 1][slab_used++];
-    }
-    /* xorshift64: any spread of priorities keeps the expected depth logarithmic */
-    prio_state ^= prio_state << 13;
-    prio_state ^= prio_state >> 7;
-    prio_state ^= prio_state << 17;
+    struct rt_node *t = fbmm_slab_take(&nodes);
+    if (!t) return NULL;
     t->piece = *p;
     t->left = t->right = NULL;
     t->size = 1;
-    t->prio = (uint32_t)(prio_state >> 32);
+    t->prio = (uint32_t)fbmm_treap_priority();
     return t;
 }
 
@@ -80,8 +58,7 @@ static void node_free_all(struct rt_node *t)
     while (t) {
         node_free_all(t->left);
         struct rt_node *r = t->right;
-        t->right = free_nodes;
-        free_nodes = t;
+        fbmm_slab_give(&nodes, t);
         t = r;
     }
 }

@@ -176,6 +176,17 @@ enum {
     P_FOREIGN   = 1u << 7,
 };
 
+/* ---- slab.c: fixed-size tree nodes that never move (locked) ---------- */
+struct fbmm_slab {
+    size_t node_size;      /* >= sizeof(void *) */
+    char  *current;        /* the slab being carved */
+    size_t used;           /* bytes of it handed out */
+    void  *free;           /* nodes given back, linked through their first word */
+};
+void    *fbmm_slab_take(struct fbmm_slab *s);   /* NULL when no memory */
+void     fbmm_slab_give(struct fbmm_slab *s, void *node);
+uint64_t fbmm_treap_priority(void);             /* a pseudo-random heap priority */
+
 extern size_t fbmm_rt_n;                       /* pieces in the table */
 struct fbmm_piece *fbmm_rt_at(size_t i);       /* the i-th piece by address (i < fbmm_rt_n) */
 
