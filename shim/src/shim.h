@@ -211,7 +211,7 @@ void fbmm_heads_add(uintptr_t a);
 void fbmm_heads_del(uintptr_t a);
 int  fbmm_heads_maybe(uintptr_t a);
 
-/* ---- vm.c: operations on our mappings (locked) ------------------------ */
+/* ---- vm.c, remap.c: operations on our mappings (locked) --------------- */
 
 /* Maps `len` bytes of fresh (zero) arena memory. `flags` are the caller's
  * extra mmap flags (MAP_FIXED, MAP_POPULATE, ...); `pflags` the new piece's
@@ -294,13 +294,18 @@ int  fbmm_cow_linked(void);
 int  fbmm_cow_fds(int *out);
 int  fbmm_cow_evict(int fd);
 
-/* ---- malloc_hooks.c --------------------------------------------------- */
+/* ---- malloc_hooks.c, block_cache.c ------------------------------------ */
 void fbmm_malloc_resolve(void);
 /* The cache of freed malloc blocks (locked). A piece flagged P_CACHED that
  * leaves the table or moves (munmap, MAP_FIXED, mremap of freed memory) must
  * leave the cache: fbmm_cache_forget. The fork child drops the cached
  * blocks (unmaps them, frees their offsets) before it copies anything. */
 void fbmm_cache_forget(uintptr_t a);
+/* free(): keeps our block at p (head piece *pc, length blk) for reuse;
+ * 0 when taken. malloc: a cached block of `len` bytes (page-rounded)
+ * aligned to `align`, or NULL. */
+int   fbmm_cache_put(uintptr_t p, struct fbmm_piece *pc, size_t blk);
+void *fbmm_cache_take(size_t len, size_t align);
 void fbmm_cache_drop_child(int lazy);
 
 #endif
