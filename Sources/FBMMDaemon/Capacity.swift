@@ -10,10 +10,10 @@ import Glibc
 #endif
 
 /// What the mount commits and what `df` shows: the `capacity` bound is on
-/// committed bytes (a file's size, or its allocation if larger), because
-/// pages programs fault through their own mappings never pass through the
-/// daemon; they can only fault within a file's size, and sizes only grow
-/// through `admitGrowth`.
+/// committed bytes (a file's size, or its allocation if larger, counted by
+/// `CommitLedger`), because pages programs fault through their own mappings
+/// never pass through the daemon; they can only fault within a file's size,
+/// and the daemon grows sizes only through `admitGrowth`.
 extension MemoryFileSystem {
     public func statfs(_ ctx: RequestContext, inode: InodeNumber, reply: consuming StatfsReply) {
         let pool = poolUsage(withUsed: false)
@@ -26,33 +26,31 @@ extension MemoryFileSystem {
             freeFiles: maxFiles > UInt64(files) ? maxFiles - UInt64(files) : 0))
     }
 
-    /// What a file commits the pool to: its size (any process mapping it may
-    /// fault in every page up to it), or its allocation if larger (fallocate
-    /// with KEEP_SIZE).
-    static func committedBytes(_ backing: FileBacking) -> UInt64 {
-        max((try? backing.existing?.size()) ?? 0, (try? backing.existing?.allocatedBytes()) ?? 0)
-    }
-
     /// What all files together commit the pool to, their extended
-    /// attributes (held in the daemon's memory) included.
+    /// attributes (held in the daemon's memory) included: O(1).
     func committedTotal() -> UInt64 {
-        state.withLock { ns in
-            ns.inodes.values.reduce(ns.xattrBytes) { sum, record in sum + (record.backing.map(Self.committedBytes) ?? 0) }
-        }
+        ledger.committed &+ state.withLock { $0.xattrBytes }
     }
 
-    /// `-o capacity`: may `backing` grow to `size`? The bound is on committed
-    /// bytes because pages that programs fault through their own mappings never
-    /// pass through the daemon; they can only fault within a file's size, and
-    /// sizes only grow through here.
-    /// Also refuses sizes past `max-file-size` (EFBIG).
+    /// `-o capacity`: reserves `backing`'s growth to `size` in the ledger, or
+    /// answers ENOSPC. The bound is on committed bytes because pages that
+    /// programs fault through their own mappings never pass through the
+    /// daemon; they can only fault within a file's size, and the daemon
+    /// grows sizes only after this. Also refuses sizes past `max-file-size`
+    /// (EFBIG). Every admitted growth ends with `growthEnded`.
     func admitGrowth(_ backing: FileBacking, to size: UInt64) -> Errno? {
         if size > configuration.maxFileSize { return .fileTooLarge }
         guard let capacity = configuration.capacity else { return nil }
-        let current = Self.committedBytes(backing)
-        guard size > current else { return nil }
-        let total = committedTotal()
-        return total - min(total, current) + size <= capacity ? nil : .noSpace
+        ledger.reconcileIfDue { state.withLock { ns in ns.inodes.values.compactMap(\.backing) } }
+        let xattrs = state.withLock { $0.xattrBytes }
+        return ledger.reserve(backing, to: size, others: xattrs, limit: capacity) ? nil : .noSpace
+    }
+
+    /// After a growth (done or failed) or a shrink: the file's record
+    /// follows it down where it holds less than was reserved (a failed
+    /// growth, fallocate of a range short of the end, a truncation).
+    func growthEnded(_ backing: FileBacking) {
+        if configuration.capacity != nil { ledger.settle(backing) }
     }
 
     /// The pool `df` shows: the memory of the nodes the mount's policy may use

@@ -32,11 +32,21 @@ final class FileBacking: Sendable {
     }
     private let state: Locked<PlacementState>
 
-    init(name: String, policy: any MemoryManagementPolicy, on instance: TmpfsInstance? = nil) {
+    /// What this file commits the mount to, as `ledger` counts it.
+    let commitment = Atomic<UInt64>(0)
+    private let ledger: CommitLedger?
+
+    init(name: String, policy: any MemoryManagementPolicy, on instance: TmpfsInstance? = nil,
+         ledger: CommitLedger? = nil) {
         self.name = name
         self.instance = instance
+        self.ledger = ledger
         state = Locked(PlacementState(policy: policy, placedUpTo: 0))
     }
+
+    /// The memory goes with the last reference (the namespace's record, open
+    /// handles, the pool): so does the commitment.
+    deinit { ledger?.released(commitment.load(ordering: .acquiring)) }
 
     /// The file's memory, made now if it has none yet (what grows, maps,
     /// writes or hands the memory out uses this).

@@ -37,6 +37,8 @@ public final class MemoryFileSystem: FileSystemOperations {
     let listings = DirectoryListings()
     /// sysfs's per-node memory for `df`, at most a second old (Capacity.swift).
     let nodeMemory = NodeMemoryCache()
+    /// Bytes the files commit the mount to (`-o capacity`).
+    let ledger = CommitLedger()
 
     public init(configuration: MountConfiguration, topology: Topology, policy: any MemoryManagementPolicy,
                 registry: PolicyRegistry, brokerPath: String, tmpfs: TmpfsInstance? = nil,
@@ -119,7 +121,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         case S_IFREG, 0:
             let (policy, spec) = inheritedPolicy(ns, parent: parent)
             inheritedSpec = spec
-            content = .regular(FileBacking(name: name.description, policy: policy, on: tmpfs))
+            content = .regular(FileBacking(name: name.description, policy: policy, on: tmpfs, ledger: ledger))
         case S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK:
             content = .special(device: 0)
         default:

@@ -60,6 +60,7 @@ extension MemoryFileSystem {
         if let size = changes.size, let file {
             let backing = file.backing
             if let refusal = admitGrowth(backing, to: size) { reply.error(refusal); return }
+            defer { growthEnded(backing) }
             // The pool's lasting window over an enrolled arena must stay inside
             // the file: a write past the end would be a SIGBUS in the daemon.
             if let end = pool?.windowEnd(inode), size < end {

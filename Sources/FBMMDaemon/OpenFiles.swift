@@ -65,6 +65,7 @@ extension MemoryFileSystem {
             if file.flags & O_APPEND != 0 { start = try backing.memory.size() }
             let end = start + UInt64(data.count)
             if let refusal = admitGrowth(backing, to: end) { reply.error(refusal); return }
+            defer { growthEnded(backing) }
             let count = try backing.ensurePlaced(upTo: end, context: target.context(size: end))
             try backing.memory.write(data, at: start)
             state.withLock { ns in
@@ -86,6 +87,7 @@ extension MemoryFileSystem {
         guard !overflow else { reply.error(.fileTooLarge); return }
         do {
             if let refusal = admitGrowth(backing, to: end) { reply.error(refusal); return }
+            defer { growthEnded(backing) }
             try backing.ensurePlaced(upTo: end, context: target.context(size: end))
             try backing.memory.allocate(mode: mode, offset: UInt64(offset), length: UInt64(length))
             state.withLock { ns in ns.inodes[inode]?.touchModified() }

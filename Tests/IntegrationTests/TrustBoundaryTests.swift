@@ -10,6 +10,8 @@ import Glibc
 /// sockets (runtime directory, a broker of another user), and what the
 /// daemon records and accepts (owner pids, names, stale sockets). Same
 /// method as `TrustTests`: unprivileged users made by the test, real mounts.
+/// (One file over 400 lines: one serialized suite whose cases share the
+/// test users' setup; each MARK is one bullet of the issue.)
 @Suite(.serialized)
 struct TrustBoundaryTests {
     static var hostile: String { TrustTests.hostile }

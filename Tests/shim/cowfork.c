@@ -16,6 +16,9 @@
  *   cowfork bench MB     fork-return time with MB resident and an idle
  *                        child, and the parent's cost per page written
  *                        while the child lives ("fork-ms", "write-us")
+ *
+ * (One program over 400 lines: its checks share the fork helpers and are
+ * run natively and under the shim as one list.)
  */
 #define _GNU_SOURCE
 #include <dirent.h>

@@ -59,6 +59,9 @@
  *       the message, nothing attached: the attack surface of the old broker,
  *       which must now be refused; a version-1 reply is then well-formed
  *       too). Exit 0 when a well-formed reply came, 2 otherwise.
+ *
+ * (One program over 400 lines: every attack in one binary, so that the
+ * tests run the same build of each as an unprivileged user.)
  */
 #define _GNU_SOURCE
 #include <dirent.h>

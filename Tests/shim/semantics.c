@@ -10,6 +10,9 @@
  * With FBMM_MOUNT set (and the shim preloaded), also checks that memory
  * really lives in the mount: the mapping is of a file (not anonymous) and
  * RssShmem grows with it.
+ *
+ * (One program over 400 lines: one run natively and one under the shim
+ * must print the same checks, so they are not split into programs.)
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -1,0 +1,102 @@
+import FBMMCore
+import Synchronization
+
+/// What the mount's files commit it to (`-o capacity`), as one counter.
+///
+/// Why a counter: admitting a growth used to sum two `fstat`s per file under
+/// the namespace lock (O(files) per write, setattr or fallocate), and the
+/// check was not atomic with the growth, so concurrent growths could
+/// together pass the capacity. Now each `FileBacking` records its own
+/// commitment (its size, or its allocation if larger) and a growth reserves
+/// the difference in `total` with a compare-and-swap before it happens: two
+/// growths can never both take the last bytes.
+///
+/// Programs hold their backing descriptor and may grow it behind the
+/// daemon's back (ftruncate, fallocate). The file being grown is looked at
+/// on each reservation (one `fstat`), and every file at most once a second
+/// (`reconcile`), raising records to what the files really hold; records are
+/// lowered only where the daemon itself shrinks a file (setattr), and given
+/// back whole when a file's memory goes (its `FileBacking` is released).
+final class CommitLedger: Sendable {
+    private let total = Atomic<UInt64>(0)
+    private let lastReconcile = Atomic<UInt64>(0)  // monotonic ms
+
+    /// Bytes committed by the files (extended attributes are counted by the namespace).
+    var committed: UInt64 { total.load(ordering: .acquiring) }
+
+    /// What a file commits the mount to: its size (any process mapping it
+    /// may fault in every page up to it), or its allocation if larger
+    /// (fallocate with KEEP_SIZE).
+    static func actual(_ backing: FileBacking) -> UInt64 {
+        max((try? backing.existing?.size()) ?? 0, (try? backing.existing?.allocatedBytes()) ?? 0)
+    }
+
+    /// Raises `backing`'s commitment to `size`, or refuses (false) when the
+    /// total plus `others` (bytes committed outside the files) would pass
+    /// `limit`. nil limit: counted, never refused.
+    func reserve(_ backing: FileBacking, to size: UInt64, others: UInt64, limit: UInt64?) -> Bool {
+        takeIn(backing)
+        while true {
+            let current = backing.commitment.load(ordering: .acquiring)
+            if size <= current { return true }
+            let delta = size - current
+            var seen = total.load(ordering: .relaxed)
+            while true {
+                if let limit {
+                    let (sum, overflow) = seen.addingReportingOverflow(delta)
+                    if overflow || sum.addingReportingOverflow(others).overflow || sum + others > limit { return false }
+                }
+                let (exchanged, now) = total.compareExchange(expected: seen, desired: seen &+ delta,
+                                                             ordering: .acquiringAndReleasing)
+                if exchanged { break }
+                seen = now
+            }
+            if backing.commitment.compareExchange(expected: current, desired: size, ordering: .acquiringAndReleasing).exchanged {
+                return true
+            }
+            total.subtract(delta, ordering: .relaxed)  // another growth of this file moved first: again
+        }
+    }
+
+    /// After a growth ended (or failed) or a shrink: the record follows the
+    /// file down to what it holds. (A growth of the same file reserved in
+    /// that instant may be undercounted until it happens and `takeIn` or
+    /// `reconcileIfDue` sees it: at worst one growth's worth, briefly.)
+    func settle(_ backing: FileBacking) {
+        let now = Self.actual(backing)
+        var current = backing.commitment.load(ordering: .acquiring)
+        while now < current {
+            let (exchanged, seen) = backing.commitment.compareExchange(expected: current, desired: now,
+                                                                        ordering: .acquiringAndReleasing)
+            if exchanged { total.subtract(current - now, ordering: .relaxed); return }
+            current = seen
+        }
+    }
+
+    /// A file whose memory is gone gives its whole commitment back.
+    func released(_ amount: UInt64) {
+        if amount > 0 { total.subtract(amount, ordering: .relaxed) }
+    }
+
+    /// Takes in what `backing` grew behind the daemon's back.
+    func takeIn(_ backing: FileBacking) {
+        let now = Self.actual(backing)
+        var current = backing.commitment.load(ordering: .acquiring)
+        while now > current {
+            let (exchanged, seen) = backing.commitment.compareExchange(expected: current, desired: now,
+                                                                        ordering: .acquiringAndReleasing)
+            if exchanged { total.add(now - current, ordering: .relaxed); return }
+            current = seen
+        }
+    }
+
+    /// At most once a second: every file's growth behind the daemon's back
+    /// taken in (O(files), amortised over the second).
+    func reconcileIfDue(_ files: () -> [FileBacking]) {
+        let now = UInt64(monotonicSeconds() * 1000)
+        let last = lastReconcile.load(ordering: .relaxed)
+        guard now >= last + 1000,
+              lastReconcile.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged else { return }
+        files().forEach(takeIn)
+    }
+}
