@@ -8,6 +8,7 @@
  * see fbmm_depth > 0 and are served without the shim's machinery.
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -50,9 +51,54 @@ void fbmm_lock(void)
     fbmm_depth++;
 }
 
+/* Hole punches of freed memory, queued under the lock and done by the
+ * unlocking thread after it let the lock go (signals still blocked), so
+ * that no other thread waits on a punch that frees gigabytes; the offsets
+ * return to the allocator (under the lock again) only once punched, so a
+ * reused range still reads zero. Before munmap or free returns, its punch
+ * is done: a program sees its memory freed as before. */
+#define PUNCH_SLOTS 32
+static struct { uint64_t off, len; } punches[PUNCH_SLOTS];
+static size_t punch_n;
+
+int fbmm_punch_after_unlock(uint64_t off, uint64_t len)
+{
+    /* A copy-on-write link asks the daemon first (cow.c): kept inline, as
+     * is a full queue. */
+    if (punch_n == PUNCH_SLOTS || fbmm_cow_linked() || !fbmm_arena_fd_ok()) return -1;
+    punches[punch_n].off = off;
+    punches[punch_n++].len = len;
+    return 0;
+}
+
+static void punch_queued(void)
+{
+    struct { uint64_t off, len; int ok; } todo[PUNCH_SLOTS];
+    size_t n = punch_n;
+    for (size_t i = 0; i < n; i++) {
+        todo[i].off = punches[i].off;
+        todo[i].len = punches[i].len;
+    }
+    punch_n = 0;
+    int fd = fbmm_arena.mem_fd;
+    dev_t dev = fbmm_arena.mem_dev;
+    ino_t ino = fbmm_arena.mem_ino;
+    pthread_mutex_unlock(&lock_mu);
+    for (size_t i = 0; i < n; i++)
+        todo[i].ok = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)todo[i].off,
+                               (off_t)todo[i].len) == 0;
+    pthread_mutex_lock(&lock_mu);
+    /* The same arena still (a thread may have replaced it meanwhile): its
+     * allocator takes the punched ranges back; else they are simply lost. */
+    if (fbmm_arena.mem_fd == fd && fbmm_arena.mem_dev == dev && fbmm_arena.mem_ino == ino)
+        for (size_t i = 0; i < n; i++)
+            if (todo[i].ok) fbmm_off_free(todo[i].off, todo[i].len);
+}
+
 void fbmm_unlock(void)
 {
     uint64_t m = saved_mask;
+    while (punch_n && fbmm_depth == 1) punch_queued();
     fbmm_depth--;
     pthread_mutex_unlock(&lock_mu);
     sys_sigmask(SIG_SETMASK, &m, NULL);

@@ -57,6 +57,9 @@ char *fbmm_utoa(char *buf, uint64_t v);
  * (dlsym/pthread_atfork calling malloc during init): go straight through. */
 extern FBMM_TLS int fbmm_depth;
 void fbmm_init(void);          /* idempotent, cheap after the first call */
+/* Under the lock: punch [off, off+len) of the arena and free the offsets
+ * once this thread lets the lock go (0), or -1: do it now. */
+int  fbmm_punch_after_unlock(uint64_t off, uint64_t len);
 void fbmm_lock(void);          /* blocks signals, then takes the mutex */
 void fbmm_unlock(void);
 void fbmm_lock_reset_child(void);

@@ -37,6 +37,7 @@ static void release(const struct fbmm_piece *p)
         release(&rest);
         return;
     }
+    if (fbmm_punch_after_unlock(p->off, p->len) == 0) return;
     if (fbmm_arena_punch(p->off, p->len) == 0) fbmm_off_free(p->off, p->len);
 }
 
