@@ -24,8 +24,3 @@ enum BenchFallbackCheck {
         return used ? nil : "the shim never used the mount (see \(logDirectory)/\(tag).*)"
     }
 }
-
-/// The daemon serving the mount at `path` (its broker socket names it).
-func daemonPID(ofMount path: String) -> pid_t? {
-    brokerPath(ofMount: path).flatMap(RuntimeDirectory.daemonPID(ofSocket:))
-}

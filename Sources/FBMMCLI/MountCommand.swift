@@ -2,6 +2,7 @@ import ArgumentParser
 import FBMMCore
 import FBMMDaemon
 import FBMMPolicy
+import FBMMTracking
 import Foundation
 import Logging
 
@@ -64,7 +65,13 @@ struct MountCommand: ParsableCommand {
         do {
             try Daemon.validateMountpoint(configuration.mountpoint)
             let topology = try Topology()
-            _ = try FBMM.registry.make(configuration.policy, topology: topology)
+            let policy = try FBMM.registry.make(configuration.policy, topology: topology)
+            // What the tiered policy's tracker can and cannot see, said before
+            // a read-mostly workload silently gets nothing promoted.
+            if let tiered = policy as? TieredPolicy {
+                writeStderr("fbmm: tiered: access tracker \(tiered.currentKnobs.tracker.consequence)")
+                tiered.shutdown()
+            }
         } catch let error as DaemonError {
             throw CLIError(error.description)
         } catch let error as PolicyError {

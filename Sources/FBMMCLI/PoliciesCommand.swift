@@ -17,7 +17,7 @@ struct PoliciesCommand: ParsableCommand {
             }
             if type.name == TieredPolicy.name {
                 let trackers = TrackerKind.available.map(\.rawValue)
-                print("    access trackers on this kernel: \(trackers.isEmpty ? "none" : trackers.joined(separator: ", ")) (auto: \(TrackerKind.resolveAuto() == .auto ? "none" : TrackerKind.resolveAuto().rawValue))")
+                print("    access trackers on this kernel: \(trackers.isEmpty ? "none" : trackers.joined(separator: ", ")) (auto: \(TrackerKind.auto.consequence))")
             }
             if ContigPolicy.name == type.name {
                 let support = ShmemHugePageSupport.current()

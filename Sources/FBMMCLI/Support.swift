@@ -81,3 +81,16 @@ func writeStderr(_ text: String) {
 func cString(_ buffer: [CChar]) -> String {
     String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
+
+/// The daemon serving the mount at `path`: the process listening on its
+/// broker socket, as the kernel reports it (SO_PEERCRED of a connection:
+/// the listener's pid), not a number read out of the socket's file name.
+/// nil when nobody listens (a dead daemon).
+func daemonPID(ofMount path: String) -> pid_t? {
+    guard let socket = brokerPath(ofMount: path) else { return nil }
+    let fd = fbmm_connect_seqpacket(socket)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
+    return fbmm_peer_cred(fd, &pid, &uid, &gid) == 0 && pid > 0 ? pid : nil
+}

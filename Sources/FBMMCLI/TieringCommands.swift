@@ -34,7 +34,13 @@ struct SetCommand: ParsableCommand {
             if fbmm_setxattr(path, name, value, value.count, 0) != 0 {
                 let code = errno
                 if code == EINVAL {
-                    throw CLIError("the daemon of \(path) refused \(setting) (unknown knob or bad value; `fbmm policies` lists the keys, the daemon log says why)")
+                    // The daemon's reason, kept for this user (setxattr carries no message).
+                    var buffer = [UInt8](repeating: 0, count: 1024)
+                    let n = fbmm_getxattr(path, "user.fbmm.knob-refusal", &buffer, buffer.count)
+                    if n > 0 {
+                        throw CLIError("\(String(decoding: buffer[0..<n], as: UTF8.self)) (refused by the daemon of \(path))")
+                    }
+                    throw CLIError("the daemon of \(path) refused \(setting) (unknown knob or bad value; `fbmm policies` lists the keys)")
                 }
                 if code == ENOTSUP || code == EOPNOTSUPP {
                     throw CLIError("the policy of \(path) has no knobs to change")

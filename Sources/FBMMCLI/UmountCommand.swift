@@ -22,7 +22,7 @@ struct UmountCommand: ParsableCommand {
     func run() throws {
         let path = absolutePath(directory)
         guard Daemon.isFBMMMount(path) else { throw CLIError("\(path) is not an fbmm mount") }
-        let daemonPID = brokerPath(ofMount: path).flatMap(RuntimeDirectory.daemonPID(ofSocket:))
+        let daemonPID = daemonPID(ofMount: path)
         if umount2(path, force ? Int32(MNT_DETACH) : 0) != 0 {
             let code = errno
             if code == EBUSY {

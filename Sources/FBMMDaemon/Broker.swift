@@ -185,6 +185,9 @@ final class Broker: Sendable {
         // without syncing, F_GETFL) and close them when done. (What is kept,
         // a userfaultfd, is duplicated first.)
         defer { for fd in received where fd >= 0 { close(fd) } }
+        // A peer that hung up without a request (`fbmm umount` asking the
+        // kernel who listens here: SO_PEERCRED) has nothing to refuse.
+        if count == 0 && attachedCount == 0 { return }
         guard count == MemoryLayout<fbmm_request>.size,
               request.magic == UInt16(FBMM_BROKER_MAGIC), request.version == UInt16(FBMM_BROKER_VERSION) else {
             refuse(client, .invalidArgument, "malformed request (\(count) bytes)")

@@ -55,20 +55,26 @@ extension MemoryFileSystem {
         }
     }
 
-    /// Handles `user.fbmm.knob.KEY` set on the root. Returns the errno to answer.
-    func setKnob(name: String, value: [UInt8]) -> Errno? {
+    /// Handles `user.fbmm.knob.KEY` set on the root. Returns the errno to
+    /// answer; a refusal's reason is kept for `uid` (one per user, the
+    /// last) in `user.fbmm.knob-refusal`.
+    func setKnob(name: String, value: [UInt8], uid: UInt32) -> Errno? {
         let key = String(name.dropFirst(Self.knobPrefix.count))
         let text = String(decoding: value, as: UTF8.self)
         guard let policy = mountPolicy as? any MaintainingPolicy else {
-            logger.notice("refused knob \(key)=\(text): policy \(mountPolicy.description) has no knobs")
+            let why = "policy \(mountPolicy.description) has no knobs"
+            logger.notice("refused knob \(key)=\(text): \(why)")
+            knobRefusals.withLock { $0[uid] = why }
             return .notSupported
         }
         do throws(PolicyError) {
             try policy.setKnob(key, text)
         } catch {
             logger.notice("refused knob \(key)=\(text): \(error)")
+            knobRefusals.withLock { $0[uid] = "\(error)" }
             return .invalidArgument
         }
+        knobRefusals.withLock { $0[uid] = nil }
         logger.info("knob \(key)=\(text): now \(policy.description)")
         return nil
     }

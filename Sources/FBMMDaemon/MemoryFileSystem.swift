@@ -39,6 +39,8 @@ public final class MemoryFileSystem: FileSystemOperations {
     let nodeMemory = NodeMemoryCache()
     /// Bytes the files commit the mount to (`-o capacity`).
     let ledger = CommitLedger()
+    /// Why each user's last knob was refused (`user.fbmm.knob-refusal`).
+    let knobRefusals = Locked<[UInt32: String]>([:])
 
     public init(configuration: MountConfiguration, topology: Topology, policy: any MemoryManagementPolicy,
                 registry: PolicyRegistry, brokerPath: String, tmpfs: TmpfsInstance? = nil,

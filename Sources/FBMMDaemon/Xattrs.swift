@@ -16,6 +16,9 @@ import Glibc
 /// - `user.fbmm.nodes` (files, read-only): resident bytes per node, "0:8192 1:4096".
 /// - `user.fbmm.policy` (files and directories): a policy override in the
 ///   `--policy` syntax (`bind,nodes=1`); on a directory, inherited by new files.
+/// - `user.fbmm.knob-refusal` (root, read-only): why the daemon last refused
+///   a knob this user set (`fbmm set` reads it after EINVAL: setxattr can
+///   carry no message).
 extension MemoryFileSystem {
     // setxattr(2) flags (linux/xattr.h).
     private var xattrCreate: Int32 { 1 }
@@ -25,8 +28,10 @@ extension MemoryFileSystem {
     static let policyAttribute = FBMM_XATTR_POLICY
     static let prezeroAttribute = FBMM_XATTR_PREZERO
     static let hugeAttribute = FBMM_XATTR_HUGE
+    static let knobRefusalAttribute = "user.fbmm.knob-refusal"
     /// fbmm's own attributes that nobody may set or remove.
-    static let readOnlyAttributes: Set<String> = [brokerAttribute, nodesAttribute, prezeroAttribute, hugeAttribute]
+    static let readOnlyAttributes: Set<String> = [brokerAttribute, nodesAttribute, prezeroAttribute, hugeAttribute,
+                                                  knobRefusalAttribute]
 
     public func getxattr(_ ctx: RequestContext, inode: InodeNumber, name: String, reply: consuming XattrReply) {
         switch name {
@@ -36,6 +41,10 @@ extension MemoryFileSystem {
             reply.value(Array(String(pool?.windowBytes ?? 0).utf8))
         case Self.hugeAttribute where inode == 1:
             reply.value(Array(configuration.huge.rawValue.utf8))
+        case Self.knobRefusalAttribute where inode == 1:
+            if let why = knobRefusals.withLock({ $0[ctx.uid] }) { reply.value(Array(why.utf8)) } else {
+                reply.error(Errno(rawValue: ENODATA))
+            }
         case Self.nodesAttribute:
             guard let backing = state.withLock({ $0.inodes[inode]?.backing }) else { reply.error(Errno(rawValue: ENODATA)); return }
             do {
@@ -109,7 +118,7 @@ extension MemoryFileSystem {
             }
             reply.ok()
         case _ where inode == 1 && name.hasPrefix(Self.knobPrefix):
-            if let errno = setKnob(name: name, value: value) { reply.error(errno) } else { reply.ok() }
+            if let errno = setKnob(name: name, value: value, uid: ctx.uid) { reply.error(errno) } else { reply.ok() }
         default:
             guard name.hasPrefix("user.") else { reply.error(.notSupported); return }
             guard value.count <= 65536, name.utf8.count <= 255 else { reply.error(Errno(rawValue: E2BIG)); return }

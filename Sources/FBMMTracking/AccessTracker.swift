@@ -72,6 +72,18 @@ public enum TrackerKind: String, Sendable, CaseIterable {
         DamonTracker.isAvailable ? .damon : SoftDirtyTracker.isAvailable ? .softdirty : .auto
     }
 
+    /// What this choice amounts to on the running kernel and what it cannot
+    /// see (said when a tiered mount starts and by `fbmm policies`).
+    public var consequence: String {
+        switch self == .auto ? Self.resolveAuto() : self {
+        case .damon: return "damon: sees reads and writes, by region (DAMON's adaptive regions, not single pages)"
+        case .softdirty:
+            return "softdirty: sees writes only, so a hot set that is only read is never promoted (this kernel has no DAMON)"
+        case .auto:
+            return "none: this kernel has neither DAMON nor soft-dirty, so nothing is promoted or demoted; pages stay where first placed"
+        }
+    }
+
     /// Kinds the running kernel offers (for `fbmm policies`).
     public static var available: [TrackerKind] {
         var kinds: [TrackerKind] = []

@@ -18,7 +18,8 @@
 #   follow      >= 90% of the moved hot set on the fast node within 60 s of the move
 #   capacity    fast-node bytes <= capacity + watermark in every sample
 #   counters    fbmm stat shows promotions, demotions, scans and the tracker names
-#   knob        a bad knob value is refused, a good one is applied
+#   knob        a bad knob value is refused with the daemon's reason, a good one is applied
+#   tracker     the mount says which tracker runs and what it cannot see
 # Environment: FBMM_BIN, TIERING_GUPS (a prebuilt gups), TIERING_KEEP=1 (keep the work directory).
 set -u -o pipefail
 
@@ -51,11 +52,18 @@ gups=${TIERING_GUPS:-$work/gups}
 [ -x "$gups" ] || cc -O2 -Wall -o "$gups" "$root/Tests/guest/gups.c" || die "cannot build gups.c"
 "$fbmm" policies | grep "access trackers" | sed 's/^ */note: /'
 "$fbmm" mount "$mnt" --policy tiered -o fast=0,slow=2,fast-capacity=${CAP_MIB}M --log-file "$work/daemon.log" \
-    || die "mount failed"
+    2>"$work/mount.err" || { cat "$work/mount.err"; die "mount failed"; }
+if grep -q "fbmm: tiered: access tracker " "$work/mount.err"; then
+    pass "tracker: the mount says which tracker runs and what it cannot see: $(cat "$work/mount.err")"
+else
+    fail "tracker: the mount did not say which tracker runs: $(cat "$work/mount.err")"
+fi
 
 # Knobs: a bad value is refused, a good one applied (and restored).
 if "$fbmm" set "$mnt" promote-threshold=0 2>"$work/set.err"; then
     fail "knob: promote-threshold=0 was accepted"
+elif ! grep -q "option promote-threshold=0: expected" "$work/set.err"; then
+    fail "knob: the refusal does not give the daemon's reason: $(cat "$work/set.err")"
 elif "$fbmm" set "$mnt" rate-limit=64M && "$fbmm" stat "$mnt" --json | jq -e '.policy | contains("rate-limit=64M")' >/dev/null \
     && "$fbmm" set "$mnt" rate-limit=128M; then
     pass "knob: bad value refused ($(head -c 80 "$work/set.err")...), rate-limit=64M applied"
