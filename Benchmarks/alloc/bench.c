@@ -16,8 +16,16 @@
  *                             together, 2N ops) and "failed N" (NULL
  *                             mallocs). Issue 15's burst: per-op cost should
  *                             stay flat from 1,000 to 100,000 blocks.
+ *   bench threads T ITERS SIZE
+ *                             T threads, each ITERS times: malloc(SIZE),
+ *                             one byte written per page, free; prints
+ *                             "ops_per_s N" (all threads' malloc+free pairs
+ *                             per second, wall time). Issue 15's scaling:
+ *                             throughput from 1 to 8 threads should grow
+ *                             no worse than natively.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,12 +116,45 @@ static int burst(size_t n, size_t size)
     return failed != 0;
 }
 
+struct worker { long iters; size_t size; int failed; };
+
+static void *churn(void *arg)
+{
+    struct worker *w = arg;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (long i = 0; i < w->iters; i++) {
+        char *p = malloc(w->size);
+        if (!p) { w->failed = 1; return NULL; }
+        for (size_t o = 0; o < w->size; o += page) p[o] = (char)i;
+        free(p);
+    }
+    return NULL;
+}
+
+static int threads(int t, long iters, size_t size)
+{
+    if (t < 1 || t > 256) return 2;
+    pthread_t tid[256];
+    struct worker w[256];
+    double start = now();
+    for (int i = 0; i < t; i++) {
+        w[i] = (struct worker){ .iters = iters, .size = size };
+        if (pthread_create(&tid[i], NULL, churn, &w[i])) { perror("pthread_create"); return 1; }
+    }
+    int failed = 0;
+    for (int i = 0; i < t; i++) { pthread_join(tid[i], NULL); failed |= w[i].failed; }
+    printf("ops_per_s %.0f\nfailed %d\n", (double)t * iters / (now() - start), failed);
+    return failed;
+}
+
 int main(int argc, char **argv)
 {
     if ((argc == 4 || argc == 5) && !strcmp(argv[1], "table"))
         return table(strtoul(argv[2], NULL, 0), strtoull(argv[3], NULL, 0), argc == 5 && !strcmp(argv[4], "4k"));
     if (argc == 4 && !strcmp(argv[1], "mmap")) return maps(strtoul(argv[2], NULL, 0), strtol(argv[3], NULL, 0));
+    if (argc == 5 && !strcmp(argv[1], "threads"))
+        return threads(atoi(argv[2]), strtol(argv[3], NULL, 0), strtoul(argv[4], NULL, 0));
     if (argc == 4 && !strcmp(argv[1], "burst")) return burst(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
-    fprintf(stderr, "usage: bench table MiB UPDATES [4k] | bench mmap PAGES ITERS | bench burst N SIZE\n");
+    fprintf(stderr, "usage: bench table MiB UPDATES [4k] | bench mmap PAGES ITERS | bench burst N SIZE | bench threads T ITERS SIZE\n");
     return 2;
 }

@@ -186,8 +186,9 @@ final class Broker: Sendable {
         // a userfaultfd, is duplicated first.)
         defer { for fd in received where fd >= 0 { close(fd) } }
         // A peer that hung up without a request (`fbmm umount` asking the
-        // kernel who listens here: SO_PEERCRED) has nothing to refuse.
-        if count == 0 && attachedCount == 0 { return }
+        // kernel who listens here: SO_PEERCRED) has nothing to refuse; an
+        // empty message from a peer still there is refused like any other.
+        if count == 0 && attachedCount == 0 && Self.hungUp(client) { return }
         guard count == MemoryLayout<fbmm_request>.size,
               request.magic == UInt16(FBMM_BROKER_MAGIC), request.version == UInt16(FBMM_BROKER_VERSION) else {
             refuse(client, .invalidArgument, "malformed request (\(count) bytes)")
@@ -255,6 +256,12 @@ final class Broker: Sendable {
         var message = fbmm_reply(magic: UInt16(FBMM_BROKER_MAGIC), version: UInt16(FBMM_BROKER_VERSION),
                                  status: status, size: size)
         _ = withUnsafeBytes(of: &message) { raw in fbmm_send_with_fd(client, raw.baseAddress, raw.count, fd) }
+    }
+
+    /// Whether the peer of `client` has closed its end.
+    static func hungUp(_ client: Int32) -> Bool {
+        var p = pollfd(fd: client, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) == 1 && p.revents & Int16(POLLHUP) != 0
     }
 
     func refuse(_ client: Int32, _ errno: Errno, _ why: String) {
