@@ -64,6 +64,27 @@ struct FaultTests {
         #expect(most == 3, "10 MiB growths admitted at once on a 32 MiB mount, at most: \(result.stdout)")
     }
 
+    /// What a program's files committed goes back when they go: programs
+    /// that each take most of a 64 MiB capacity, one after another, all get
+    /// it (the ledger gives a file's commitment back with its memory; a
+    /// leak would fill the mount with nothing in it), and `df` shows the
+    /// whole capacity free again afterwards.
+    @Test func capacityComesBackWhenFilesGo() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount(options: ["capacity=64M", "prezero=0"])
+        defer { mount.close() }
+        for round in 0..<5 {
+            // 2 x 20 MiB, malloc and mmap: 40 MiB of 64 in the mount.
+            let app = try run(fbmmRun(mount, [], [ShimPrograms.probe, "alloc", "20"]))
+            #expect(app.ok && kb(app.stdout, "RssShmem") >= 38 * 1024 && app.stderr.isEmpty,
+                    "round \(round): the program's memory in the mount: \(app.stdout) \(app.stderr)")
+        }
+        var fs = statvfs()
+        try #require(statvfs(mount.path, &fs) == 0)
+        let free = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
+        #expect(free >= 63 << 20, "df: the whole capacity is free again: \(free) bytes")
+    }
+
     /// A daemon killed with SIGKILL leaves a dead mount; `fbmm mount` on the
     /// same path detaches it and a new daemon serves new programs, while a
     /// program started before keeps its memory.
