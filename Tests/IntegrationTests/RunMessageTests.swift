@@ -45,6 +45,23 @@ struct RunMessageTests {
                 "only the started process reports: \(parent.stdout) \(parent.stderr)")
     }
 
+    /// A program that closed its stderr and opened a file of its own as fd 2
+    /// (what daemons do) gets nothing written into that file: the shim
+    /// speaks only while fd 2 is the file it started with.
+    @Test func aReopenedFd2IsNeverWrittenTo() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount()
+        defer { mount.close() }
+        let work = try TemporaryDirectory()
+        let data = work.file("data")
+        let script = "close(STDERR); open(my $f, '>', '\(data)') or die; print $f \"mine\\n\"; "
+            + "printf \"%d\\n\", fileno($f); " + Self.perlStrings
+        let result = try run(fbmmRun(mount, [], ["perl", "-e", script]))
+        #expect(result.ok && result.stdout.hasPrefix("2\n"), "the file is fd 2: \(result.stdout) \(result.stderr)")
+        let written = try String(contentsOfFile: data, encoding: .utf8)
+        #expect(written == "mine\n", "only the program's own bytes in its file: \(written)")
+    }
+
     /// Memory mapped in pieces under --min-size (ruby 3.1 maps its GC heap
     /// 32 KiB at a time): the exit line names the --min-size that redirects
     /// them, and with it the memory is in the mount and nothing is said.

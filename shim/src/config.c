@@ -69,8 +69,8 @@ void fbmm_config_load(void)
     unsigned long pg = getauxval(AT_PAGESZ);
     if (pg) fbmm_page = pg;
 
+    fbmm_report_load();  /* first: it records what stderr is, before anything is said */
     fbmm_cfg.verbose = env_flag("FBMM_VERBOSE");
-    fbmm_report_load();
     fbmm_cfg.strict = env_flag("FBMM_STRICT");
     /* FBMM_PREZERO=0: this process does not use the mount's pre-zeroed pool. */
     const char *pz = getenv("FBMM_PREZERO");
@@ -121,11 +121,7 @@ void fbmm_say(const char *a, const char *b, const char *c)
     /* A fallback is remembered, and said in the process fbmm run started
      * even without --verbose (report.c). */
     fbmm_report_message(buf, n);
-    if (!fbmm_cfg.verbose) return;
-    int saved = errno;
-    ssize_t r = write(2, buf, n);
-    (void)r;
-    errno = saved;
+    if (fbmm_cfg.verbose) fbmm_stderr_write(buf, n);
 }
 
 void fbmm_say_once(int *once, const char *a, const char *b, const char *c)

@@ -9,15 +9,18 @@
  *   - at exit, when less than half of its resident memory (and at least
  *     REPORT_FLOOR of it) was in the mount: how much, where the rest is
  *     (its brk heap, other anonymous mappings) and the fix.
- * Everything else the shim says stays behind --verbose. Only system calls
- * and stack buffers: the exit report runs from a destructor, perhaps while
- * other threads still allocate.
+ * Only while fd 2 is the file it was when the program started (a daemon
+ * that closed stderr and opened a file of its own as fd 2 gets nothing
+ * written into that file). Everything else the shim says stays behind
+ * --verbose. Only system calls and stack buffers: the exit report runs
+ * from a destructor, perhaps while other threads still allocate.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -27,6 +30,11 @@
 #define REPORT_FLOOR_KB (16 * 1024)
 
 static pid_t report_pid;
+/* What fd 2 was when the shim started: a daemon that closed its stderr and
+ * opened a file of its own as fd 2 must never get our line in that file. */
+static dev_t stderr_dev;
+static ino_t stderr_ino;
+static int stderr_known;
 /* Bytes of anonymous mappings left to the kernel for being under
  * --min-size, by size class (2^i <= len < 2^(i+1)): at exit they name the
  * --min-size that would redirect them (ruby 3.1 maps each 16 KiB GC heap
@@ -38,9 +46,26 @@ static int fallback_said;
 void fbmm_report_load(void)
 {
     const char *v = getenv("FBMM_REPORT");
-    if (!v || !*v) return;
-    long pid = strtol(v, NULL, 10);
+    long pid = v && *v ? strtol(v, NULL, 10) : 0;
     if (pid > 0) report_pid = (pid_t)pid;
+    struct stat st;
+    if (sys_fstat(2, &st) == 0) {
+        stderr_dev = st.st_dev;
+        stderr_ino = st.st_ino;
+        stderr_known = 1;
+    }
+}
+
+/* Says `text` on stderr if fd 2 is still the stderr the program started
+ * with (every message of the shim goes through here). */
+void fbmm_stderr_write(const char *text, size_t n)
+{
+    struct stat st;
+    if (!stderr_known || sys_fstat(2, &st) != 0 || st.st_dev != stderr_dev || st.st_ino != stderr_ino) return;
+    int saved = errno;
+    ssize_t r = write(2, text, n);
+    (void)r;
+    errno = saved;
 }
 
 static int reporting(void)
@@ -59,12 +84,7 @@ void fbmm_report_message(const char *text, size_t n)
         memcpy(first_fallback, text, k);
         while (k && (first_fallback[k - 1] == '\n')) k--;
         first_fallback[k] = 0;
-        if (reporting() && !fbmm_cfg.verbose) {
-            int saved = errno;
-            ssize_t r = write(2, text, n);
-            (void)r;
-            errno = saved;
-        }
+        if (reporting() && !fbmm_cfg.verbose) fbmm_stderr_write(text, n);
     }
 }
 
@@ -221,8 +241,5 @@ __attribute__((destructor)) static void report_at_exit(void)
     for (int i = 0; i < k; i++)
         for (const char *p = parts[i]; p && *p && n < sizeof msg - 2; p++) msg[n++] = *p;
     msg[n++] = '\n';
-    int saved = errno;
-    ssize_t r = write(2, msg, n);
-    (void)r;
-    errno = saved;
+    fbmm_stderr_write(msg, n);
 }

@@ -46,6 +46,8 @@ void fbmm_say_once(int *once, const char *a, const char *b, const char *c);
  * says it in the reporting process. */
 void fbmm_report_load(void);
 void fbmm_report_message(const char *text, size_t n);
+/* Writes to fd 2 only while it is the file it was when the shim started. */
+void fbmm_stderr_write(const char *text, size_t n);
 /* An anonymous mapping left to the kernel for being under --min-size. */
 void fbmm_report_small_mmap(size_t len);
 /* Decimal formatting into buf (>= 21 bytes); returns buf. */
