@@ -111,6 +111,7 @@ void fbmm_lock_reset_child(void)
     uint64_t m = saved_mask;
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     lock_mu = fresh;
+    punch_n = 0;  /* none in practice; dropped (offsets lost), never punched in a file they may not name */
     fbmm_depth--;
     sys_sigmask(SIG_SETMASK, &m, NULL);
 }
