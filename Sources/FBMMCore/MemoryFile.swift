@@ -66,20 +66,20 @@ public final class MemoryFile: Sendable {
         _ = try retryingSyscall("fcntl(F_ADD_SEALS, F_SEAL_SHRINK)", context) { fbmm_seal_shrink(descriptor.rawValue) }
     }
 
-    /// The current size in bytes (the memfd is the source of truth: a process
-    /// holding the fd may have changed it).
-    public func size() throws(SystemError) -> UInt64 {
+    /// The size and the bytes of memory actually allocated (st_blocks * 512),
+    /// from one fstat (the memfd is the source of truth: a process holding
+    /// the fd may have changed either).
+    public func extent() throws(SystemError) -> (size: UInt64, allocated: UInt64) {
         var st = stat()
         _ = try retryingSyscall("fstat", context) { fstat(descriptor.rawValue, &st) }
-        return UInt64(st.st_size)
+        return (UInt64(st.st_size), UInt64(st.st_blocks) * 512)
     }
 
-    /// Bytes of memory actually allocated to the file (st_blocks * 512).
-    public func allocatedBytes() throws(SystemError) -> UInt64 {
-        var st = stat()
-        _ = try retryingSyscall("fstat", context) { fstat(descriptor.rawValue, &st) }
-        return UInt64(st.st_blocks) * 512
-    }
+    /// The current size in bytes.
+    public func size() throws(SystemError) -> UInt64 { try extent().size }
+
+    /// Bytes of memory actually allocated to the file.
+    public func allocatedBytes() throws(SystemError) -> UInt64 { try extent().allocated }
 
     /// Sets the size; shrinking frees the memory past the new end.
     public func resize(to size: UInt64) throws(SystemError) {

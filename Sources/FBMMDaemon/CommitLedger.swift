@@ -28,7 +28,8 @@ final class CommitLedger: Sendable {
     /// may fault in every page up to it), or its allocation if larger
     /// (fallocate with KEEP_SIZE).
     static func actual(_ backing: FileBacking) -> UInt64 {
-        max((try? backing.existing?.size()) ?? 0, (try? backing.existing?.allocatedBytes()) ?? 0)
+        let extent = (try? backing.existing?.extent()) ?? (size: 0, allocated: 0)
+        return max(extent.size, extent.allocated)
     }
 
     /// Raises `backing`'s commitment to `size`, or refuses (false) when the

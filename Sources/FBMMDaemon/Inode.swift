@@ -118,8 +118,9 @@ final class InodeRecord {
             st.st_size = off_t(4096 + 0 * children.count)
             st.st_blocks = 8
         case .regular(let backing):
-            st.st_size = off_t((try? backing.existing?.size()) ?? 0)
-            st.st_blocks = blkcnt_t(((try? backing.existing?.allocatedBytes()) ?? 0) / 512)
+            let extent = (try? backing.existing?.extent()) ?? (size: 0, allocated: 0)
+            st.st_size = off_t(extent.size)
+            st.st_blocks = blkcnt_t(extent.allocated / 512)
         case .special(let device):
             st.st_rdev = dev_t(device)
         }

@@ -88,11 +88,12 @@ extension MemoryFileSystem {
         for file in snapshot.0.sorted(by: { $0.path < $1.path }) {
             let backing = file.file.backing
             let byNode = (try? backing.residentByNode()) ?? [:]
+            let extent = (try? backing.existing?.extent()) ?? (size: 0, allocated: 0)
             for (node, bytes) in byNode { nodeTotals[node, default: 0] &+= bytes }
             files.append(MountStatistics.FileUsage(
                 name: file.file.name, path: file.path,
-                size: (try? backing.existing?.size()) ?? 0,
-                allocated_bytes: (try? backing.existing?.allocatedBytes()) ?? 0,
+                size: extent.size,
+                allocated_bytes: extent.allocated,
                 resident_bytes: byNode.values.reduce(0, &+),
                 nodes: Dictionary(uniqueKeysWithValues: byNode.map { (String($0.key), $0.value) }),
                 owner_pid: file.ownerPID,
