@@ -152,12 +152,7 @@ enum Loopback {
     }
 }
 
-/// A program on PATH, or nil.
+/// A program on PATH or in the sbin directories (servers live there), or nil.
 func findProgram(_ name: String) -> String? {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-    for dir in path.split(separator: ":").map(String.init) + ["/usr/sbin", "/usr/local/sbin"] {
-        let candidate = "\(dir)/\(name)"
-        if access(candidate, X_OK) == 0 { return candidate }
-    }
-    return nil
+    resolveExecutable(name, alsoIn: ["/usr/sbin", "/usr/local/sbin"])
 }

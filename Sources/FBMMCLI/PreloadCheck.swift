@@ -48,12 +48,14 @@ func preloadObstacle(_ program: String) -> String? {
 }
 
 /// `program` as execvp would find it: a name with a slash as given, else
-/// the first executable of that name on PATH.
-func resolveExecutable(_ program: String) -> String? {
+/// the first executable of that name on PATH (an empty entry is the
+/// current directory), then in `alsoIn`.
+func resolveExecutable(_ program: String, alsoIn extra: [String] = []) -> String? {
     if program.contains("/") { return program }
     let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-    for dir in path.split(separator: ":", omittingEmptySubsequences: false) {
-        let candidate = "\(dir.isEmpty ? "." : String(dir))/\(program)"
+    let dirs = path.split(separator: ":", omittingEmptySubsequences: false).map { $0.isEmpty ? "." : String($0) } + extra
+    for dir in dirs {
+        let candidate = "\(dir)/\(program)"
         if access(candidate, X_OK) == 0 { return candidate }
     }
     return nil
