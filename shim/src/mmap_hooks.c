@@ -19,10 +19,9 @@
  * redirected as a P_SHARED piece: it stays shared with fork children (fork.c
  * leaves it mapped), and madvise on it goes to the kernel, which gives shmem
  * semantics (MADV_DONTNEED keeps the data, MADV_REMOVE frees it for all). */
-static int redirectable(size_t len, int flags)
+static int redirectable_kind(int flags)
 {
-    return fbmm_cfg.active && !fbmm_depth && len >= fbmm_cfg.min_size &&
-           (flags & MAP_ANONYMOUS) &&
+    return fbmm_cfg.active && !fbmm_depth && (flags & MAP_ANONYMOUS) &&
            ((flags & MAP_TYPE) == MAP_PRIVATE || (flags & MAP_TYPE) == MAP_SHARED) &&
            !(flags & (MAP_GROWSDOWN | MAP_STACK | MAP_HUGETLB));
 }
@@ -30,7 +29,8 @@ static int redirectable(size_t len, int flags)
 FBMM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
     fbmm_init();
-    if (redirectable(len, flags)) {
+    int kind = redirectable_kind(flags);
+    if (kind && len >= fbmm_cfg.min_size) {
         len = ROUND_UP(len, fbmm_page);
         fbmm_lock();
         void *p = fbmm_vm_map(addr, len, prot, flags,
@@ -47,8 +47,8 @@ FBMM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_
          * kernel's answer to the call itself is the native one: a caller's
          * error (EEXIST, EINVAL, EPERM) fails there the same way. */
         /* fall back to anonymous memory (shared stays shared: flags kept) */
-    } else if (fbmm_cfg.active && (flags & MAP_ANONYMOUS) && !(flags & (MAP_FIXED | MAP_STACK | MAP_GROWSDOWN)) &&
-               len < fbmm_cfg.min_size && !fbmm_depth) {
+    } else if (kind && !(flags & MAP_FIXED)) {
+        /* Only its size keeps it out: counted for the exit report (report.c). */
         fbmm_report_small_mmap(len);
     }
     int fixed = (flags & MAP_FIXED) && !fbmm_depth && fbmm_rt_maybe((uintptr_t)addr, len);
