@@ -33,11 +33,7 @@ struct fbmm_arena fbmm_arena;
 static void why_set3(struct fbmm_arena *a, const char *s1, const char *s2, const char *s3, int err)
 {
     const char *parts[] = { s1, s2, s3, err ? ": " : NULL, err ? strerrorname_np(err) : NULL };
-    size_t k = 0;
-    for (size_t i = 0; i < 5; i++)
-        for (const char *p = parts[i]; p && *p && k + 1 < sizeof a->reason; p++)
-            a->reason[k++] = *p;
-    a->reason[k] = 0;
+    fbmm_join(a->reason, sizeof a->reason, parts, 5);
 }
 
 static void why_set(struct fbmm_arena *a, const char *s1, const char *s2, int err)

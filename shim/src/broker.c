@@ -26,25 +26,15 @@
 static void set_why(char *why, size_t n, const char *a, int err)
 {
     const char *e = err ? strerrorname_np(err) : NULL;
-    size_t k = 0;
-    for (const char *p = a; p && *p && k + 1 < n; p++) why[k++] = *p;
-    if (e) {
-        for (const char *p = ": "; *p && k + 1 < n; p++) why[k++] = *p;
-        for (const char *p = e; *p && k + 1 < n; p++) why[k++] = *p;
-    }
-    if (n) why[k] = 0;
+    const char *parts[] = { a, e ? ": " : NULL, e };
+    fbmm_join(why, n, parts, 3);
 }
 
 static void set_why_uid(char *why, size_t n, unsigned uid)
 {
-    char digits[16];
-    int k = 0;
-    do { digits[k++] = (char)('0' + uid % 10); uid /= 10; } while (uid && k < 15);
-    char text[64] = "the broker socket belongs to uid ";
-    size_t t = strlen(text);
-    while (k && t + 1 < sizeof text) text[t++] = digits[--k];
-    text[t] = 0;
-    set_why(why, n, text, 0);
+    char digits[24];
+    const char *parts[] = { "the broker socket belongs to uid ", fbmm_utoa(digits, uid) };
+    fbmm_join(why, n, parts, 2);
 }
 
 int fbmm_broker_request(const char *sock, uint32_t op, uint32_t flags, int fd, uint64_t ino, int want_fd,

@@ -109,15 +109,20 @@ void fbmm_config_load(void)
     }
 }
 
+size_t fbmm_join(char *buf, size_t cap, const char *const *parts, size_t count)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < count; i++)
+        for (const char *p = parts[i]; p && *p && n + 1 < cap; p++) buf[n++] = *p;
+    if (cap) buf[n] = 0;
+    return n;
+}
+
 void fbmm_say(const char *a, const char *b, const char *c)
 {
     char buf[512];
-    size_t n = 0;
     const char *parts[] = { "fbmm: ", a, b, c, "\n" };
-    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
-        for (const char *p = parts[i]; p && *p && n < sizeof buf - 1; p++)
-            buf[n++] = *p;
-    }
+    size_t n = fbmm_join(buf, sizeof buf, parts, sizeof parts / sizeof *parts);
     /* A fallback is remembered, and said in the process fbmm run started
      * even without --verbose (report.c). */
     fbmm_report_message(buf, n);

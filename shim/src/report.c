@@ -237,9 +237,7 @@ __attribute__((destructor)) static void report_at_exit(void)
             parts[k++] = "; the rest is in mappings under --min-size or made before the shim loaded: try a smaller --min-size";
         }
     }
-    size_t n = 0;
-    for (int i = 0; i < k; i++)
-        for (const char *p = parts[i]; p && *p && n < sizeof msg - 2; p++) msg[n++] = *p;
+    size_t n = fbmm_join(msg, sizeof msg - 1, parts, (size_t)k);
     msg[n++] = '\n';
     fbmm_stderr_write(msg, n);
 }

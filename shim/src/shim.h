@@ -50,6 +50,9 @@ void fbmm_report_message(const char *text, size_t n);
 void fbmm_stderr_write(const char *text, size_t n);
 /* An anonymous mapping left to the kernel for being under --min-size. */
 void fbmm_report_small_mmap(size_t len);
+/* Concatenates `count` strings (NULL ones skipped) into buf, at most cap-1
+ * characters, NUL-terminated; returns the length. */
+size_t fbmm_join(char *buf, size_t cap, const char *const *parts, size_t count);
 /* Decimal formatting into buf (>= 21 bytes); returns buf. */
 char *fbmm_utoa(char *buf, uint64_t v);
 
