@@ -7,7 +7,7 @@ import Glibc
 
 /// Issue 14: the shim's own descriptors are invisible to the program.
 /// Whatever a program uses to find its open descriptors (a /proc/self/fd
-/// listing, fstat over every number, os.scandir of /dev/fd) answers under
+/// listing, scandir(3), fstat over every number, os.scandir of /dev/fd) answers under
 /// the shim exactly what it answers natively: in the parent after a large
 /// allocation (the arena and the pool exist), in a copy-on-write fork child
 /// (which also holds a userfaultfd), and in an exec'd child. A raw
@@ -45,11 +45,20 @@ struct FdViewTests {
                     off += reclen
             os.close(fd)
             return len([x for x in names if x not in (b'.', b'..')])
+        def scandir_names(path):
+            # scandir(3), which reads through libc's internal readdir.
+            libc = ctypes.CDLL(None)
+            libc.scandir.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_void_p)), ctypes.c_void_p, ctypes.c_void_p]
+            entries = ctypes.POINTER(ctypes.c_void_p)()
+            n = libc.scandir(path, ctypes.byref(entries), None, None)
+            names = [ctypes.string_at(entries[i] + 19) for i in range(n)]  # d_name of struct dirent on LP64
+            return sorted(int(x) for x in names if x not in (b'.', b'..'))
         def view(tag):
             listed = sorted(int(x) for x in os.listdir('/proc/self/fd'))
             print(tag, 'fd', listed)
             print(tag, 'fdinfo', sorted(int(x) for x in os.listdir('/proc/self/fdinfo')))
             print(tag, 'dev-fd', sorted(int(e.name) for e in os.scandir('/dev/fd')))
+            print(tag, 'scandir', scandir_names(b'/proc/self/fd'))
             print(tag, 'fstat', fstat_scan())
             # The listing above included its own directory fd; so does this.
             print('HIDDEN', tag, raw_count('/proc/self/fd') - len(listed), file=sys.stderr)

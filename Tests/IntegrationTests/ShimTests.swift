@@ -168,8 +168,8 @@ struct ShimTests {
         ("--mremap 1 --verify", true),
         ("--madvise 1 --verify", true),
         ("--malloc 1 --verify", true),
-        ("--fork 2", false),
-        ("--mmapfork 1 --mmapfork-ops 1", false),
+        ("--fork 2 --verify", false),
+        ("--mmapfork 1 --mmapfork-ops 1 --verify", false),
     ])
     func stressNG(_ stressor: String, _ usesMount: Bool) throws {
         try ShimPrograms.build()

@@ -10,15 +10,17 @@
  *  - fstat, fstatat/statx relative to one of ours, fcntl, dup: EBADF
  *    (close and dup2/dup3 are in fds.c, which also keeps ours out of the
  *    way of numbers the program takes);
- *  - readdir and getdents64 of this process's /proc/<pid>/fd or fdinfo
- *    (also as self, thread-self or task/<tid>) skip our numbers.
+ *  - readdir, getdents64 and scandir(at) of this process's /proc/<pid>/fd
+ *    or fdinfo (also as self, thread-self or task/<tid>) skip our numbers.
  *
  * The checks compare numbers only (fbmm_fd_ours: a few atomic loads), so
  * an fstat costs what it did; the directory identity (fstatfs + readlink)
  * is looked up only for an entry whose name is one of our numbers.
  * The shim's own calls bypass all this (sys.h's sys_fstat, sys_fcntl) or run
- * with fbmm_depth > 0. scandir(3), which reads through libc's internal
- * readdir, and raw getdents64 system calls still list ours.
+ * with fbmm_depth > 0. scandir(3) reads through libc's internal readdir,
+ * so its result is filtered after the fact. What no LD_PRELOAD can see
+ * still lists ours: raw getdents64 system calls, and glob(3)/fts(3)/nftw(3)
+ * walking /proc/self/fd (they, too, read through libc's internals).
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -28,6 +30,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -57,6 +60,12 @@ static int (*next_dup)(int);
 static struct dirent *(*next_readdir)(DIR *);
 static struct dirent64 *(*next_readdir64)(DIR *);
 static ssize_t (*next_getdents64)(int, void *, size_t);
+typedef int (*scan_filter)(const struct dirent *);
+typedef int (*scan_compare)(const struct dirent **, const struct dirent **);
+static int (*next_scandirat)(int, const char *, struct dirent ***, scan_filter, scan_compare);
+typedef int (*scan_filter64)(const struct dirent64 *);
+typedef int (*scan_compare64)(const struct dirent64 **, const struct dirent64 **);
+static int (*next_scandirat64)(int, const char *, struct dirent64 ***, scan_filter64, scan_compare64);
 
 void fbmm_fdview_resolve(void)
 {
@@ -75,6 +84,8 @@ void fbmm_fdview_resolve(void)
     next_readdir = dlsym(RTLD_NEXT, "readdir");
     next_readdir64 = dlsym(RTLD_NEXT, "readdir64");
     next_getdents64 = dlsym(RTLD_NEXT, "getdents64");
+    next_scandirat = dlsym(RTLD_NEXT, "scandirat");
+    next_scandirat64 = dlsym(RTLD_NEXT, "scandirat64");
 }
 
 /* Is fd one of ours, as the program asks about it? */
@@ -265,4 +276,49 @@ FBMM_EXPORT ssize_t getdents64(int fd, void *buf, size_t count)
         }
         if (out > (char *)buf) return out - (char *)buf;
     }
+}
+
+/* scandir's list, minus ours, kept in its order (struct dirent and dirent64
+ * are laid out alike on LP64, so one pass serves both). The directory is
+ * opened to check its identity only when an entry has one of our numbers. */
+static int scanned_without_ours(int dfd, const char *path, struct dirent **list, int n)
+{
+    if (n <= 0 || fbmm_depth) return n;
+    int dir = -2, kept = 0;
+    for (int i = 0; i < n; i++) {
+        const char *name = list[i]->d_name;
+        int drop = 0;
+        if (isdigit((unsigned char)name[0])) {
+            if (dir == -2) dir = openat(dfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            drop = dir >= 0 && hidden_entry(dir, name);
+        }
+        if (drop) free(list[i]);
+        else list[kept++] = list[i];
+    }
+    if (dir >= 0) sys_close(dir);
+    return kept;
+}
+
+FBMM_EXPORT int scandirat(int dfd, const char *path, struct dirent ***list, scan_filter filter, scan_compare compare)
+{
+    if (!next_scandirat) next_scandirat = dlsym(RTLD_NEXT, "scandirat");
+    int n = next_scandirat(dfd, path, list, filter, compare);
+    return scanned_without_ours(dfd, path, *list, n);
+}
+
+FBMM_EXPORT int scandir(const char *path, struct dirent ***list, scan_filter filter, scan_compare compare)
+{
+    return scandirat(AT_FDCWD, path, list, filter, compare);
+}
+
+FBMM_EXPORT int scandirat64(int dfd, const char *path, struct dirent64 ***list, scan_filter64 filter, scan_compare64 compare)
+{
+    if (!next_scandirat64) next_scandirat64 = dlsym(RTLD_NEXT, "scandirat64");
+    int n = next_scandirat64(dfd, path, list, filter, compare);
+    return scanned_without_ours(dfd, path, (struct dirent **)*list, n);
+}
+
+FBMM_EXPORT int scandir64(const char *path, struct dirent64 ***list, scan_filter64 filter, scan_compare64 compare)
+{
+    return scandirat64(AT_FDCWD, path, list, filter, compare);
 }
