@@ -511,6 +511,105 @@ static void test_threads(void)
     CHECK("threads allocate and free concurrently", ok);
 }
 
+/* Blocks handed between threads: each thread frees blocks another thread
+ * allocated and filled (the shim's per-thread magazines must give such a
+ * block up), reallocs some, and a fork happens while threads churn: every
+ * block keeps its contents, in the parent and in the child. */
+#define HAND_SLOTS 64
+static struct { pthread_mutex_t mu; char *blk[HAND_SLOTS]; unsigned seed[HAND_SLOTS]; } hand = { PTHREAD_MUTEX_INITIALIZER, {0}, {0} };
+static volatile int churning;
+
+static void *handoff_main(void *arg)
+{
+    unsigned me = (unsigned)(uintptr_t)arg;
+    size_t sz = 256 * 1024;
+    for (int i = 0; i < 2000 || churning; i++) {
+        char *a = malloc(sz + (size_t)(i % 3) * 4096);
+        if (!a) return (void *)1;
+        unsigned seed = me * 100000u + (unsigned)i;
+        fill(a, sz, seed);
+        size_t k = (me * 7u + (unsigned)i * 13u) % HAND_SLOTS;
+        pthread_mutex_lock(&hand.mu);
+        char *b = hand.blk[k];
+        unsigned bs = hand.seed[k];
+        hand.blk[k] = a;
+        hand.seed[k] = seed;
+        pthread_mutex_unlock(&hand.mu);
+        if (!b) continue;
+        if (!verify(b, sz, bs)) return (void *)2;
+        if (malloc_usable_size(b) < sz) return (void *)3;
+        if (i % 16 == 0) {
+            b = realloc(b, 2 * sz);
+            if (!b || !verify(b, sz, bs)) return (void *)4;
+        }
+        free(b);
+    }
+    return NULL;
+}
+
+static void test_handoff(void)
+{
+    pthread_t t[4];
+    for (uintptr_t i = 0; i < 4; i++) pthread_create(&t[i], NULL, handoff_main, (void *)(i + 1));
+    int ok = 1;
+    for (int i = 0; i < 4; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        if (r) ok = 0;
+    }
+    CHECK("handoff: blocks freed by another thread keep their contents", ok);
+    /* Fork while two threads keep allocating, freeing and reusing blocks. */
+    churning = 1;
+    for (uintptr_t i = 0; i < 2; i++) pthread_create(&t[i], NULL, handoff_main, (void *)(i + 10));
+    int child_ok = 1;
+    for (int round = 0; round < 20; round++) {
+        char *mine = malloc(256 * 1024);
+        fill(mine, 256 * 1024, 777u + (unsigned)round);
+        free(mine);  /* into this thread's magazine */
+        mine = malloc(256 * 1024);
+        fill(mine, 256 * 1024, 888u + (unsigned)round);
+        pthread_mutex_lock(&hand.mu);  /* the array is whole at the fork */
+        pid_t c = fork();
+        if (c == 0) {
+            /* Blocks the other threads allocated (their magazines' too) are
+             * the child's copies; the child's own blocks work as usual. */
+            int bad = !verify(mine, 256 * 1024, 888u + (unsigned)round);
+            for (int k = 0; k < HAND_SLOTS && !bad; k++)
+                if (hand.blk[k] && (malloc_usable_size(hand.blk[k]) < 256 * 1024 ||
+                                    !verify(hand.blk[k], 256 * 1024, hand.seed[k])))
+                    bad = 2;
+            for (int j = 0; j < 50 && !bad; j++) {
+                char *x = malloc(256 * 1024);
+                fill(x, 256 * 1024, (unsigned)j);
+                free(x);
+                char *y = malloc(256 * 1024);
+                fill(y, 256 * 1024, (unsigned)j + 1);
+                bad |= !verify(y, 256 * 1024, (unsigned)j + 1);
+                free(y);
+            }
+            _exit(bad);
+        }
+        pthread_mutex_unlock(&hand.mu);
+        int st = 0;
+        waitpid(c, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st)) child_ok = 0;
+        if (!verify(mine, 256 * 1024, 888u + (unsigned)round)) child_ok = 0;
+        free(mine);
+    }
+    churning = 0;
+    ok = 1;
+    for (int i = 0; i < 2; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        if (r) ok = 0;
+    }
+    for (int k = 0; k < HAND_SLOTS; k++) {
+        free(hand.blk[k]);
+        hand.blk[k] = NULL;
+    }
+    CHECK("handoff: fork while threads reuse blocks (parent and child keep theirs)", ok && child_ok);
+}
+
 static volatile int sig_ok = 1, sig_count;
 static void on_alarm(int s)
 {
@@ -669,7 +768,7 @@ int main(int argc, char **argv)
     printf("# semantics: %s\n", in_mount ? "under the shim, checking the mount" : "native checks");
     static const struct { void (*fn)(void); const char *name; } groups[] = {
         { test_malloc, "malloc" }, { test_mmap, "mmap" }, { test_fork, "fork" },
-        { test_threads, "threads" }, { test_signals, "signals" },
+        { test_threads, "threads" }, { test_handoff, "handoff" }, { test_signals, "signals" },
         { test_exec_spawn, "exec/spawn" }, { test_reuse, "reuse" }, { test_in_mount_rss, "rss" },
     };
     for (size_t i = 0; i < sizeof groups / sizeof *groups; i++) {

@@ -250,6 +250,7 @@ static void prepare(void)
     if (!fbmm_cfg.active || fbmm_depth) return;
     int saved = errno;
     fbmm_lock();
+    fbmm_mag_flush_all();  /* parent and child go on with empty magazines */
     fork_locked = 1;
     fork_pipe[0] = fork_pipe[1] = -1;
     /* Copy-on-write: nothing to wait for; the child fills lazily. */
@@ -283,6 +284,7 @@ static void child(void)
     if (!fork_locked) return;
     int saved = errno;
     if (fork_pipe[0] >= 0) sys_close(fork_pipe[0]);
+    fbmm_mag_child();
     if (!fork_cow || !fbmm_cow_child()) child_fixup();
     if (fork_pipe[1] >= 0) {
         ssize_t r = write(fork_pipe[1], "", 1);

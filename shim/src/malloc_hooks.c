@@ -89,6 +89,7 @@ static void *big_alloc(size_t n, size_t align, int zero)
     if (n > PTRDIFF_MAX - (align > fbmm_page ? align : fbmm_page)) return NULL;
     size_t len = ROUND_UP(n, fbmm_page);
     void *p;
+    if (!zero && (p = fbmm_mag_take(len, align > fbmm_page ? align : fbmm_page))) return p;
     fbmm_lock();
     if (!zero && (p = fbmm_cache_take(len, align > fbmm_page ? align : fbmm_page))) {
         fbmm_unlock();
@@ -123,7 +124,9 @@ static size_t our_block(void *p, int *anon)
 {
     if (((uintptr_t)p & (fbmm_page - 1)) || !fbmm_heads_maybe((uintptr_t)p)) return 0;
     struct fbmm_piece *pc = fbmm_rt_find((uintptr_t)p);
-    if (!pc || pc->addr != (uintptr_t)p || (pc->flags & (P_HEAD | P_CACHED)) != P_HEAD) return 0;
+    if (!pc || pc->addr != (uintptr_t)p || (pc->flags & (P_HEAD | P_CACHED)) != P_HEAD ||
+        fbmm_mag_freed(pc))
+        return 0;
     if (anon) *anon = !!(pc->flags & P_ANON);
     return pc->blk;
 }
@@ -132,13 +135,16 @@ static size_t our_block(void *p, int *anon)
 static int big_free(void *p)
 {
     if (((uintptr_t)p & (fbmm_page - 1)) || !fbmm_heads_maybe((uintptr_t)p)) return 0;
+    if (!fbmm_depth && fbmm_mag_give(p)) return 1;  /* back into this thread's magazine */
     fbmm_lock();
     int ours = 0;
     struct fbmm_piece *pc = fbmm_rt_find((uintptr_t)p);
     if (pc && pc->addr == (uintptr_t)p && (pc->flags & P_HEAD)) {
         ours = 1;
-        /* A cached block freed again (double free): nothing to do. */
-        if (!(pc->flags & P_CACHED) && fbmm_cache_put((uintptr_t)p, pc, pc->blk) < 0)
+        /* A cached block freed again (double free): nothing to do. A block
+         * another thread's magazine knows leaves it, and goes to ours. */
+        if (!(pc->flags & P_CACHED) && fbmm_mag_revoke(pc) != FBMM_MAG_FREED &&
+            fbmm_mag_put((uintptr_t)p, pc, pc->blk) < 0 && fbmm_cache_put((uintptr_t)p, pc, pc->blk) < 0)
             fbmm_vm_unmap((uintptr_t)p, pc->blk);
     }
     fbmm_unlock();
@@ -197,6 +203,7 @@ FBMM_EXPORT void *realloc(void *p, size_t n)
     if (!((uintptr_t)p & (fbmm_page - 1)) && fbmm_heads_maybe((uintptr_t)p)) {
         fbmm_lock();
         blk = our_block(p, &anon);
+        if (blk) fbmm_mag_revoke(fbmm_rt_find((uintptr_t)p));  /* it may move or change size */
         if (blk && !anon && n >= fbmm_cfg.min_size) {
             /* Zero-copy resize: shrink punches the tail; growth maps more
              * file behind it, in place or by moving the mapping. */

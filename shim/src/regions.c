@@ -174,6 +174,7 @@ int fbmm_rt_split(uintptr_t a)
     if (!(right.flags & P_ANON)) right.off += cut;
     right.flags &= ~(P_HEAD | P_CACHED);
     right.blk = 0;
+    right.mag = NULL;
     p->len = cut;
     if (fbmm_rt_insert(&right) < 0) {
         p->len += right.len;  /* as it was */

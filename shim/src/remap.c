@@ -81,6 +81,7 @@ void *fbmm_vm_remap(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
         errno = EINVAL;
         return MAP_FAILED;
     }
+    fbmm_mag_revoke_range(a, ol);  /* a block moving or changing size leaves its magazine */
     if (fbmm_rt_split(a) < 0 || fbmm_rt_split(end) < 0) {
         errno = ENOMEM;
         return MAP_FAILED;
@@ -223,6 +224,7 @@ void fbmm_copy_sparse(const char *src, char *dst, size_t len)
 
 void *fbmm_vm_remap_anon(uintptr_t a, size_t ol, size_t nl, int flags, uintptr_t na)
 {
+    fbmm_mag_revoke_range(a, ol);
     size_t first = fbmm_rt_lower(a), delta = nl - ol;
     int prot = first < fbmm_rt_n ? (int)fbmm_rt_at(first)->prot : PROT_READ | PROT_WRITE;
     uintptr_t target = 0;

@@ -165,6 +165,9 @@ struct fbmm_piece {
     uint32_t  prot;
     uint32_t  flags;
     size_t    blk;
+    /* The slot of a thread's magazine that knows this block (magazine.c),
+     * or NULL. Only heads of malloc blocks have one. */
+    struct fbmm_mag_slot *mag;
 };
 enum {
     P_HEAD      = 1u << 0,     /* start of a malloc block */
@@ -315,5 +318,24 @@ void fbmm_cache_forget(uintptr_t a);
 int   fbmm_cache_put(uintptr_t p, struct fbmm_piece *pc, size_t blk);
 void *fbmm_cache_take(size_t len, size_t align);
 void fbmm_cache_drop_child(int lazy);
+
+/* ---- magazine.c: per-thread magazines of freed blocks ------------------
+ * Lock-free, owner thread only: a fitting block the thread freed, or NULL;
+ * and taking back a block the thread had from its magazine (1 if taken). */
+void *fbmm_mag_take(size_t len, size_t align);
+int   fbmm_mag_give(void *p);
+/* Locked: a block freed the slow way enters the thread's magazine (0) or
+ * not (-1, nothing changed); before anything changes a block in a
+ * magazine, its slot is revoked: FBMM_MAG_FREED if the program had freed
+ * it, FBMM_MAG_LIVE if it holds it (FBMM_MAG_NONE: in no magazine). */
+enum { FBMM_MAG_NONE = 0, FBMM_MAG_LIVE = 1, FBMM_MAG_FREED = 2 };
+int   fbmm_mag_put(uintptr_t p, struct fbmm_piece *pc, size_t blk);
+int   fbmm_mag_revoke(struct fbmm_piece *pc);
+void  fbmm_mag_revoke_range(uintptr_t a, size_t len);
+int   fbmm_mag_freed(const struct fbmm_piece *pc);
+/* Fork: the prepare handler empties every magazine; the child frees the
+ * magazines of the threads it does not have. */
+void  fbmm_mag_flush_all(void);
+void  fbmm_mag_child(void);
 
 #endif

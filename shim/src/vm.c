@@ -55,6 +55,7 @@ void fbmm_vm_forget(uintptr_t a, size_t len)
 {
     uintptr_t end = a + len;
     if (!len || !fbmm_rt_maybe(a, len)) return;
+    fbmm_mag_revoke_range(a, len);
     fbmm_rt_split(a);
     fbmm_rt_split(end);
     size_t i = fbmm_rt_lower(a), j = i;
@@ -180,6 +181,7 @@ int fbmm_vm_any(uintptr_t a, size_t len, uint32_t flags)
 void fbmm_vm_set(uintptr_t a, size_t len, uint32_t set, uint32_t clear, int prot)
 {
     uintptr_t end = a + len;
+    fbmm_mag_revoke_range(a, len);
     fbmm_rt_split(a);
     fbmm_rt_split(end);
     struct fbmm_piece *p;
