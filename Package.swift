@@ -22,7 +22,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "fbmm", targets: ["fbmm"]),
-        .library(name: "FBMM", targets: ["FBMMCLI", "FBMMPolicy", "FBMMTracking", "FBMMCore"]),
+        .library(name: "FBMM", targets: ["FBMMCLI", "FBMMPolicy", "FBMMProtocol", "FBMMTracking", "FBMMCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -46,8 +46,12 @@ let package = Package(
             dependencies: ["FBMMCore", "CNuma"],
             swiftSettings: swiftSettings),
         .target(
+            name: "FBMMProtocol",
+            dependencies: ["FBMMCore"],
+            swiftSettings: swiftSettings),
+        .target(
             name: "FBMMPolicy",
-            dependencies: ["FBMMCore", "FBMMTracking"],
+            dependencies: ["FBMMCore", "FBMMTracking", "FBMMProtocol"],
             swiftSettings: swiftSettings),
         .target(
             name: "FUSEKit",
@@ -59,7 +63,7 @@ let package = Package(
         .target(
             name: "FBMMDaemon",
             dependencies: [
-                "FBMMCore", "FBMMPolicy", "FUSEKit", "CFBMMSys",
+                "FBMMCore", "FBMMProtocol", "FBMMPolicy", "FUSEKit", "CFBMMSys",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Collections", package: "swift-collections"),
@@ -68,7 +72,7 @@ let package = Package(
         .target(
             name: "FBMMCLI",
             dependencies: [
-                "FBMMDaemon", "FBMMPolicy", "FBMMTracking", "FBMMCore", "CFBMMSys",
+                "FBMMDaemon", "FBMMProtocol", "FBMMPolicy", "FBMMTracking", "FBMMCore", "CFBMMSys",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),

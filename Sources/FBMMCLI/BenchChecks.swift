@@ -1,5 +1,4 @@
 import FBMMCore
-import FBMMDaemon
 import Foundation
 
 /// What `fbmm bench` checks around each policy run, so that a number

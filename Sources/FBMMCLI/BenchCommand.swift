@@ -1,6 +1,6 @@
+import FBMMProtocol
 import ArgumentParser
 import FBMMCore
-import FBMMDaemon
 import Foundation
 
 #if canImport(Glibc)
@@ -129,7 +129,7 @@ struct BenchCommand: ParsableCommand {
             writeStderr("bench: mounting \(spec.label) on \(path)")
             let pid = try BenchProcesses.start(arguments, environment: context.baseEnvironment, stdoutPath: log, stderrPath: log)
             let status = try BenchProcesses.wait(pid, timeout: 60, name: "fbmm mount")
-            guard status == 0, Daemon.isFBMMMount(path) else {
+            guard status == 0, FBMMMount.isMount(path) else {
                 rmdir(path)
                 let message = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
                     .trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n").last.map(String.init) ?? "failed"
@@ -202,13 +202,13 @@ struct BenchCommand: ParsableCommand {
     /// Unmounts a bench mount (forcing it if a program still holds it) and removes its directory.
     static func unmount(_ path: String, fbmm: String, logDir: String) {
         let environment = ProcessInfo.processInfo.environment
-        for arguments in [[fbmm, "umount", path], [fbmm, "umount", "--force", path]] where Daemon.isFBMMMount(path) {
+        for arguments in [[fbmm, "umount", path], [fbmm, "umount", "--force", path]] where FBMMMount.isMount(path) {
             let log = "\(logDir)/umount.log"
             guard let pid = try? BenchProcesses.startIgnoringInterrupt(arguments, environment: environment, stdoutPath: log, stderrPath: log) else { continue }
             var status: Int32 = 0
             waitpid(pid, &status, 0)
         }
-        if Daemon.isFBMMMount(path) { umount2(path, Int32(MNT_DETACH)) }
+        if FBMMMount.isMount(path) { umount2(path, Int32(MNT_DETACH)) }
         rmdir(path)
     }
 }

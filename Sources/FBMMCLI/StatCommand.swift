@@ -1,6 +1,6 @@
+import FBMMProtocol
 import ArgumentParser
 import CFBMMSys
-import FBMMDaemon
 import Foundation
 
 struct StatCommand: ParsableCommand {

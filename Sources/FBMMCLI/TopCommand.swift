@@ -1,6 +1,6 @@
+import FBMMProtocol
 import ArgumentParser
 import FBMMCore
-import FBMMDaemon
 import FBMMPolicy
 import Foundation
 

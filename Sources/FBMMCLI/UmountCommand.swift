@@ -1,6 +1,6 @@
+import FBMMProtocol
 import ArgumentParser
 import FBMMCore
-import FBMMDaemon
 import Foundation
 
 #if canImport(Glibc)
@@ -21,7 +21,7 @@ struct UmountCommand: ParsableCommand {
 
     func run() throws {
         let path = absolutePath(directory)
-        guard Daemon.isFBMMMount(path) else { throw CLIError("\(path) is not an fbmm mount") }
+        guard FBMMMount.isMount(path) else { throw CLIError("\(path) is not an fbmm mount") }
         let daemonPID = daemonPID(ofMount: path)
         if umount2(path, force ? Int32(MNT_DETACH) : 0) != 0 {
             let code = errno

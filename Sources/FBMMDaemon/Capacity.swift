@@ -14,7 +14,7 @@ import Glibc
 /// `CommitLedger`), because pages programs fault through their own mappings
 /// never pass through the daemon; they can only fault within a file's size,
 /// and the daemon grows sizes only through `admitGrowth`.
-extension MemoryFileSystem {
+extension MemoryFileSystem: FilesystemUsage {
     public func statfs(_ ctx: RequestContext, inode: InodeNumber, reply: consuming StatfsReply) {
         let pool = poolUsage(withUsed: false)
         let block = UInt64(pageSize)

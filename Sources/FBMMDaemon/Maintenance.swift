@@ -1,3 +1,4 @@
+import FBMMProtocol
 import FBMMCore
 import FBMMPolicy
 import Logging

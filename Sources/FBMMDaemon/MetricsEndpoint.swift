@@ -1,3 +1,4 @@
+import FBMMProtocol
 import CFBMMSys
 import FBMMCore
 import Foundation

@@ -14,7 +14,7 @@ import Glibc
 /// kernel has already checked permissions (`default_permissions`), so what
 /// is left here is POSIX's own rules (sticky directories, non-empty rmdir,
 /// rename over a directory) and the mount's limits.
-extension MemoryFileSystem {
+extension MemoryFileSystem: AttributeSetting, NodeCreation, NodeRemoval, Renaming {
     public func lookup(_ ctx: RequestContext, parent: InodeNumber, name: FileName, reply: consuming EntryReply) {
         let result = transact { (ns) throws(Errno) -> Entry in
             let record = try ns.child(parent, name)

@@ -14,7 +14,7 @@ import Glibc
 /// straight to the backing with pread/pwrite (direct I/O: no page cache of
 /// the FUSE file doubles the memory), fallocate reserves or punches, and the
 /// last release of an unlinked file frees it.
-extension MemoryFileSystem {
+extension MemoryFileSystem: FileOpening, FileReading, FileWriting, SpaceAllocation {
     public func open(_ ctx: RequestContext, inode: InodeNumber, flags: Int32, reply: consuming OpenReply) {
         let result = transact { (ns) throws(Errno) -> UInt64 in
             let record = try ns.record(inode)

@@ -1,3 +1,4 @@
+import FBMMProtocol
 import FBMMCore
 import Foundation
 
@@ -14,24 +15,6 @@ import Glibc
 /// maps from this mount's backing files (matched by device and inode, as
 /// the kernel names them there), its brk heap and stacks, and from
 /// `/proc/PID/status` its anonymous and shared-memory totals.
-public struct ProcessUsage: Codable, Sendable, Equatable {
-    public var pid: Int32
-    public var command: String
-    /// Resident pages the process maps from the mount's files.
-    public var mount_bytes: UInt64
-    /// Private anonymous memory outside the mount (RssAnon), of which the
-    /// brk heap and the stacks.
-    public var anon_bytes: UInt64
-    public var heap_bytes: UInt64
-    public var stack_bytes: UInt64
-    /// Shared memory outside the mount (RssShmem less what the mount holds).
-    public var other_shmem_bytes: UInt64
-    /// File-backed pages (binaries, libraries, mapped files): not anonymous
-    /// memory, so not counted against coverage.
-    public var file_bytes: UInt64
-    /// mount / (mount + anon + other shmem), 0...1.
-    public var coverage: Double
-}
 
 /// A backing file as smaps names it: "MAJOR:MINOR INODE".
 struct BackingIdentity: Hashable {

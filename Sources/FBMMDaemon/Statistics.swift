@@ -1,62 +1,9 @@
+import FBMMProtocol
 import FBMMCore
 import FUSEKit
 import FBMMPolicy
 import Foundation
 
-/// The document `fbmm stat --json` prints (keys are part of the CLI contract).
-public struct MountStatistics: Codable, Sendable {
-    public struct NodeUsage: Codable, Sendable {
-        public var resident_bytes: UInt64
-        public var total_bytes: UInt64
-        public var free_bytes: UInt64
-    }
-    public struct FileUsage: Codable, Sendable {
-        public var name: String
-        public var path: String
-        public var size: UInt64
-        public var allocated_bytes: UInt64
-        public var resident_bytes: UInt64
-        public var nodes: [String: UInt64]
-        public var owner_pid: Int32
-        public var policy: String
-        public var open_handles: Int
-        /// Bytes allocated in the file's pre-zeroed pool window (absent if not enrolled).
-        public var prezero_window_bytes: UInt64? = nil
-    }
-    public struct Counters: Codable, Sendable {
-        public var files_created: UInt64
-        public var placements: UInt64
-        public var broker_handouts: UInt64
-        public var broker_refusals: UInt64
-        public var migrations: UInt64
-        public var migrated_bytes: UInt64
-    }
-    public var mountpoint: String
-    public var daemon_pid: Int32
-    public var policy: String
-    public var nodes: [String: NodeUsage]
-    public var files: [FileUsage]
-    public var pool: [String: UInt64]
-    public var counters: Counters
-    /// The policy's own counters (tiered: migrations, scans, tracker); empty for others.
-    public var policy_counters: [String: PolicyCounter]? = nil
-    /// The pre-zeroed pool: bound, ready bytes, what was zeroed and handed
-    /// out (absent with prezero=0).
-    public var prezero: [String: UInt64]? = nil
-    /// The huge-page mode of the mount's file memory.
-    public var huge: String? = nil
-    /// Every live process that owns files here: how much of its memory the
-    /// mount holds and where the rest is (ProcessCoverage.swift).
-    public var processes: [ProcessUsage]? = nil
-    /// What backs the files: "private tmpfs (size=...,huge=...)" or "memfd (why)".
-    public var backing: String? = nil
-
-    public func json(pretty: Bool = true) throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
-        return try encoder.encode(self)
-    }
-}
 
 extension MemoryFileSystem {
     /// One file as stat sees it, copied under the namespace lock.

@@ -19,7 +19,7 @@ import Glibc
 /// - `user.fbmm.knob-refusal` (root, read-only): why the daemon last refused
 ///   a knob this user set (`fbmm set` reads it after EINVAL: setxattr can
 ///   carry no message).
-extension MemoryFileSystem {
+extension MemoryFileSystem: ExtendedAttributes {
     // setxattr(2) flags (linux/xattr.h).
     private var xattrCreate: Int32 { 1 }
     private var xattrReplace: Int32 { 2 }

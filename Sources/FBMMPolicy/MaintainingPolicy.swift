@@ -1,3 +1,5 @@
+// PolicyCounter is part of this protocol's contract: a policy module gets it with FBMMPolicy.
+@_exported import FBMMProtocol
 import FBMMCore
 
 /// A file as a maintaining policy sees it on each pass.
@@ -16,42 +18,6 @@ public struct MaintainedFile: Sendable {
         self.memory = memory
         self.ownerPID = ownerPID
     }
-}
-
-/// One value in `fbmm stat`'s `policy_counters`.
-public enum PolicyCounter: Codable, Sendable, Hashable, CustomStringConvertible {
-    case count(UInt64)
-    case real(Double)
-    case text(String)
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if let value = try? container.decode(UInt64.self) { self = .count(value) }
-        else if let value = try? container.decode(Double.self) { self = .real(value) }
-        else { self = .text(try container.decode(String.self)) }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        switch self {
-        case .count(let v): try container.encode(v)
-        case .real(let v): try container.encode(v)
-        case .text(let v): try container.encode(v)
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .count(let v): return String(v)
-        case .real(let v): return String(format6(v))
-        case .text(let v): return v
-        }
-    }
-}
-
-func format6(_ value: Double) -> String {
-    let scaled = (value * 1_000_000).rounded() / 1_000_000
-    return String(scaled)
 }
 
 /// A policy that also acts after placement: the daemon runs `maintain` on a

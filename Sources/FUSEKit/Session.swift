@@ -35,7 +35,7 @@ public final class FUSESession: @unchecked Sendable {
         if !options.isEmpty { argv += ["-o", options.joined(separator: ",")] }
         var cStrings = argv.map { strdup($0) }
         defer { cStrings.forEach { free($0) } }
-        var ops = makeOperationTable(directoryPlus: operations is any DirectoryPlusListing)
+        var ops = makeOperationTable(for: box.takeUnretainedValue())
         let created = cStrings.withUnsafeMutableBufferPointer { buffer -> OpaquePointer? in
             var args = fuse_args(argc: Int32(buffer.count), argv: buffer.baseAddress, allocated: 0)
             let session = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, box.toOpaque())

@@ -1,4 +1,4 @@
-import FBMMPolicy
+
 import Foundation
 
 /// `fbmm stat --prometheus` and the daemon's metrics endpoint: the mount's
