@@ -68,6 +68,10 @@ struct MountCommand: ParsableCommand {
             let policy = try FBMM.registry.make(configuration.policy, topology: topology)
             // What the tiered policy's tracker can and cannot see, said before
             // a read-mostly workload silently gets nothing promoted.
+            if configuration.privateTmpfs != false, !configuration.hugeGiven, !policy.wantsHugePages,
+               let reason = Daemon.smallPagesReason(for: policy) {
+                writeStderr("fbmm: \(reason)")
+            }
             if let tiered = policy as? TieredPolicy {
                 writeStderr("fbmm: tiered: access tracker \(tiered.currentKnobs.tracker.consequence)")
                 tiered.shutdown()

@@ -85,14 +85,14 @@ struct TrackCommand: ParsableCommand {
         var trackedSeconds = 0.0
         for scan in 0..<scans {
             let began = Date()
-            let vmas = VMA.memfdMappings(pid: pid)
-            guard !vmas.isEmpty else { throw CLIError("process \(pid) maps no memfd (or is gone)") }
+            let vmas = VMA.backingMappings(pid: pid)
+            guard !vmas.isEmpty else { throw CLIError("process \(pid) maps no fbmm backing file (or is gone)") }
             var files: [UInt64: Int] = [:]
             for vma in vmas {
                 let pages = Int((vma.fileOffset + vma.end - vma.start) / UInt64(pageSize))
                 files[vma.inode] = max(files[vma.inode] ?? 0, pages)
             }
-            let tracked = files.map { TrackedFile(key: $0.key, pid: pid, memfdInode: $0.key, pageCount: $0.value) }
+            let tracked = files.map { TrackedFile(key: $0.key, pid: pid, inode: $0.key, pageCount: $0.value) }
             let sample = instance.scan(tracked)
             // The same rule as the tiered policy: hot relative to the hottest page of the scan.
             let cut = TieredPolicy.hotCut(maxHeat: sample.values.reduce(0) { max($0, $1.max() ?? 0) })

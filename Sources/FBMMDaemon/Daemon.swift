@@ -1,3 +1,4 @@
+import FBMMProtocol
 import CFBMMSys
 import FBMMCore
 import FBMMPolicy
@@ -55,7 +56,8 @@ public final class Daemon: Sendable {
         var tmpfs: TmpfsInstance?
         var backingNote = "memfd"
         if configuration.privateTmpfs != false {
-            let huge = configuration.hugeGiven || policy.wantsHugePages ? configuration.huge : HugePageMode.hostAnonymous()
+            let huge = configuration.hugeGiven || policy.wantsHugePages ? configuration.huge
+                : Self.hugePagesFollowingHost(policy: policy, logger: logger)
             do {
                 let instance = try TmpfsInstance(size: configuration.capacity, huge: huge)
                 tmpfs = instance
@@ -109,9 +111,30 @@ public final class Daemon: Sendable {
     public static func detachDeadMount(_ path: String) -> Bool {
         // statfs always reaches the daemon (stat may be answered from the attribute cache).
         var fs = statvfs()
-        guard isFBMMMount(path),
+        guard FBMMMount.isMount(path),
               statvfs(path, &fs) != 0, errno == ENOTCONN else { return false }
         return umount2(path, Int32(MNT_DETACH)) == 0
+    }
+
+    /// Huge pages as the host gives anonymous memory, unless the policy places
+    /// runs finer than a huge page (then small pages, said in the log and by
+    /// `fbmm mount`): a huge folio would land whole on one node.
+    static func hugePagesFollowingHost(policy: any MemoryManagementPolicy, logger: Logger) -> HugePageMode {
+        if let reason = smallPagesReason(for: policy) {
+            logger.notice("\(reason)")
+            return .never
+        }
+        return .hostAnonymous()
+    }
+
+    /// Why the mount's file memory gets small pages although the host gives
+    /// anonymous memory huge ones, or nil.
+    public static func smallPagesReason(for policy: any MemoryManagementPolicy) -> String? {
+        let host = HugePageMode.hostAnonymous()
+        guard host != .never, let unit = policy.placementGranularity,
+              unit < ShmemHugePageSupport.current().pmdBytes else { return nil }
+        return "small pages for file memory: policy \(policy) places \(ByteSize(bytes: unit)) runs, finer than a huge page"
+            + " (host THP \(host)); -o huge= overrides"
     }
 
     /// A mount point must exist, be a directory, be empty and not be mounted on.
@@ -121,7 +144,7 @@ public final class Daemon: Sendable {
             throw .mountpoint("mount point \(path) does not exist")
         }
         guard st.st_mode & S_IFMT == S_IFDIR else { throw .mountpoint("mount point \(path) is not a directory") }
-        if isFBMMMount(path) {
+        if FBMMMount.isMount(path) {
             throw .mountpoint("\(path) is already an fbmm mount")
         }
         guard let dir = opendir(path) else { throw .mountpoint("cannot read mount point \(path): \(Errno(rawValue: errno))") }
@@ -150,7 +173,7 @@ public final class Daemon: Sendable {
         }
         // The mount answers stat() only once the loop runs; the device number
         // is in /proc/self/mountinfo already.
-        broker.setMountDevice(Self.mountDevice(of: filesystem.configuration.mountpoint) ?? 0)
+        broker.setMountDevice(FBMMMount.device(of: filesystem.configuration.mountpoint) ?? 0)
         broker.start()
         metrics?.start { [filesystem] in filesystem.statistics().mountWide.prometheus() }
         filesystem.startMaintenance()
@@ -206,32 +229,6 @@ public final class Daemon: Sendable {
         }
         do { try session.run() } catch { throw .fuse(error.description) }
     }
-
-    /// Whether `path` is the mount point of an fbmm filesystem, live or dead
-    /// (read from mountinfo, with its escapes undone).
-    public static func isFBMMMount(_ path: String) -> Bool {
-        mountDevice(of: path, fstype: "fuse.fbmm") != nil
-    }
-
-    /// The st_dev the kernel gives files on the mount at `path`, from mountinfo
-    /// ("36 25 0:45 / /mnt ... - fuse.fbmm fbmm ...": major:minor in field 3).
-    static func mountDevice(of path: String, fstype: String? = nil) -> UInt64? {
-        guard let text = readText("/proc/self/mountinfo") else { return nil }
-        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let canonical = realpath(path, &resolved) != nil
-            ? String(decoding: resolved.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : path
-        var found: UInt64?
-        for line in text.split(separator: "\n") {
-            let fields = line.split(separator: " ")
-            guard fields.count > 4, unescapeMountPath(String(fields[4])) == canonical else { continue }
-            if let fstype, !line.contains(" - \(fstype) ") { continue }
-            let numbers = fields[2].split(separator: ":")
-            if numbers.count == 2, let major = UInt32(numbers[0]), let minor = UInt32(numbers[1]) {
-                found = makeDevice(major: UInt64(major), minor: UInt64(minor))  // the last (topmost) mount wins
-            }
-        }
-        return found
-    }
 }
 
 /// The name of a directory entry readdir(3) returned.
@@ -241,24 +238,3 @@ func entryName(_ entry: UnsafeMutablePointer<dirent>) -> String {
     }
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-func unescapeMountPath(_ text: String) -> String {
-    var bytes: [UInt8] = []
-    var utf8 = Array(text.utf8)[...]
-    while let byte = utf8.first {
-        if byte == UInt8(ascii: "\\"), utf8.count >= 4,
-           let value = UInt8(String(decoding: utf8.dropFirst().prefix(3), as: UTF8.self), radix: 8) {
-            bytes.append(value)
-            utf8 = utf8.dropFirst(4)
-        } else {
-            bytes.append(byte)
-            utf8 = utf8.dropFirst()
-        }
-    }
-    return String(decoding: bytes, as: UTF8.self)
-}
-
-/// glibc's makedev(3), which Swift does not import (it is a macro).
-func makeDevice(major: UInt64, minor: UInt64) -> UInt64 {
-    ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
-}

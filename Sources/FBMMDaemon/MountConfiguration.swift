@@ -36,11 +36,11 @@ public struct MountConfiguration: Sendable {
     /// before fork returns, as without userfaultfd).
     public var cowChunk: UInt64 = 64 << 10
     /// `-o backing=`: file memory on the daemon's private tmpfs
-    /// (TmpfsInstance, `tmpfs`) or on memfds (`memfd`, the default); nil
-    /// (`auto`): the tmpfs where the kernel lets us make one, else memfds.
-    /// Not the default yet: in the 3-node guest, huge pages on the tmpfs
-    /// defeat weighted interleave's sub-2M units and the tiering checks.
-    public var privateTmpfs: Bool? = false
+    /// (TmpfsInstance, `tmpfs`) or on memfds (`memfd`); nil (`auto`, the
+    /// default): the tmpfs where the kernel lets us make one (root, 5.2+),
+    /// else memfds. Policies that place runs finer than a huge page get
+    /// small pages there (`MemoryManagementPolicy.placementGranularity`).
+    public var privateTmpfs: Bool? = nil
     /// `-o metrics=PORT`: serve the mount-wide Prometheus series on
     /// 127.0.0.1:PORT (MetricsEndpoint.swift).
     public var metricsPort: UInt16?
@@ -58,7 +58,7 @@ public struct MountConfiguration: Sendable {
         PolicyKey("mode", default: "1777", "permissions of the mount's root directory (octal)"),
         PolicyKey("prezero", default: "64M", "pre-zeroed pool: memory kept allocated and zero for programs run under the shim (0: off)"),
         PolicyKey("cow-chunk", default: "64K", "copy-on-write across fork: bytes copied per fault, a power of two from a page to 2M (0: copy at fork)"),
-        PolicyKey("backing", default: "memfd", "file memory: memfd, tmpfs (the daemon's private tmpfs: huge pages as the host gives anonymous memory, capacity enforced by the kernel; root, kernel 5.2+), or auto (tmpfs where possible)"),
+        PolicyKey("backing", default: "auto", "file memory: tmpfs (the daemon's private tmpfs: huge pages as the host gives anonymous memory, capacity enforced by the kernel; root, kernel 5.2+), memfd, or auto (tmpfs where possible, else memfd)"),
         PolicyKey("metrics", default: "off", "serve mount-wide Prometheus metrics on 127.0.0.1:PORT (per-file and per-process series: fbmm stat --prometheus)"),
         PolicyKey("huge", default: "advise", "transparent huge pages for file memory: always, advise (where the program asks), never; with backing=tmpfs, by default as the host gives anonymous memory"),
     ]

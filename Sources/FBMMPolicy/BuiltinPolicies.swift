@@ -107,6 +107,10 @@ public struct InterleavePolicy: MemoryManagementPolicy {
         self.unit = unit
     }
 
+    /// Plain interleave is the kernel's, which interleaves huge pages whole
+    /// as it does for anonymous memory; weighted interleave places `unit`s.
+    public var placementGranularity: UInt64? { weights == nil ? nil : unit }
+
     public func place(_ range: Range<UInt64>, of file: FileContext) -> [Placement] {
         guard let weights else {
             return [Placement(range, MemoryPolicy(.interleave, nodes: allowedNodes))]

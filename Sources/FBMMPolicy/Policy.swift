@@ -71,6 +71,13 @@ public protocol MemoryManagementPolicy: Sendable, CustomStringConvertible {
     /// Whether its files must be backed by huge pages (the mount then marks
     /// every mapping of them MADV_HUGEPAGE, as `huge=always`). Default false.
     var wantsHugePages: Bool { get }
+
+    /// The smallest run of the file it places apart from its neighbours, when
+    /// that is finer than a huge page (weighted interleave's unit, a tiering
+    /// policy moving single pages): a huge page would be placed whole, so the
+    /// mount then gives its files small pages unless `-o huge=` says
+    /// otherwise. nil (the default): placement is the same at any page size.
+    var placementGranularity: UInt64? { get }
 }
 
 extension MemoryManagementPolicy {
@@ -79,4 +86,5 @@ extension MemoryManagementPolicy {
     public var description: String { Self.name }
 
     public var wantsHugePages: Bool { false }
+    public var placementGranularity: UInt64? { nil }
 }

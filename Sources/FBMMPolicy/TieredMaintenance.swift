@@ -55,7 +55,7 @@ extension TieredPolicy {
             guard let pid = file.ownerPID, size > 0 else { continue }
             var st = stat()
             guard fstat(file.memory.descriptor.rawValue, &st) == 0 else { continue }
-            tracked.append(TrackedFile(key: file.inode, pid: pid, memfdInode: UInt64(st.st_ino),
+            tracked.append(TrackedFile(key: file.inode, pid: pid, inode: UInt64(st.st_ino), device: UInt64(st.st_dev),
                                        pageCount: Int((size + page - 1) / page)))
         }
         let samples = tracker.scan(tracked)

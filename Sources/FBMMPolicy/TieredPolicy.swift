@@ -1,3 +1,4 @@
+import FBMMProtocol
 import FBMMCore
 import FBMMTracking
 import Synchronization
@@ -46,6 +47,8 @@ public final class TieredPolicy: MaintainingPolicy {
     public let fast: Int
     public let slow: Int
     public var allowedNodes: [Int] { [fast, slow] }
+    /// Promotes and demotes the pages its tracker saw, one by one.
+    public var placementGranularity: UInt64? { UInt64(pageSize) }
 
     public typealias Knobs = TieredKnobs
 

@@ -52,8 +52,3 @@ public func unescapeMountPath(_ text: String) -> String {
     }
     return String(decoding: bytes, as: UTF8.self)
 }
-
-/// glibc's makedev(3), which Swift does not import (it is a macro).
-public func makeDevice(major: UInt64, minor: UInt64) -> UInt64 {
-    ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
-}

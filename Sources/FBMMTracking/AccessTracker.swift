@@ -8,25 +8,30 @@ import Glibc
 
 // Access tracking: which pages of a process-owned file a process has used
 // lately, without kernel changes. The daemon does not map pages itself for the
-// app; it finds the app's own mappings of the memfd (`/proc/PID/maps` lists
-// them as `/memfd:NAME (deleted)` with the memfd's inode and file offset) and
+// app; it finds the app's own mappings of the backing file (`/proc/PID/maps`
+// lists them as `/memfd:NAME (deleted)`, or `/fbmm-backing.N.PID (deleted)`
+// for a file on the daemon's private tmpfs, with device, inode and offset) and
 // asks the kernel about those virtual addresses. See PRIOR_ART.md, "Hot-page
 // detection without kernel changes".
 
-/// One file to track: the process that maps it and the memfd's inode.
+/// One file to track: the process that maps it and the backing file's identity.
 public struct TrackedFile: Sendable, Hashable {
     /// The caller's key for the file (the daemon uses its inode number).
     public var key: UInt64
     public var pid: Int32
-    /// st_ino of the memfd, as /proc/PID/maps shows it.
-    public var memfdInode: UInt64
+    /// st_ino of the backing file (memfd or private tmpfs file), as
+    /// /proc/PID/maps shows it.
+    public var inode: UInt64
+    /// Its st_dev (nil: any device; inodes are unique per filesystem only).
+    public var device: UInt64?
     /// Pages in the file (results are this long).
     public var pageCount: Int
 
-    public init(key: UInt64, pid: Int32, memfdInode: UInt64, pageCount: Int) {
+    public init(key: UInt64, pid: Int32, inode: UInt64, device: UInt64? = nil, pageCount: Int) {
         self.key = key
         self.pid = pid
-        self.memfdInode = memfdInode
+        self.inode = inode
+        self.device = device
         self.pageCount = pageCount
     }
 }
@@ -37,27 +42,35 @@ public struct VMA: Sendable, Hashable {
     public var end: UInt64
     public var fileOffset: UInt64
     public var inode: UInt64
+    public var device: UInt64
     public var path: String
 
-    /// Parses /proc/PID/maps text; keeps memfd mappings only (`/memfd:...`).
-    public static func memfdMappings(inMaps text: String) -> [VMA] {
+    /// Whether this VMA maps the tracked file.
+    public func maps(_ file: TrackedFile) -> Bool {
+        inode == file.inode && (file.device == nil || device == file.device)
+    }
+
+    /// Parses /proc/PID/maps text; keeps mappings of backing files only
+    /// (memfds, `/memfd:...`, and the private tmpfs's `/fbmm-backing....`).
+    public static func backingMappings(inMaps text: String) -> [VMA] {
         var result: [VMA] = []
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
             guard fields.count == 6 else { continue }
             let path = fields[5].drop(while: { $0 == " " })
-            guard path.hasPrefix("/memfd:") else { continue }
+            guard path.hasPrefix("/memfd:") || path.hasPrefix("/fbmm-backing.") else { continue }
             let bounds = fields[0].split(separator: "-")
             guard bounds.count == 2, let start = UInt64(bounds[0], radix: 16), let end = UInt64(bounds[1], radix: 16),
-                  let offset = UInt64(fields[2], radix: 16), let inode = UInt64(fields[4]) else { continue }
-            result.append(VMA(start: start, end: end, fileOffset: offset, inode: inode, path: String(path)))
+                  let offset = UInt64(fields[2], radix: 16), let inode = UInt64(fields[4]),
+                  let device = deviceNumber(hexPair: fields[3]) else { continue }
+            result.append(VMA(start: start, end: end, fileOffset: offset, inode: inode, device: device, path: String(path)))
         }
         return result
     }
 
-    public static func memfdMappings(pid: Int32) -> [VMA] {
+    public static func backingMappings(pid: Int32) -> [VMA] {
         guard let text = readText("/proc/\(pid)/maps") else { return [] }
-        return memfdMappings(inMaps: text)
+        return backingMappings(inMaps: text)
     }
 }
 

@@ -113,7 +113,7 @@ public final class DamonTracker: AccessTracker {
             let maxAccesses = Double(Self.aggregateMicroseconds / Self.sampleMicroseconds)
             for (i, pid) in s.pids.enumerated() {
                 let group = files.filter { $0.pid == pid }
-                let vmas = VMA.memfdMappings(pid: pid)
+                let vmas = VMA.backingMappings(pid: pid)
                 guard writeText("\(Self.root)/\(i)/state", "update_schemes_tried_regions") else { continue }
                 let regionsDir = "\(Self.root)/\(i)/contexts/0/schemes/0/tried_regions"
                 var regions: [(UInt64, UInt64, Double)] = []
@@ -126,7 +126,7 @@ public final class DamonTracker: AccessTracker {
                 }
                 for file in group {
                     var heat = [UInt8](repeating: 0, count: file.pageCount)
-                    for vma in vmas where vma.inode == file.memfdInode {
+                    for vma in vmas where vma.maps(file) {
                         let page = UInt64(pageSize)
                         heat.withUnsafeMutableBufferPointer { out in
                             for (start, end, accesses) in regions where end > vma.start && start < vma.end && accesses > 0 {

@@ -44,9 +44,9 @@ public final class SoftDirtyTracker: AccessTracker {
         // The VMAs of each file, found once per scan.
         var targets: [(file: TrackedFile, vmas: [VMA])] = []
         for (pid, group) in byPID {
-            let vmas = VMA.memfdMappings(pid: pid)
+            let vmas = VMA.backingMappings(pid: pid)
             for file in group {
-                let mine = vmas.filter { $0.inode == file.memfdInode }
+                let mine = vmas.filter { $0.maps(file) }
                 if !mine.isEmpty { targets.append((file, mine)) }
             }
         }

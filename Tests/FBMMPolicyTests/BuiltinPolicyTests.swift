@@ -219,3 +219,19 @@ private func node(at offset: UInt64, in placements: [Placement]) -> Int? {
         }
     }
 }
+
+/// What a policy tells the mount about huge pages: only placement finer than
+/// a huge page asks for small ones (weighted interleave's unit, tiered's
+/// single pages); the kernel's own interleave and bind place huge pages whole.
+@Suite struct PlacementGranularityTests {
+    @Test func onlyFinerThanAHugePagePlacementAsksForSmallPages() throws {
+        #expect(try Fixtures.make("interleave,nodes=0:1,weights=3:1,unit=64K").placementGranularity == 64 << 10)
+        #expect(try Fixtures.make("interleave,nodes=0:1").placementGranularity == nil)
+        #expect(try Fixtures.make("interleave,nodes=0:1,weights=2:2").placementGranularity == nil, "equal weights: the kernel's interleave")
+        #expect(try Fixtures.make("bind,nodes=1").placementGranularity == nil)
+        #expect(try Fixtures.make("local").placementGranularity == nil)
+        let tiered = try #require(try Fixtures.make("tiered,fast=0,slow=2,fast-capacity=1G", Fixtures.threeNodes) as? TieredPolicy)
+        defer { tiered.shutdown() }
+        #expect(tiered.placementGranularity == UInt64(pageSize))
+    }
+}

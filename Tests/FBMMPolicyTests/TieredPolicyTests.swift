@@ -178,18 +178,24 @@ import Testing
         #expect(plan.demote == [1: [0, 1]])
     }
 
-    @Test func memfdMappingsAreFoundInProcMaps() {
+    @Test func backingMappingsAreFoundInProcMaps() {
         let maps = """
             55d0c0a00000-55d0c0a21000 r--p 00000000 fd:01 1234                       /usr/bin/cat
             7f41aa7a9000-7f41b27a9000 rw-s 00200000 00:01 582                        /memfd:hotset (deleted)
             7f41b27a9000-7f41b27aa000 rw-p 00000000 00:00 0 
             7ffd1000-7ffd2000 rw-s 00000000 00:01 77                         /memfd:fbmm arena (deleted)
+            7f5000000000-7f5000400000 rw-s 00000000 00:2d 582                /fbmm-backing.3.4242 (deleted)
+            7f6000000000-7f6000001000 rw-s 00000000 00:2e 583                /dev/shm/other
             """
-        let vmas = VMA.memfdMappings(inMaps: maps)
-        #expect(vmas.count == 2)
+        let vmas = VMA.backingMappings(inMaps: maps)
+        #expect(vmas.count == 3, "memfds and the private tmpfs's files, nothing else")
         #expect(vmas[0].start == 0x7f41aa7a9000 && vmas[0].end == 0x7f41b27a9000)
         #expect(vmas[0].fileOffset == 0x200000 && vmas[0].inode == 582 && vmas[0].path == "/memfd:hotset (deleted)")
         #expect(vmas[1].inode == 77)
+        // Inode 582 twice, on two filesystems: the device tells them apart.
+        let tmpfsFile = TrackedFile(key: 9, pid: 1, inode: 582, device: makeDevice(major: 0, minor: 0x2d), pageCount: 1024)
+        #expect(vmas.filter { $0.maps(tmpfsFile) }.map(\.path) == ["/fbmm-backing.3.4242 (deleted)"])
+        #expect(vmas.filter { $0.maps(TrackedFile(key: 9, pid: 1, inode: 582, pageCount: 1)) }.count == 2)
     }
 
     @Test func registryKnowsTiered() throws {

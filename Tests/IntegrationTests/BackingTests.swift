@@ -5,7 +5,7 @@ import Testing
 import Glibc
 #endif
 
-/// Issue 17, `-o backing=tmpfs`: the daemon's files live on its own tmpfs
+/// Issue 17, the private tmpfs backing (the default): the daemon's files live on its own tmpfs
 /// instance (mounted nowhere), so the kernel enforces the mount's capacity whoever allocates,
 /// and a program that abuses the backing descriptor it was handed can hurt
 /// only itself. `Tests/shim/hostile.c` plays the program.
@@ -13,15 +13,16 @@ import Glibc
 struct BackingTests {
     static var hostile: String { "\(Artefacts.packageRoot)/shim/build/hostile" }
 
-    /// `fbmm stat` says what backs the files: memfds by default, the private
-    /// tmpfs with backing=tmpfs; a bad value is one line and no mount.
+    /// `fbmm stat` says what backs the files: the private tmpfs by default
+    /// (auto, as root), memfds with backing=memfd; a bad value is one line
+    /// and no mount.
     @Test func statNamesThePrivateTmpfs() throws {
-        let plain = try TestMount()
+        let plain = try TestMount(options: ["backing=memfd"])
         defer { plain.close() }
-        #expect(try plain.statistics()["backing"] as? String == "memfd", "memfds by default")
-        let auto = try TestMount(options: ["backing=auto"])
+        #expect(try plain.statistics()["backing"] as? String == "memfd", "memfds when asked")
+        let auto = try TestMount()
         defer { auto.close() }
-        #expect((try auto.statistics()["backing"] as? String)?.hasPrefix("private tmpfs") == true, "auto, as root: the tmpfs")
+        #expect((try auto.statistics()["backing"] as? String)?.hasPrefix("private tmpfs") == true, "by default, as root: the tmpfs")
         let scratch = try TemporaryDirectory()
         let refused = try run([Artefacts.fbmm, "mount", scratch.path, "-o", "backing=disk"])
         #expect(!refused.ok && refused.stderr.contains("expected tmpfs, memfd or auto"), "\(refused.stderr)")

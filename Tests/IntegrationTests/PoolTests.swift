@@ -163,8 +163,8 @@ struct PoolTests {
         #expect(number(pool["handed_out_bytes"]) == 0 && number(pool["enrolled_total"]) == 0, "\(pool)")
     }
 
-    /// huge=always and the contig policy: on memfds (the default backing)
-    /// they need shmem THP, and where the system forbids it the mount is
+    /// huge=always and the contig policy: on memfds (backing=memfd) they
+    /// need shmem THP, and where the system forbids it the mount is
     /// refused in one line naming the sysfs setting (and backing=tmpfs);
     /// on the daemon's private tmpfs, which honours its own huge= whatever
     /// shmem_enabled says, both mount on a stock system and a program's
