@@ -12,6 +12,7 @@
 #include "fbmm_tmpfs.h"
 
 /* linux/mount.h's values (Debian 12's glibc has no wrappers). */
+#define FBMM_FSCONFIG_SET_FLAG 0
 #define FBMM_FSCONFIG_SET_STRING 1
 #define FBMM_FSCONFIG_CMD_CREATE 6
 #define FBMM_FSOPEN_CLOEXEC 0x1
@@ -28,11 +29,12 @@ int fbmm_tmpfs_mount(const char *options, const char **bad)
     char *save = NULL;
     for (char *kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(kv, '=');
-        if (!eq) continue;
-        *eq = 0;
-        if (syscall(SYS_fsconfig, fs, FBMM_FSCONFIG_SET_STRING, kv, eq + 1, 0) < 0) {
+        if (eq) *eq = 0;  /* key=value, or a flag such as noswap */
+        long r = eq ? syscall(SYS_fsconfig, fs, FBMM_FSCONFIG_SET_STRING, kv, eq + 1, 0)
+                    : syscall(SYS_fsconfig, fs, FBMM_FSCONFIG_SET_FLAG, kv, NULL, 0);
+        if (r < 0) {
             int e = errno;
-            snprintf(refused, sizeof refused, "%s=%s", kv, eq + 1);
+            snprintf(refused, sizeof refused, "%s%s%s", kv, eq ? "=" : "", eq ? eq + 1 : "");
             *bad = refused;
             close(fs);
             errno = e;

@@ -23,7 +23,9 @@ public final class TmpfsInstance: Sendable {
     public let huge: HugePageMode
 
     /// `size`: bytes the instance may hold (nil: all of RAM, "100%").
-    public init(size: UInt64?, huge: HugePageMode) throws(SystemError) {
+    /// `noSwap`: its pages are never swapped out (tmpfs `noswap`, 6.4+; an
+    /// older kernel refuses the option, and the error names it).
+    public init(size: UInt64?, huge: HugePageMode, noSwap: Bool = false) throws(SystemError) {
         // huge=always is `advise` on the instance, with the shim marking every
         // mapping of 2 MiB or more MADV_HUGEPAGE: on an `always` tmpfs a write
         // through the file (the daemon's copy-on-write push) allocates a huge
@@ -32,6 +34,7 @@ public final class TmpfsInstance: Sendable {
         let tmpfsHuge = huge == .never ? "never" : "advise"
         var options = "size=\(size.map { String(max($0, UInt64(pageSize))) } ?? "100%"),huge=\(tmpfsHuge),mode=0700"
         options += ",nr_inodes=0"  // files are bounded by the mount's max-files, not by tmpfs
+        if noSwap { options += ",noswap" }
         var refused: UnsafePointer<CChar>?
         let fd = fbmm_tmpfs_mount(options, &refused)
         guard fd >= 0 else {

@@ -17,7 +17,7 @@ public enum DaemonError: Error, CustomStringConvertible {
     case mountpoint(String)
     case system(SystemError)
     case fuse(String)
-    case hugePages(String)
+    case backing(String)
 
     public var description: String {
         switch self {
@@ -26,7 +26,7 @@ public enum DaemonError: Error, CustomStringConvertible {
         case .mountpoint(let s): return s
         case .system(let e): return e.description
         case .fuse(let s): return s
-        case .hugePages(let s): return s
+        case .backing(let s): return s
         }
     }
 }
@@ -59,25 +59,28 @@ public final class Daemon: Sendable {
             let huge = configuration.hugeGiven || policy.wantsHugePages ? configuration.huge
                 : Self.hugePagesFollowingHost(policy: policy, logger: logger)
             do {
-                let instance = try TmpfsInstance(size: configuration.capacity, huge: huge)
+                let instance = try TmpfsInstance(size: configuration.capacity, huge: huge, noSwap: configuration.noSwap)
                 tmpfs = instance
                 configuration.huge = huge
                 backingNote = "private tmpfs (\(instance.options))"
             } catch {
                 // Asked for explicitly: say why not; by default: memfds.
-                if configuration.privateTmpfs == true { throw .system(error) }
+                if configuration.privateTmpfs == true || configuration.noSwap { throw .system(error) }
                 backingNote = "memfd (no private tmpfs: \(error))"
                 logger.notice("file memory on memfds: no private tmpfs: \(error)")
             }
         }
         if tmpfs == nil {
+            if configuration.noSwap {
+                throw .backing("noswap needs the private tmpfs (backing=tmpfs or auto), not memfds")
+            }
             if configuration.hugeGiven,
                let refusal = ShmemHugePageSupport.current().refusal(for: configuration.huge, what: "huge=\(configuration.huge)") {
-                throw .hugePages(refusal + "; or use -o backing=tmpfs")
+                throw .backing(refusal + "; or use -o backing=tmpfs")
             }
             if policy.wantsHugePages,
                let refusal = ShmemHugePageSupport.current().refusal(for: .always, what: "policy \(configuration.policy.name)") {
-                throw .hugePages(refusal + "; or use -o backing=tmpfs")
+                throw .backing(refusal + "; or use -o backing=tmpfs")
             }
         }
         let brokerPath = try Self.brokerSocketPath()

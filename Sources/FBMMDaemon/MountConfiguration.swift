@@ -12,6 +12,9 @@ public struct MountConfiguration: Sendable {
     public var policy: PolicySpec
     /// `-o allow_other`: let other users reach the mount (the kernel still checks modes).
     public var allowOther = false
+    /// `-o noswap`: the private tmpfs never swaps the mount's file memory
+    /// out (tmpfs `noswap`, Linux 6.4+); needs the private tmpfs.
+    public var noSwap = false
     /// `-o capacity=SIZE`: the most memory the mount's files may hold (df shows it).
     public var capacity: UInt64?
     /// `-o max-file-size=SIZE`: no file grows past this (EFBIG); bounds the
@@ -60,7 +63,8 @@ public struct MountConfiguration: Sendable {
         PolicyKey("cow-chunk", default: "64K", "copy-on-write across fork: bytes copied per fault, a power of two from a page to 2M (0: copy at fork)"),
         PolicyKey("backing", default: "auto", "file memory: tmpfs (the daemon's private tmpfs: huge pages as the host gives anonymous memory, capacity enforced by the kernel; root, kernel 5.2+), memfd, or auto (tmpfs where possible, else memfd)"),
         PolicyKey("metrics", default: "off", "serve mount-wide Prometheus metrics on 127.0.0.1:PORT (per-file and per-process series: fbmm stat --prometheus)"),
-        PolicyKey("huge", default: "advise", "transparent huge pages for file memory: always, advise (where the program asks), never; with backing=tmpfs, by default as the host gives anonymous memory"),
+        PolicyKey("huge", default: "advise", "transparent huge pages for file memory: always, advise (where the program asks), never; on the private tmpfs, by default as the host gives anonymous memory (small pages for policies that place finer than a huge page)"),
+        PolicyKey("noswap", default: "off", "never swap the mount's file memory out (the private tmpfs's noswap; Linux 6.4+)"),
     ]
 
     public init(mountpoint: String, policy: PolicySpec) {
@@ -75,6 +79,10 @@ public struct MountConfiguration: Sendable {
         if let value = policyOptions.remove("allow_other") {
             guard value == "true" else { throw .invalidValue(key: "allow_other", value: value, reason: "takes no value") }
             allowOther = true
+        }
+        if let value = policyOptions.remove("noswap") {
+            guard value == "true" else { throw .invalidValue(key: "noswap", value: value, reason: "takes no value") }
+            noSwap = true
         }
         if let size = try policyOptions.removeSize("capacity") { capacity = size }
         if let size = try policyOptions.removeSize("max-file-size") { maxFileSize = size }

@@ -35,6 +35,21 @@ struct BackingTests {
                 "the instance is mounted nowhere")
     }
 
+    /// `-o noswap` (Linux 6.4+) reaches the private tmpfs, which the kernel
+    /// accepts (fsconfig refuses an option it does not know); it needs that
+    /// tmpfs, so with memfds it is refused in one line and nothing is mounted.
+    @Test func noswapReachesThePrivateTmpfs() throws {
+        let mount = try TestMount(options: ["noswap"])
+        defer { mount.close() }
+        let backing = try mount.statistics()["backing"] as? String ?? ""
+        #expect(backing.hasPrefix("private tmpfs") && backing.contains("noswap"), "\(backing)")
+        let scratch = try TemporaryDirectory()
+        let refused = try run([Artefacts.fbmm, "mount", scratch.path, "-o", "noswap,backing=memfd"])
+        #expect(!refused.ok && refused.stderr.split(separator: "\n").count == 1 && refused.stderr.contains("noswap needs the private tmpfs"),
+                "\(refused.stderr)")
+        #expect(!isMounted(scratch.path), "nothing mounted")
+    }
+
     /// A program grows its arena's backing through its own descriptor,
     /// bypassing the daemon's accounting: the kernel refuses past
     /// `capacity` (it held 4 GiB on a 1G memfd mount before), and the mount
