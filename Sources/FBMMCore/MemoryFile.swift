@@ -34,8 +34,8 @@ public final class MemoryFile: Sendable {
     }
 
     /// A new, empty file on the daemon's tmpfs instance.
-    public init(name: String, on instance: TmpfsInstance) throws(SystemError) {
-        descriptor = try instance.newFile()
+    public init(name: String, on instance: TmpfsInstance, owner: (uid: UInt32, gid: UInt32)? = nil) throws(SystemError) {
+        descriptor = try instance.newFile(owner: owner)
         self.name = name
         sealable = false
     }

@@ -25,7 +25,10 @@ public final class TmpfsInstance: Sendable {
     /// `size`: bytes the instance may hold (nil: all of RAM, "100%").
     /// `noSwap`: its pages are never swapped out (tmpfs `noswap`, 6.4+; an
     /// older kernel refuses the option, and the error names it).
-    public init(size: UInt64?, huge: HugePageMode, noSwap: Bool = false) throws(SystemError) {
+    /// `userQuota`: each user's files together hold at most this many bytes
+    /// (tmpfs `usrquota_block_hardlimit`, 6.6+); backing files must then
+    /// belong to their users (`newFile(owner:)`).
+    public init(size: UInt64?, huge: HugePageMode, noSwap: Bool = false, userQuota: UInt64? = nil) throws(SystemError) {
         // huge=always is `advise` on the instance, with the shim marking every
         // mapping of 2 MiB or more MADV_HUGEPAGE: on an `always` tmpfs a write
         // through the file (the daemon's copy-on-write push) allocates a huge
@@ -35,6 +38,7 @@ public final class TmpfsInstance: Sendable {
         var options = "size=\(size.map { String(max($0, UInt64(pageSize))) } ?? "100%"),huge=\(tmpfsHuge),mode=0700"
         options += ",nr_inodes=0"  // files are bounded by the mount's max-files, not by tmpfs
         if noSwap { options += ",noswap" }
+        if let userQuota { options += ",usrquota,usrquota_block_hardlimit=\(max(userQuota, UInt64(pageSize)))" }
         var refused: UnsafePointer<CChar>?
         let fd = fbmm_tmpfs_mount(options, &refused)
         guard fd >= 0 else {
@@ -44,14 +48,32 @@ public final class TmpfsInstance: Sendable {
         mountDescriptor = fd
         self.options = options
         self.huge = huge
+        self.userQuota = userQuota
     }
+
+    /// Whether the kernel enforces a per-user quota on this instance.
+    public let userQuota: UInt64?
 
     deinit { close(mountDescriptor) }
 
-    /// A new empty file, unlinked at once (it lives while referenced, like a memfd).
-    public func newFile() throws(SystemError) -> FileDescriptor {
+    /// A new empty file, unlinked at once (it lives while referenced, like a
+    /// memfd); with a user quota, owned by `owner` so its pages count
+    /// against that user.
+    public func newFile(owner: (uid: UInt32, gid: UInt32)? = nil) throws(SystemError) -> FileDescriptor {
         let fd = try retryingSyscall("openat(tmpfs instance)", options) { fbmm_tmpfs_file(mountDescriptor) }
-        return FileDescriptor(rawValue: fd)
+        let file = FileDescriptor(rawValue: fd)
+        if userQuota != nil, let owner {
+            do { try chown(file, to: owner) } catch { try? file.close(); throw error }
+        }
+        return file
+    }
+
+    /// A backing file changes hands (chown in the mount): its pages follow.
+    public func chown(_ file: FileDescriptor, to owner: (uid: UInt32, gid: UInt32)) throws(SystemError) {
+        guard userQuota != nil else { return }
+        guard fchown(file.rawValue, owner.uid, owner.gid) == 0 else {
+            throw SystemError("fchown(tmpfs file)", "uid \(owner.uid)", errno: Errno(rawValue: errno))
+        }
     }
 }
 

@@ -40,17 +40,22 @@ extension MemoryFileSystem: FilesystemUsage {
     /// (EFBIG). Every admitted growth ends with `growthEnded`.
     func admitGrowth(_ backing: FileBacking, to size: UInt64) -> Errno? {
         if size > configuration.maxFileSize { return .fileTooLarge }
-        guard let capacity = configuration.capacity else { return nil }
+        guard configuration.capacity != nil || configuration.userCapacity != nil else { return nil }
         ledger.reconcileIfDue { state.withLock { ns in ns.inodes.values.compactMap(\.backing) } }
         let xattrs = state.withLock { $0.xattrBytes }
-        return ledger.reserve(backing, to: size, others: xattrs, limit: capacity) ? nil : .noSpace
+        switch ledger.reserve(backing, to: size, others: xattrs, limit: configuration.capacity,
+                              userLimit: configuration.userCapacity) {
+        case nil: return nil
+        case .mountLimit?: return .noSpace
+        case .userLimit?: return .diskQuotaExceeded
+        }
     }
 
     /// After a growth (done or failed) or a shrink: the file's record
     /// follows it down where it holds less than was reserved (a failed
     /// growth, fallocate of a range short of the end, a truncation).
     func growthEnded(_ backing: FileBacking) {
-        if configuration.capacity != nil { ledger.settle(backing) }
+        if configuration.capacity != nil || configuration.userCapacity != nil { ledger.settle(backing) }
     }
 
     /// The pool `df` shows: the memory of the nodes the mount's policy may use

@@ -59,10 +59,13 @@ public final class Daemon: Sendable {
             let huge = configuration.hugeGiven || policy.wantsHugePages ? configuration.huge
                 : Self.hugePagesFollowingHost(policy: policy, logger: logger)
             do {
-                let instance = try TmpfsInstance(size: configuration.capacity, huge: huge, noSwap: configuration.noSwap)
+                let instance = try Self.tmpfsInstance(configuration, huge: huge, logger: logger)
                 tmpfs = instance
                 configuration.huge = huge
                 backingNote = "private tmpfs (\(instance.options))"
+                if configuration.userCapacity != nil && instance.userQuota == nil {
+                    backingNote += "; user-capacity counted by the daemon only (the kernel has no tmpfs quotas)"
+                }
             } catch {
                 // Asked for explicitly: say why not; by default: memfds.
                 if configuration.privateTmpfs == true || configuration.noSwap { throw .system(error) }
@@ -117,6 +120,21 @@ public final class Daemon: Sendable {
         guard FBMMMount.isMount(path),
               statvfs(path, &fs) != 0, errno == ENOTCONN else { return false }
         return umount2(path, Int32(MNT_DETACH)) == 0
+    }
+
+    /// The private tmpfs, with a per-user quota where `-o user-capacity`
+    /// asks and the kernel has tmpfs quotas (6.6+); without them the daemon's
+    /// accounting alone bounds each user (said in the log and by `fbmm stat`).
+    static func tmpfsInstance(_ configuration: MountConfiguration, huge: HugePageMode,
+                              logger: Logger) throws(SystemError) -> TmpfsInstance {
+        if let quota = configuration.userCapacity {
+            do {
+                return try TmpfsInstance(size: configuration.capacity, huge: huge, noSwap: configuration.noSwap, userQuota: quota)
+            } catch {
+                logger.notice("user-capacity: the kernel has no tmpfs quotas (\(error)); the daemon's accounting alone bounds each user")
+            }
+        }
+        return try TmpfsInstance(size: configuration.capacity, huge: huge, noSwap: configuration.noSwap)
     }
 
     /// Huge pages as the host gives anonymous memory, unless the policy places

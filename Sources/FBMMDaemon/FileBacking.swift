@@ -34,19 +34,36 @@ final class FileBacking: Sendable {
 
     /// What this file commits the mount to, as `ledger` counts it.
     let commitment = Atomic<UInt64>(0)
+    /// The user its commitment counts against (`-o user-capacity`), and the
+    /// owner its backing file gets on a private tmpfs with a user quota.
+    let owner: Atomic<UInt32>
+    private let ownerGroup: Atomic<UInt32>
     private let ledger: CommitLedger?
 
     init(name: String, policy: any MemoryManagementPolicy, on instance: TmpfsInstance? = nil,
-         ledger: CommitLedger? = nil) {
+         ledger: CommitLedger? = nil, owner: (uid: UInt32, gid: UInt32) = (0, 0)) {
         self.name = name
         self.instance = instance
         self.ledger = ledger
+        self.owner = Atomic(owner.uid)
+        ownerGroup = Atomic(owner.gid)
         state = Locked(PlacementState(policy: policy, placedUpTo: 0))
     }
 
     /// The memory goes with the last reference (the namespace's record, open
     /// handles, the pool): so does the commitment.
-    deinit { ledger?.released(commitment.load(ordering: .acquiring)) }
+    deinit { ledger?.released(commitment.load(ordering: .acquiring), owner: owner.load(ordering: .acquiring)) }
+
+    /// chown in the mount: the commitment moves to the new user, and the
+    /// backing file (where the kernel keeps a user quota) changes hands too.
+    func changeOwner(uid: UInt32, gid: UInt32) {
+        file.withLock { made in
+            ledger?.transfer(self, to: uid)
+            owner.store(uid, ordering: .releasing)
+            ownerGroup.store(gid, ordering: .releasing)
+            if let made, let instance { try? instance.chown(made.descriptor, to: (uid, gid)) }
+        }
+    }
 
     /// The file's memory, made now if it has none yet (what grows, maps,
     /// writes or hands the memory out uses this).
@@ -55,7 +72,12 @@ final class FileBacking: Sendable {
             try file.withLock { (made: inout MemoryFile?) throws(SystemError) -> MemoryFile in
                 if let made { return made }
                 let new: MemoryFile
-                if let instance { new = try MemoryFile(name: name, on: instance) } else { new = try MemoryFile(name: name) }
+                if let instance {
+                    new = try MemoryFile(name: name, on: instance,
+                                         owner: (owner.load(ordering: .acquiring), ownerGroup.load(ordering: .acquiring)))
+                } else {
+                    new = try MemoryFile(name: name)
+                }
                 made = new
                 return new
             }

@@ -37,8 +37,9 @@ public final class MemoryFileSystem: FileSystemOperations {
     let listings = DirectoryListings()
     /// sysfs's per-node memory for `df`, at most a second old (Capacity.swift).
     let nodeMemory = NodeMemoryCache()
-    /// Bytes the files commit the mount to (`-o capacity`).
-    let ledger = CommitLedger()
+    /// Bytes the files commit the mount to (`-o capacity`), per user too
+    /// with `-o user-capacity`.
+    let ledger: CommitLedger
     /// Why each user's last knob was refused (`user.fbmm.knob-refusal`).
     let knobRefusals = Locked<[UInt32: String]>([:])
 
@@ -48,6 +49,7 @@ public final class MemoryFileSystem: FileSystemOperations {
         self.tmpfs = tmpfs
         self.backingNote = backingNote
         self.configuration = configuration
+        ledger = CommitLedger(perUser: configuration.userCapacity != nil)
         self.topology = topology
         self.mountPolicy = policy
         self.registry = registry
@@ -115,6 +117,8 @@ public final class MemoryFileSystem: FileSystemOperations {
         let number = ns.allocateInode()
         let content: InodeRecord.Content
         let type = mode & S_IFMT
+        // setgid directories pass their group on, as on any POSIX filesystem.
+        let gid = dir.mode & S_ISGID != 0 ? dir.gid : ctx.gid
         var inheritedSpec: PolicySpec?
         switch type {
         case S_IFDIR:
@@ -123,14 +127,13 @@ public final class MemoryFileSystem: FileSystemOperations {
         case S_IFREG, 0:
             let (policy, spec) = inheritedPolicy(ns, parent: parent)
             inheritedSpec = spec
-            content = .regular(FileBacking(name: name.description, policy: policy, on: tmpfs, ledger: ledger))
+            content = .regular(FileBacking(name: name.description, policy: policy, on: tmpfs, ledger: ledger,
+                                           owner: (ctx.uid, gid)))
         case S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK:
             content = .special(device: 0)
         default:
             throw .invalidArgument
         }
-        // setgid directories pass their group on, as on any POSIX filesystem.
-        let gid = dir.mode & S_ISGID != 0 ? dir.gid : ctx.gid
         var finalMode = (type == 0 ? S_IFREG : type) | (mode & 0o7777 & ~ctx.umask)
         if type == S_IFDIR && dir.mode & S_ISGID != 0 { finalMode |= S_ISGID }
         let record = InodeRecord(number: number, content: content, mode: finalMode, uid: ctx.uid, gid: gid,

@@ -17,6 +17,12 @@ public struct MountConfiguration: Sendable {
     public var noSwap = false
     /// `-o capacity=SIZE`: the most memory the mount's files may hold (df shows it).
     public var capacity: UInt64?
+    /// `-o user-capacity=SIZE`: the most memory one user's files may hold
+    /// together, so one user filling the mount cannot take it from others:
+    /// counted by the daemon (growth past it: EDQUOT, the shim falls back)
+    /// and, on the private tmpfs where the kernel has tmpfs quotas (6.6+),
+    /// enforced by the kernel too (each backing file belongs to its user).
+    public var userCapacity: UInt64?
     /// `-o max-file-size=SIZE`: no file grows past this (EFBIG); bounds the
     /// daemon's work to place a sparse file truncated to a huge size.
     public var maxFileSize: UInt64 = 4 << 40
@@ -55,6 +61,7 @@ public struct MountConfiguration: Sendable {
     public static let mountKeys: [PolicyKey] = [
         PolicyKey("allow_other", default: "off", "let other users use the mount (modes still apply)"),
         PolicyKey("capacity", default: "unlimited", "most memory the mount's files may hold, e.g. 4G"),
+        PolicyKey("user-capacity", default: "unlimited", "most memory one user's files may hold together (the daemon refuses growth past it with EDQUOT; on the private tmpfs with tmpfs quotas, Linux 6.6+, the kernel enforces it too)"),
         PolicyKey("max-files", default: "1048576", "most files and directories"),
         PolicyKey("max-file-size", default: "4T", "largest size a file may grow to"),
         PolicyKey("xattr-size", default: "16M", "most bytes of user.* extended attributes in all files together (256K per file)"),
@@ -85,6 +92,7 @@ public struct MountConfiguration: Sendable {
             noSwap = true
         }
         if let size = try policyOptions.removeSize("capacity") { capacity = size }
+        if let size = try policyOptions.removeSize("user-capacity") { userCapacity = size }
         if let size = try policyOptions.removeSize("max-file-size") { maxFileSize = size }
         if let size = try policyOptions.removeSize("xattr-size") { xattrSize = size }
         if let value = policyOptions.remove("max-files") {
@@ -102,6 +110,12 @@ public struct MountConfiguration: Sendable {
                 throw .invalidValue(key: "prezero", value: text, reason: "at most \(ByteSize(bytes: most)) per mount")
             }
             prezero = size
+        }
+        // Each arena's pool window is part of its file, so it counts against
+        // its user's bound: a window of at most a quarter of it (whole pages)
+        // leaves the rest for the program's own memory.
+        if let userCapacity, prezero > userCapacity / 4 {
+            prezero = userCapacity / 4 / UInt64(pageSize) * UInt64(pageSize)
         }
         let chunkText = policyOptions["cow-chunk"]
         if let size = try policyOptions.removeSize("cow-chunk"), let text = chunkText {

@@ -318,4 +318,49 @@ struct TrustTests {
                 "the daemon closes what it is sent: \(openFDs(daemon)) fds open, \(baseline) before")
         #expect(waitUntil(seconds: 2) { (try? fileNames(mount))?.isEmpty == true }, "\((try? fileNames(mount)) ?? [])")
     }
+
+    // MARK: - "One user filling the mount cannot take it from others" (issue 17)
+
+    /// `-o user-capacity=64M`: user A's program under the shim holds 160 MiB,
+    /// of which at most 64 MiB in the mount (its arena's growth past that is
+    /// refused with EDQUOT and the shim falls back, saying so), and A's dd
+    /// into the mount stops at the bound; user B, meanwhile, gets all of its
+    /// 32 MiB in the mount.
+    @Test func oneUserCannotTakeTheMountFromAnother() throws {
+        let scene = try UserScene("tA", "tB", options: ["user-capacity=64M"])
+        defer { scene.close() }
+        let work = try sharedScratch()
+        let hold = """
+            import os, sys, time
+            size, ready, go = int(sys.argv[1]) << 20, sys.argv[2], sys.argv[3]
+            b = bytearray(size)
+            for i in range(0, size, 4096): b[i] = 1
+            open(ready, 'w').close()
+            while not os.path.exists(go): time.sleep(0.05)
+            print('held', sum(b[::4096]) * 4096 >> 20, 'MiB')
+            """
+        let a = try Background(scene.a.command(fbmmRun(scene.mount, [], [Self.python, "-c", hold, "160", work.file("a-ready"), work.file("go")])),
+                               environment: ["HOME": "/"])
+        defer { a.stop() }
+        try #require(waitForFile(work.file("a-ready"), seconds: 60) != nil, "A's program never got ready: \(a.output)")
+        #expect(a.stderr.contains("EDQUOT"), "A's program is told why the rest of its memory is not in the mount: \(a.stderr)")
+        let full = try scene.a.run(["dd", "if=/dev/zero", "of=\(scene.mount.path)/a-file", "bs=1M", "count=100"])
+        #expect(!full.ok && full.stderr.contains("quota"), "A's dd stops at its bound: \(full.stderr)")
+
+        let b = try scene.b.run(fbmmRun(scene.mount, ["--verbose"], [Self.python, "-c", hold, "32", work.file("b-ready"), work.file("b-ready")]),
+                                environment: ["HOME": "/"], timeout: 120)
+        #expect(b.ok && b.stdout.contains("held 32 MiB"), "\(b.stdout) \(b.stderr)")
+        #expect(b.stderr.contains("using fbmm mount") && !b.stderr.contains("falling back"), "B's memory is all in the mount: \(b.stderr)")
+
+        let stats = try scene.mount.statistics()
+        let backing = stats["backing"] as? String ?? ""
+        #expect(backing.contains("usrquota") || backing.contains("user-capacity counted by the daemon only"),
+                "fbmm stat says who enforces the bound: \(backing)")
+        let files = stats["files"] as? [[String: Any]] ?? []
+        let aBytes = files.filter { ($0["name"] as? String ?? "").hasPrefix("python3") || ($0["name"] as? String) == "a-file" }
+            .map { number($0["allocated_bytes"]) }.reduce(0, +)
+        #expect(aBytes <= 64 << 20, "A's files hold at most its bound: \(files)")
+        FileManager.default.createFile(atPath: work.file("go"), contents: nil)
+        #expect(a.wait(seconds: 60) == 0 && a.stdout.contains("held 160 MiB"), "A's program kept all its data: \(a.output)")
+    }
 }

@@ -253,12 +253,22 @@ int fbmm_arena_grow(uint64_t need)
     if (n < MIN_ARENA) n = MIN_ARENA;
     if (n < need) n = need;
     n = ROUND_UP(n, ARENA_ALIGN);
-    if (ftruncate(a->name_fd, (off_t)n) < 0) {
+    int r = ftruncate(a->name_fd, (off_t)n);
+    /* Near a bound (-o capacity, user-capacity) doubling may not fit where
+     * what is needed still does. */
+    if (r < 0 && (errno == ENOSPC || errno == EDQUOT) && n > ROUND_UP(need, ARENA_ALIGN)) {
+        n = ROUND_UP(need, ARENA_ALIGN);
+        r = ftruncate(a->name_fd, (off_t)n);
+    }
+    if (r < 0) {
         int e = errno;
         static int once;
         if (e == ENOSPC)
             fbmm_say_once(&once, "falling back to anonymous memory: the mount is full ",
                           "(ENOSPC: its -o capacity is used up)", NULL);
+        else if (e == EDQUOT)
+            fbmm_say_once(&once, "falling back to anonymous memory: this user's share of the mount is used up ",
+                          "(EDQUOT: its -o user-capacity)", NULL);
         else
             fbmm_say_once(&once, "falling back to anonymous memory: cannot grow the arena file: ",
                           strerrorname_np(e) ? strerrorname_np(e) : "error", NULL);
