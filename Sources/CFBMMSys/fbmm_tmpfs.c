@@ -54,22 +54,24 @@ int fbmm_tmpfs_mount(const char *options, const char **bad)
     return mnt;
 }
 
-int fbmm_tmpfs_file(int mount_fd)
+int fbmm_tmpfs_named_file(int mount_fd, char name[64])
 {
     static unsigned long seq;
-    char name[64];
     for (int tries = 0; tries < 16; tries++) {
-        snprintf(name, sizeof name, "fbmm-backing.%lu.%d", __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED), getpid());
+        snprintf(name, 64, "fbmm-backing.%lu.%d", __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED), getpid());
         int fd = openat(mount_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0) {
-            if (errno == EEXIST) continue;
-            return -1;
-        }
-        unlinkat(mount_fd, name, 0);
-        return fd;
+        if (fd >= 0 || errno != EEXIST) return fd;
     }
     errno = EEXIST;
     return -1;
+}
+
+int fbmm_tmpfs_file(int mount_fd)
+{
+    char name[64];
+    int fd = fbmm_tmpfs_named_file(mount_fd, name);
+    if (fd >= 0) unlinkat(mount_fd, name, 0);
+    return fd;
 }
 
 /* ---- the SIGBUS guard ---------------------------------------------------- */

@@ -19,6 +19,9 @@ public final class MemoryFile: Sendable {
     /// A memfd made sealable; a file of a tmpfs instance cannot be sealed
     /// (its holder can shrink it: see fbmm_tmpfs.h's guard).
     public let sealable: Bool
+    /// Its name on the tmpfs instance when it keeps one (it can be opened
+    /// again there after this descriptor is closed), else nil.
+    public let instanceName: String?
 
     /// Creates a new, empty, close-on-exec memfd (sealable, see `sealAgainstShrinking`).
     public init(name: String) throws(SystemError) {
@@ -31,11 +34,27 @@ public final class MemoryFile: Sendable {
         self.descriptor = FileDescriptor(rawValue: fd)
         self.name = name
         sealable = true
+        instanceName = nil
     }
 
-    /// A new, empty file on the daemon's tmpfs instance.
-    public init(name: String, on instance: TmpfsInstance, owner: (uid: UInt32, gid: UInt32)? = nil) throws(SystemError) {
-        descriptor = try instance.newFile(owner: owner)
+    /// A new, empty file on the daemon's tmpfs instance; `keepName`: it
+    /// keeps a name there (`reopening`), else it is unlinked at once.
+    public init(name: String, on instance: TmpfsInstance, owner: (uid: UInt32, gid: UInt32)? = nil,
+                keepName: Bool = false) throws(SystemError) {
+        if keepName {
+            (descriptor, instanceName) = try instance.newNamedFile(owner: owner)
+        } else {
+            descriptor = try instance.newFile(owner: owner)
+            instanceName = nil
+        }
+        self.name = name
+        sealable = false
+    }
+
+    /// The named file `instanceName` of the tmpfs instance, opened again.
+    public init(reopening instanceName: String, name: String, on instance: TmpfsInstance) throws(SystemError) {
+        descriptor = try instance.reopen(instanceName)
+        self.instanceName = instanceName
         self.name = name
         sealable = false
     }

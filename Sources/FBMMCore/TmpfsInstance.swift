@@ -68,6 +68,33 @@ public final class TmpfsInstance: Sendable {
         return file
     }
 
+    /// A new empty file that keeps its name on the instance (see
+    /// `MemoryFile.park`): the daemon may close it while idle and `reopen`
+    /// it; `remove` frees it.
+    public func newNamedFile(owner: (uid: UInt32, gid: UInt32)? = nil) throws(SystemError) -> (FileDescriptor, String) {
+        var name = [CChar](repeating: 0, count: 64)
+        let fd = try retryingSyscall("openat(tmpfs instance)", options) { fbmm_tmpfs_named_file(mountDescriptor, &name) }
+        let file = FileDescriptor(rawValue: fd)
+        let text = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if userQuota != nil, let owner {
+            do { try chown(file, to: owner) } catch { try? file.close(); remove(text); throw error }
+        }
+        return (file, text)
+    }
+
+    /// Opens a named file of the instance again.
+    public func reopen(_ name: String) throws(SystemError) -> FileDescriptor {
+        let fd = try retryingSyscall("openat(tmpfs instance)", name) {
+            openat(mountDescriptor, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
+        }
+        return FileDescriptor(rawValue: fd)
+    }
+
+    /// Frees a named file (its memory goes with its last open descriptor or mapping).
+    public func remove(_ name: String) {
+        unlinkat(mountDescriptor, name, 0)
+    }
+
     /// A backing file changes hands (chown in the mount): its pages follow.
     public func chown(_ file: FileDescriptor, to owner: (uid: UInt32, gid: UInt32)) throws(SystemError) {
         guard userQuota != nil else { return }

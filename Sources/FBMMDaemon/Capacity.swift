@@ -64,7 +64,7 @@ extension MemoryFileSystem: FilesystemUsage {
     func poolUsage(withUsed: Bool = true) -> (total: UInt64, used: UInt64, free: UInt64) {
         let used = !withUsed ? 0 : state.withLock { ns in
             ns.inodes.values.reduce(UInt64(0)) { sum, record in
-                sum + ((try? record.backing?.existing?.allocatedBytes()) ?? 0)
+                sum + (record.backing?.extent().allocated ?? 0)
             }
         }
         let nodes = nodeMemory.current(fallback: topology).nodes.filter { mountPolicy.allowedNodes.contains($0.id) }

@@ -71,7 +71,7 @@ final class CommitLedger: Sendable {
     /// may fault in every page up to it), or its allocation if larger
     /// (fallocate with KEEP_SIZE).
     static func actual(_ backing: FileBacking) -> UInt64 {
-        let extent = (try? backing.existing?.extent()) ?? (size: 0, allocated: 0)
+        let extent = backing.extent()
         return max(extent.size, extent.allocated)
     }
 

@@ -22,8 +22,19 @@ final class FileBacking: Sendable {
     /// needs memory: an empty file (a lock file, a `touch`, 100,000 of them in
     /// a directory) holds no descriptor, as on tmpfs it holds no page. The
     /// daemon's descriptors are bounded (RLIMIT_NOFILE: 20,000 on some
-    /// hosts), files are not.
-    private let file = Locked<MemoryFile?>(nil)
+    /// hosts), files are not. On the private tmpfs a file keeps a name there,
+    /// and an idle one (no handle open, not a process's arena) is parked:
+    /// its descriptor closed, its size and allocation remembered, opened
+    /// again by name when it is next used; so files with data hold no
+    /// descriptor either.
+    private struct Slot {
+        var open: MemoryFile?
+        /// Its name on the private tmpfs (nil: a memfd, or nothing made yet).
+        var instanceName: String?
+        /// While parked: its extent (nothing can change it meanwhile).
+        var parked: (size: UInt64, allocated: UInt64)?
+    }
+    private let file = Locked(Slot())
     private let name: String
     private let instance: TmpfsInstance?
     private struct PlacementState {
@@ -52,16 +63,24 @@ final class FileBacking: Sendable {
 
     /// The memory goes with the last reference (the namespace's record, open
     /// handles, the pool): so does the commitment.
-    deinit { ledger?.released(commitment.load(ordering: .acquiring), owner: owner.load(ordering: .acquiring)) }
+    deinit {
+        ledger?.released(commitment.load(ordering: .acquiring), owner: owner.load(ordering: .acquiring))
+        if let instance, let name = file.withLock({ $0.instanceName }) { instance.remove(name) }
+    }
 
     /// chown in the mount: the commitment moves to the new user, and the
     /// backing file (where the kernel keeps a user quota) changes hands too.
     func changeOwner(uid: UInt32, gid: UInt32) {
-        file.withLock { made in
+        file.withLock { slot in
             ledger?.transfer(self, to: uid)
             owner.store(uid, ordering: .releasing)
             ownerGroup.store(gid, ordering: .releasing)
-            if let made, let instance { try? instance.chown(made.descriptor, to: (uid, gid)) }
+            guard let instance else { return }
+            if let made = slot.open {
+                try? instance.chown(made.descriptor, to: (uid, gid))
+            } else if let name = slot.instanceName, let made = try? MemoryFile(reopening: name, name: self.name, on: instance) {
+                try? instance.chown(made.descriptor, to: (uid, gid))
+            }
         }
     }
 
@@ -69,24 +88,58 @@ final class FileBacking: Sendable {
     /// writes or hands the memory out uses this).
     var memory: MemoryFile {
         get throws(SystemError) {
-            try file.withLock { (made: inout MemoryFile?) throws(SystemError) -> MemoryFile in
-                if let made { return made }
+            try file.withLock { (slot: inout Slot) throws(SystemError) -> MemoryFile in
+                if let made = slot.open { return made }
                 let new: MemoryFile
-                if let instance {
+                if let instance, let parkedName = slot.instanceName {
+                    new = try MemoryFile(reopening: parkedName, name: name, on: instance)
+                } else if let instance {
                     new = try MemoryFile(name: name, on: instance,
-                                         owner: (owner.load(ordering: .acquiring), ownerGroup.load(ordering: .acquiring)))
+                                         owner: (owner.load(ordering: .acquiring), ownerGroup.load(ordering: .acquiring)),
+                                         keepName: true)
                 } else {
                     new = try MemoryFile(name: name)
                 }
-                made = new
+                slot.open = new
+                slot.instanceName = new.instanceName
+                slot.parked = nil
                 return new
             }
         }
     }
 
     /// The file's memory if it has any (what only looks uses this: an empty
-    /// file is size 0 with no blocks, nothing resident).
-    var existing: MemoryFile? { file.withLock { $0 } }
+    /// file is size 0 with no blocks, nothing resident). A parked file is
+    /// opened for the caller only (it stays parked; the descriptor goes
+    /// with the caller's reference).
+    var existing: MemoryFile? {
+        file.withLock { slot in
+            if let made = slot.open { return made }
+            guard let instance, let parkedName = slot.instanceName else { return nil }
+            return try? MemoryFile(reopening: parkedName, name: name, on: instance)
+        }
+    }
+
+    /// Whether the file was ever given memory (open or parked).
+    var hasMemory: Bool { file.withLock { $0.open != nil || $0.instanceName != nil } }
+
+    /// Size and allocated bytes (one fstat; remembered while parked).
+    func extent() -> (size: UInt64, allocated: UInt64) {
+        file.withLock { slot in
+            if let made = slot.open { return (try? made.extent()) ?? (0, 0) }
+            return slot.parked ?? (0, 0)
+        }
+    }
+
+    /// Closes the daemon's descriptor of an idle file that can be opened
+    /// again by name (on the private tmpfs); its extent is remembered.
+    func park() {
+        file.withLock { slot in
+            guard let made = slot.open, slot.instanceName != nil, let extent = try? made.extent() else { return }
+            slot.parked = extent
+            slot.open = nil
+        }
+    }
 
     var policy: any MemoryManagementPolicy { state.withLock { $0.policy } }
 

@@ -118,7 +118,7 @@ final class InodeRecord {
             st.st_size = off_t(4096 + 0 * children.count)
             st.st_blocks = 8
         case .regular(let backing):
-            let extent = (try? backing.existing?.extent()) ?? (size: 0, allocated: 0)
+            let extent = backing.extent()
             st.st_size = off_t(extent.size)
             st.st_blocks = blkcnt_t(extent.allocated / 512)
         case .special(let device):

@@ -70,8 +70,14 @@ extension MemoryFileSystem: AttributeSetting, NodeCreation, NodeRemoval, Renamin
             do {
                 let count = try backing.ensurePlaced(upTo: size, context: file.context(size: size))
                 // Size 0 of a file that never had memory changes nothing.
-                if size > 0 || backing.existing != nil { try backing.memory.resize(to: size) }
+                if size > 0 || backing.hasMemory { try backing.memory.resize(to: size) }
                 if count > 0 { state.withLock { $0.counters.placements += UInt64(count) } }
+                // truncate(2) by path, no handle open: the file stays idle.
+                state.withLock { ns in
+                    if let record = ns.inodes[inode], record.openHandles == 0, !record.processOwned, !record.provisionalArena {
+                        record.backing?.park()
+                    }
+                }
             } catch {
                 logger.warning("truncate \(file.name) to \(size): \(error)")
                 reply.error(error.errno)

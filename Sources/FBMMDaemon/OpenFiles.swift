@@ -31,8 +31,13 @@ extension MemoryFileSystem: FileOpening, FileReading, FileWriting, SpaceAllocati
             if case .failure(let errno) = result { reply.error(errno) }
             return
         }
-        if flags & O_TRUNC != 0, let memory = state.withLock({ $0.inodes[inode]?.backing })?.existing {
-            do { try memory.resize(to: 0) } catch {
+        // A parked file (FileBacking.park) is opened again for its handles.
+        let backing = state.withLock { $0.inodes[inode]?.backing }
+        if let backing, backing.hasMemory {
+            do {
+                let memory = try backing.memory
+                if flags & O_TRUNC != 0 { try memory.resize(to: 0) }
+            } catch {
                 _ = state.withLock { ns in releaseHandle(&ns, handle) }
                 reply.error(error.errno)
                 return
@@ -116,6 +121,8 @@ extension MemoryFileSystem: FileOpening, FileReading, FileWriting, SpaceAllocati
         if open.writable { record.writableHandles -= 1 }
         // The pool's lasting mappings of an arena must not outlive its owner.
         if record.openHandles == 0 && record.processOwned { pool?.remove(inode: record.number) }
+        // An idle file of the private tmpfs keeps no descriptor in the daemon.
+        if record.openHandles == 0 && !record.processOwned && !record.provisionalArena { record.backing?.park() }
         if record.processOwned || record.provisionalArena, record.openHandles == 0, record.linkCount > 0,
            let dir = ns.inodes[record.parent], dir.children[record.name] == record.number {
             dir.children[record.name] = nil

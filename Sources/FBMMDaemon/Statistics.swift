@@ -35,7 +35,7 @@ extension MemoryFileSystem {
         for file in snapshot.0.sorted(by: { $0.path < $1.path }) {
             let backing = file.file.backing
             let byNode = (try? backing.residentByNode()) ?? [:]
-            let extent = (try? backing.existing?.extent()) ?? (size: 0, allocated: 0)
+            let extent = backing.extent()
             for (node, bytes) in byNode { nodeTotals[node, default: 0] &+= bytes }
             files.append(MountStatistics.FileUsage(
                 name: file.file.name, path: file.path,

@@ -108,7 +108,7 @@ extension MemoryFileSystem: ExtendedAttributes {
             guard let file = found else { reply.error(.noSuchFileOrDirectory); return }
             if let file {
                 do {
-                    let size = try file.backing.existing?.size() ?? 0
+                    let size = file.backing.extent().size
                     try file.backing.replacePolicy(policy, context: file.context(size: size))
                     pool?.policyChanged(inode)
                 } catch {

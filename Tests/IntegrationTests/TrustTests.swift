@@ -363,4 +363,45 @@ struct TrustTests {
         FileManager.default.createFile(atPath: work.file("go"), contents: nil)
         #expect(a.wait(seconds: 60) == 0 && a.stdout.contains("held 160 MiB"), "A's program kept all its data: \(a.output)")
     }
+
+    /// Issue 17, "no descriptor per idle file": user A fills a directory
+    /// with more files holding data than the daemon may have descriptors
+    /// (its RLIMIT_NOFILE, raised to the hard limit); each held a descriptor
+    /// in the daemon before, so A's creates failed with EMFILE and everybody's
+    /// programs fell back. Now an idle file is parked (its descriptor closed,
+    /// opened again by name on the private tmpfs when used): the daemon's
+    /// descriptor count stays flat, A's files keep their data, and user B's
+    /// program gets the mount.
+    @Test func manyFilesWithDataDoNotExhaustTheDaemon() throws {
+        let scene = try UserScene("tA", "tB")
+        defer { scene.close() }
+        let limits = (try? String(contentsOfFile: "/proc/\(scene.daemon)/limits", encoding: .utf8)) ?? ""
+        let softLimit = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") }
+            .flatMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst(3).first }.flatMap { Int($0) } ?? 0
+        try #require(softLimit > 0, "the daemon's open-file limit: \(limits)")
+        let count = softLimit + 1000
+        let baseline = openFDs(scene.daemon)
+        let dir = scene.mount.path + "/many"
+        let fill = try scene.a.run([Self.python, "-c", """
+            import os, sys
+            d, n = sys.argv[1], int(sys.argv[2])
+            os.mkdir(d)
+            for i in range(n):
+                with open(f'{d}/f{i}', 'wb') as f: f.write(i.to_bytes(4, 'little') * 1024)
+            print('made', n)
+            """, dir, String(count)], timeout: 600)
+        #expect(fill.ok && fill.stdout.contains("made \(count)"), "A's \(count) files: \(fill.stdout) \(fill.stderr.suffix(500))")
+        #expect(openFDs(scene.daemon) <= baseline + 16, "the daemon's descriptors stay flat: \(openFDs(scene.daemon)), \(baseline) before")
+        let check = try scene.a.run([Self.python, "-c", """
+            import sys
+            d, n = sys.argv[1], int(sys.argv[2])
+            bad = [i for i in range(0, n, 997) if open(f'{d}/f{i}', 'rb').read() != i.to_bytes(4, 'little') * 1024]
+            print('bad', bad)
+            """, dir, String(count)], timeout: 120)
+        #expect(check.ok && check.stdout.contains("bad []"), "A's files keep their data: \(check.stdout) \(check.stderr.suffix(300))")
+        let b = try scene.b.run(fbmmRun(scene.mount, ["--verbose"], [Self.python, "-c", "b = bytearray(32 << 20); b[::4096] = b'1' * (8192); print('ok')"]),
+                                timeout: 120)
+        #expect(b.ok && b.stderr.contains("using fbmm mount") && !b.stderr.contains("falling back"), "B's program gets the mount: \(b.stdout) \(b.stderr)")
+        #expect(openFDs(scene.daemon) <= baseline + 16, "\(openFDs(scene.daemon)) fds, \(baseline) before")
+    }
 }
