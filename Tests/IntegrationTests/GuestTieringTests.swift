@@ -17,9 +17,10 @@ import Glibc
 struct GuestTieringTests {
     static let requiredChecks = ["knob", "promote", "follow", "capacity", "counters"]
 
-    @Test(.timeLimit(.minutes(15)))
-    func tieredPolicyKeepsTheHotSetOnTheFastNode() throws {
+    @Test(.timeLimit(.minutes(15)), arguments: GuestPlacementTests.kernels)
+    func tieredPolicyKeepsTheHotSetOnTheFastNode(_ kernel: String) throws {
         let root = Artefacts.packageRoot
+        let image = try GuestPlacementTests.kernelImage(kernel)
         try #require(FileManager.default.isExecutableFile(atPath: Artefacts.fbmm),
                      "fbmm is not built at \(Artefacts.fbmm): run scripts/build.sh first")
         // Private copies: a rebuild during the run must not pull binaries from under the guest.
@@ -36,13 +37,13 @@ struct GuestTieringTests {
         if try run(["cc", "-O2", "-Wall", "-o", gups, "\(root)/Tests/guest/gups.c"]).ok { environment["TIERING_GUPS"] = gups }
 
         let started = Date()
-        let result = try run(["\(root)/scripts/guest/run.sh", "--timeout", "600", "--", "bash", "\(root)/Tests/guest/tiering.sh"],
+        let result = try run(["\(root)/scripts/guest/run.sh", "--kernel", image, "--timeout", "600", "--", "bash", "\(root)/Tests/guest/tiering.sh"],
                              environment: environment, timeout: 700)
         let elapsed = Int(Date().timeIntervalSince(started))
         let lines = result.stdout.split(separator: "\n").map(String.init)
         let checks = lines.filter { $0.hasPrefix("PASS ") || $0.hasPrefix("FAIL ") }
         let report = (checks + lines.filter { $0.contains(" passed, ") }).joined(separator: "\n")
-        print("guest tiering (\(elapsed)s):\n\(report)")
+        print("guest tiering on \(kernel) (\(elapsed)s):\n\(report)")
 
         switch result.status {
         case 86:

@@ -3,7 +3,9 @@
 # Debian 12, as root. Idempotent; quick and silent when all is there.
 #   apt:  qemu-system-x86, busybox-static (vng's initramfs), the newest Debian
 #         6.12 kernel (linux-image-6.12-amd64 from bookworm-security, else the
-#         newest linux-image-6.12.*+deb12-amd64 apt knows), numactl,
+#         newest linux-image-6.12.*+deb12-amd64 apt knows) and Debian 12's own
+#         6.1 (the newest linux-image-6.1.0-N-amd64: the guest tests run on
+#         both), numactl,
 #         libfuse3-dev + fuse3 (guest probes), gcc, pkg-config
 #   pip:  virtme-ng (vng), version $FBMM_VNG_VERSION (default 1.42), into the
 #         python3 found on PATH (pyenv's here) or, for Debian's own python3, a
@@ -23,6 +25,7 @@ for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 have_kernel() { compgen -G '/boot/vmlinuz-6.12.*+deb12-amd64' >/dev/null; }
+have_stock_kernel() { compgen -G '/boot/vmlinuz-6.1.0-*-amd64' >/dev/null; }
 updated=0
 apt_update() { [ $updated = 1 ] || { say "apt-get update"; apt-get update -qq; updated=1; }; }
 if ! have_kernel; then
@@ -35,12 +38,19 @@ if ! have_kernel; then
         missing+=("$k")
     fi
 fi
+if ! have_stock_kernel; then
+    apt_update
+    k=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -n 1)
+    [ -n "$k" ] || { say "no Debian 12 6.1 kernel package found (linux-image-6.1.0-N-amd64)"; exit 1; }
+    missing+=("$k")
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     apt_update
     say "apt-get install ${missing[*]}"
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 have_kernel || { say "kernel install failed: no /boot/vmlinuz-6.12.*+deb12-amd64"; exit 1; }
+have_stock_kernel || { say "kernel install failed: no /boot/vmlinuz-6.1.0-*-amd64"; exit 1; }
 kver=$(basename "$(ls -1 /boot/vmlinuz-6.12.*+deb12-amd64 | sort -V | tail -n 1)"); kver=${kver#vmlinuz-}
 [ -d "/lib/modules/$kver" ] || { say "/lib/modules/$kver missing"; exit 1; }
 
