@@ -68,6 +68,9 @@ public final class Daemon: Sendable {
                 }
             } catch {
                 // Asked for explicitly: say why not; by default: memfds.
+                if configuration.noSwap, error.description.contains("option noswap") {
+                    throw .backing("noswap needs Linux 6.4 or later (this kernel's tmpfs refused it: \(error))")
+                }
                 if configuration.privateTmpfs == true || configuration.noSwap { throw .system(error) }
                 backingNote = "memfd (no private tmpfs: \(error))"
                 logger.notice("file memory on memfds: no private tmpfs: \(error)")

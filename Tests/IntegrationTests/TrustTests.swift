@@ -365,7 +365,7 @@ struct TrustTests {
     }
 
     /// Issue 17, "no descriptor per idle file": user A fills a directory
-    /// with more files holding data than the daemon may have descriptors
+    /// with 50,000 files holding data, more than the daemon may have descriptors
     /// (its RLIMIT_NOFILE, raised to the hard limit); each held a descriptor
     /// in the daemon before, so A's creates failed with EMFILE and everybody's
     /// programs fell back. Now an idle file is parked (its descriptor closed,
@@ -379,7 +379,7 @@ struct TrustTests {
         let softLimit = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") }
             .flatMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst(3).first }.flatMap { Int($0) } ?? 0
         try #require(softLimit > 0, "the daemon's open-file limit: \(limits)")
-        let count = softLimit + 1000
+        let count = max(50_000, softLimit + 1000)  // issue 17 asks for 50,000
         let baseline = openFDs(scene.daemon)
         let dir = scene.mount.path + "/many"
         let fill = try scene.a.run([Self.python, "-c", """
@@ -391,7 +391,7 @@ struct TrustTests {
             print('made', n)
             """, dir, String(count)], timeout: 600)
         #expect(fill.ok && fill.stdout.contains("made \(count)"), "A's \(count) files: \(fill.stdout) \(fill.stderr.suffix(500))")
-        #expect(openFDs(scene.daemon) <= baseline + 16, "the daemon's descriptors stay flat: \(openFDs(scene.daemon)), \(baseline) before")
+        #expect(waitUntil(seconds: 3) { openFDs(scene.daemon) <= baseline + 16 }, "the daemon's descriptors stay flat: \(openFDs(scene.daemon)), \(baseline) before")
         let check = try scene.a.run([Self.python, "-c", """
             import sys
             d, n = sys.argv[1], int(sys.argv[2])
@@ -402,6 +402,6 @@ struct TrustTests {
         let b = try scene.b.run(fbmmRun(scene.mount, ["--verbose"], [Self.python, "-c", "b = bytearray(32 << 20); b[::4096] = b'1' * (8192); print('ok')"]),
                                 timeout: 120)
         #expect(b.ok && b.stderr.contains("using fbmm mount") && !b.stderr.contains("falling back"), "B's program gets the mount: \(b.stdout) \(b.stderr)")
-        #expect(openFDs(scene.daemon) <= baseline + 16, "\(openFDs(scene.daemon)) fds, \(baseline) before")
+        #expect(waitUntil(seconds: 3) { openFDs(scene.daemon) <= baseline + 16 }, "\(openFDs(scene.daemon)) fds, \(baseline) before")
     }
 }
