@@ -7,7 +7,7 @@
 #   512M:    first touch of a 512 MiB block, no madvise
 #   always:  with ALLOW_SYSFS=1, the host's anonymous THP set to `always` for
 #            the run (restored after), no madvise
-# The mount is `fbmm mount -o backing=tmpfs` (its file memory follows the host's
+# The mount is `fbmm mount -o backing=tmpfs` (the default as root; its file memory follows the host's
 # anonymous THP setting on the daemon's private tmpfs). Native and fbmm runs
 # alternate; each figure is the median of REPS runs.
 # Usage: scripts/bench-huge.sh   (root, /dev/fuse; after scripts/build.sh)
