@@ -479,6 +479,18 @@ static void test_fork(void)
 
 /* ---- threads, signals, exec, spawn ------------------------------------ */
 
+/* Joins n threads: 1 when every one returned NULL (no failure). */
+static int joined_ok(pthread_t *t, int n)
+{
+    int ok = 1;
+    for (int i = 0; i < n; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        if (r) ok = 0;
+    }
+    return ok;
+}
+
 static void *thread_main(void *arg)
 {
     unsigned seed = (unsigned)(uintptr_t)arg;
@@ -502,12 +514,7 @@ static void test_threads(void)
 {
     pthread_t t[8];
     for (uintptr_t i = 0; i < 8; i++) pthread_create(&t[i], NULL, thread_main, (void *)(i * 1000));
-    int ok = 1;
-    for (int i = 0; i < 8; i++) {
-        void *r;
-        pthread_join(t[i], &r);
-        if (r) ok = 0;
-    }
+    int ok = joined_ok(t, 8);
     CHECK("threads allocate and free concurrently", ok);
 }
 
@@ -551,12 +558,7 @@ static void test_handoff(void)
 {
     pthread_t t[4];
     for (uintptr_t i = 0; i < 4; i++) pthread_create(&t[i], NULL, handoff_main, (void *)(i + 1));
-    int ok = 1;
-    for (int i = 0; i < 4; i++) {
-        void *r;
-        pthread_join(t[i], &r);
-        if (r) ok = 0;
-    }
+    int ok = joined_ok(t, 4);
     CHECK("handoff: blocks freed by another thread keep their contents", ok);
     /* Fork while two threads keep allocating, freeing and reusing blocks. */
     churning = 1;
@@ -597,12 +599,7 @@ static void test_handoff(void)
         free(mine);
     }
     churning = 0;
-    ok = 1;
-    for (int i = 0; i < 2; i++) {
-        void *r;
-        pthread_join(t[i], &r);
-        if (r) ok = 0;
-    }
+    ok = joined_ok(t, 2);
     for (int k = 0; k < HAND_SLOTS; k++) {
         free(hand.blk[k]);
         hand.blk[k] = NULL;

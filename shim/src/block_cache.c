@@ -93,8 +93,7 @@ void *fbmm_cache_take(size_t len, size_t align)
     size_t best = SIZE_MAX;
     for (size_t i = cache_n; i-- > 0;) {
         const struct cached *c = &cache[i];
-        if (c->len >= len && c->len - len <= len / 4 && !(c->addr & (align - 1)) &&
-            (best == SIZE_MAX || c->len < cache[best].len))
+        if (fbmm_block_fits(c->addr, c->len, len, align) && (best == SIZE_MAX || c->len < cache[best].len))
             best = i;
     }
     if (best == SIZE_MAX) return NULL;

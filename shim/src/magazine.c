@@ -77,7 +77,7 @@ void *fbmm_mag_take(size_t len, size_t align)
     /* The block last given back is the usual answer (and the warmest). */
     struct fbmm_mag_slot *h = &m->slot[m->hint];
     uint64_t hw = __atomic_load_n(&h->word, __ATOMIC_ACQUIRE);
-    if (STATE(hw) == IDLE && h->len >= len && h->len - len <= len / 4 && !(h->addr & (align - 1))) {
+    if (STATE(hw) == IDLE && fbmm_block_fits(h->addr, h->len, len, align)) {
         uintptr_t a = h->addr;
         if (__atomic_compare_exchange_n(&h->word, &hw, WITH(hw, OUT), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             return (void *)a;
@@ -89,9 +89,7 @@ void *fbmm_mag_take(size_t len, size_t align)
             struct fbmm_mag_slot *s = &m->slot[i];
             uint64_t w = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE);
             if (STATE(w) != IDLE) continue;
-            size_t l = s->len;
-            if (l >= len && l - len <= len / 4 && !(s->addr & (align - 1)) &&
-                (best < 0 || l < m->slot[best].len)) {
+            if (fbmm_block_fits(s->addr, s->len, len, align) && (best < 0 || s->len < m->slot[best].len)) {
                 best = i;
                 bw = w;
             }
@@ -169,15 +167,11 @@ void fbmm_mag_revoke_range(uintptr_t a, size_t len)
 static void slot_evict(struct fbmm_mag_slot *s)
 {
     struct fbmm_piece *pc = fbmm_rt_find(s->addr);
-    int was;
-    if (pc && pc->mag == s) {
-        pc->mag = NULL;
-        was = slot_revoke(s);
-    } else {
-        was = slot_revoke(s);  /* cannot happen: a piece moving revokes first */
-        pc = NULL;
+    if (!pc || pc->mag != s) {  /* a GONE slot (a piece that changes revokes first) */
+        slot_revoke(s);
+        return;
     }
-    if (was == IDLE && pc && pc->addr == s->addr && fbmm_cache_put(s->addr, pc, s->len) < 0)
+    if (fbmm_mag_revoke(pc) == FBMM_MAG_FREED && fbmm_cache_put(s->addr, pc, s->len) < 0)
         fbmm_vm_unmap(s->addr, s->len);
 }
 

@@ -87,11 +87,11 @@ static int want_big(size_t n)
 static void *big_alloc(size_t n, size_t align, int zero)
 {
     if (n > PTRDIFF_MAX - (align > fbmm_page ? align : fbmm_page)) return NULL;
-    size_t len = ROUND_UP(n, fbmm_page);
+    size_t len = ROUND_UP(n, fbmm_page), aligned = align > fbmm_page ? align : fbmm_page;
     void *p;
-    if (!zero && (p = fbmm_mag_take(len, align > fbmm_page ? align : fbmm_page))) return p;
+    if (!zero && (p = fbmm_mag_take(len, aligned))) return p;
     fbmm_lock();
-    if (!zero && (p = fbmm_cache_take(len, align > fbmm_page ? align : fbmm_page))) {
+    if (!zero && (p = fbmm_cache_take(len, aligned))) {
         fbmm_unlock();
         return p;
     }
@@ -118,17 +118,17 @@ static void *big_alloc(size_t n, size_t align, int zero)
     return p == MAP_FAILED ? NULL : p;
 }
 
-/* Length of our live block at p (under the lock), 0 when p is not ours
- * or already freed into the cache. */
-static size_t our_block(void *p, int *anon)
+/* The head piece of our live block at p (under the lock; its `blk` is the
+ * block's length), NULL when p is not ours or already freed (into the
+ * cache or a magazine). */
+static struct fbmm_piece *our_block(void *p)
 {
-    if (((uintptr_t)p & (fbmm_page - 1)) || !fbmm_heads_maybe((uintptr_t)p)) return 0;
+    if (((uintptr_t)p & (fbmm_page - 1)) || !fbmm_heads_maybe((uintptr_t)p)) return NULL;
     struct fbmm_piece *pc = fbmm_rt_find((uintptr_t)p);
     if (!pc || pc->addr != (uintptr_t)p || (pc->flags & (P_HEAD | P_CACHED)) != P_HEAD ||
         fbmm_mag_freed(pc))
-        return 0;
-    if (anon) *anon = !!(pc->flags & P_ANON);
-    return pc->blk;
+        return NULL;
+    return pc;
 }
 
 /* Frees p if it is ours; returns 0 if it is not. */
@@ -202,8 +202,12 @@ FBMM_EXPORT void *realloc(void *p, size_t n)
     size_t blk = 0;
     if (!((uintptr_t)p & (fbmm_page - 1)) && fbmm_heads_maybe((uintptr_t)p)) {
         fbmm_lock();
-        blk = our_block(p, &anon);
-        if (blk) fbmm_mag_revoke(fbmm_rt_find((uintptr_t)p));  /* it may move or change size */
+        struct fbmm_piece *pc = our_block(p);
+        if (pc) {
+            blk = pc->blk;
+            anon = !!(pc->flags & P_ANON);
+            fbmm_mag_revoke(pc);  /* it may move or change size */
+        }
         if (blk && !anon && n >= fbmm_cfg.min_size) {
             /* Zero-copy resize: shrink punches the tail; growth maps more
              * file behind it, in place or by moving the mapping. */
@@ -336,7 +340,8 @@ FBMM_EXPORT size_t malloc_usable_size(void *p)
     size_t blk = 0;
     if (!((uintptr_t)p & (fbmm_page - 1)) && fbmm_heads_maybe((uintptr_t)p)) {
         fbmm_lock();
-        blk = our_block(p, NULL);
+        struct fbmm_piece *pc = our_block(p);
+        blk = pc ? pc->blk : 0;
         fbmm_unlock();
     }
     if (blk) return blk;

@@ -316,6 +316,13 @@ void fbmm_cache_forget(uintptr_t a);
  * 0 when taken. malloc: a cached block of `len` bytes (page-rounded)
  * aligned to `align`, or NULL. */
 int   fbmm_cache_put(uintptr_t p, struct fbmm_piece *pc, size_t blk);
+/* Whether a freed block [addr, addr+blk) may serve a request of `len`
+ * page-rounded bytes aligned to `align`: at most a quarter larger (the
+ * cache's and the magazines' rule, so a small request never pins a big block). */
+static inline int fbmm_block_fits(uintptr_t addr, size_t blk, size_t len, size_t align)
+{
+    return blk >= len && blk - len <= len / 4 && !(addr & (align - 1));
+}
 void *fbmm_cache_take(size_t len, size_t align);
 void fbmm_cache_drop_child(int lazy);
 
