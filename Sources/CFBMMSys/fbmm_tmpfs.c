@@ -66,14 +66,6 @@ int fbmm_tmpfs_named_file(int mount_fd, char name[64])
     return -1;
 }
 
-int fbmm_tmpfs_file(int mount_fd)
-{
-    char name[64];
-    int fd = fbmm_tmpfs_named_file(mount_fd, name);
-    if (fd >= 0) unlinkat(mount_fd, name, 0);
-    return fd;
-}
-
 /* ---- the SIGBUS guard ---------------------------------------------------- */
 
 #define GUARDS 4096

@@ -19,8 +19,8 @@ public final class MemoryFile: Sendable {
     /// A memfd made sealable; a file of a tmpfs instance cannot be sealed
     /// (its holder can shrink it: see fbmm_tmpfs.h's guard).
     public let sealable: Bool
-    /// Its name on the tmpfs instance when it keeps one (it can be opened
-    /// again there after this descriptor is closed), else nil.
+    /// Its name on the tmpfs instance (it can be opened again there after
+    /// this descriptor is closed); nil for a memfd.
     public let instanceName: String?
 
     /// Creates a new, empty, close-on-exec memfd (sealable, see `sealAgainstShrinking`).
@@ -37,16 +37,10 @@ public final class MemoryFile: Sendable {
         instanceName = nil
     }
 
-    /// A new, empty file on the daemon's tmpfs instance; `keepName`: it
-    /// keeps a name there (`reopening`), else it is unlinked at once.
-    public init(name: String, on instance: TmpfsInstance, owner: (uid: UInt32, gid: UInt32)? = nil,
-                keepName: Bool = false) throws(SystemError) {
-        if keepName {
-            (descriptor, instanceName) = try instance.newNamedFile(owner: owner)
-        } else {
-            descriptor = try instance.newFile(owner: owner)
-            instanceName = nil
-        }
+    /// A new, empty file on the daemon's tmpfs instance, keeping a name there
+    /// (`reopening`; `TmpfsInstance.remove` frees it).
+    public init(name: String, on instance: TmpfsInstance, owner: (uid: UInt32, gid: UInt32)? = nil) throws(SystemError) {
+        (descriptor, instanceName) = try instance.newNamedFile(owner: owner)
         self.name = name
         sealable = false
     }

@@ -56,21 +56,10 @@ public final class TmpfsInstance: Sendable {
 
     deinit { close(mountDescriptor) }
 
-    /// A new empty file, unlinked at once (it lives while referenced, like a
-    /// memfd); with a user quota, owned by `owner` so its pages count
-    /// against that user.
-    public func newFile(owner: (uid: UInt32, gid: UInt32)? = nil) throws(SystemError) -> FileDescriptor {
-        let fd = try retryingSyscall("openat(tmpfs instance)", options) { fbmm_tmpfs_file(mountDescriptor) }
-        let file = FileDescriptor(rawValue: fd)
-        if userQuota != nil, let owner {
-            do { try chown(file, to: owner) } catch { try? file.close(); throw error }
-        }
-        return file
-    }
-
-    /// A new empty file that keeps its name on the instance (see
-    /// `MemoryFile.park`): the daemon may close it while idle and `reopen`
-    /// it; `remove` frees it.
+    /// A new empty file that keeps its name on the instance: the daemon may
+    /// close it while idle and `reopen` it (FileBacking's parking); `remove`
+    /// frees it. With a user quota it is owned by `owner`, so its pages
+    /// count against that user.
     public func newNamedFile(owner: (uid: UInt32, gid: UInt32)? = nil) throws(SystemError) -> (FileDescriptor, String) {
         var name = [CChar](repeating: 0, count: 64)
         let fd = try retryingSyscall("openat(tmpfs instance)", options) { fbmm_tmpfs_named_file(mountDescriptor, &name) }

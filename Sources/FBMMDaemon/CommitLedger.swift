@@ -31,9 +31,6 @@ final class CommitLedger: Sendable {
 
     init(perUser: Bool = false) { perUserCounted = perUser }
 
-    /// What `uid`'s files commit.
-    func committed(by uid: UInt32) -> UInt64 { perUser.withLock { $0[uid] ?? 0 } }
-
     /// Adds `delta` to `uid`'s sum unless that passes `limit`.
     private func charge(_ uid: UInt32, _ delta: UInt64, limit: UInt64? = nil) -> Bool {
         guard perUserCounted, delta > 0 else { return true }

@@ -75,12 +75,8 @@ final class FileBacking: Sendable {
             ledger?.transfer(self, to: uid)
             owner.store(uid, ordering: .releasing)
             ownerGroup.store(gid, ordering: .releasing)
-            guard let instance else { return }
-            if let made = slot.open {
-                try? instance.chown(made.descriptor, to: (uid, gid))
-            } else if let name = slot.instanceName, let made = try? MemoryFile(reopening: name, name: self.name, on: instance) {
-                try? instance.chown(made.descriptor, to: (uid, gid))
-            }
+            guard let instance, instance.userQuota != nil, let made = slot.open ?? reopened(slot) else { return }
+            try? instance.chown(made.descriptor, to: (uid, gid))
         }
     }
 
@@ -95,8 +91,7 @@ final class FileBacking: Sendable {
                     new = try MemoryFile(reopening: parkedName, name: name, on: instance)
                 } else if let instance {
                     new = try MemoryFile(name: name, on: instance,
-                                         owner: (owner.load(ordering: .acquiring), ownerGroup.load(ordering: .acquiring)),
-                                         keepName: true)
+                                         owner: (owner.load(ordering: .acquiring), ownerGroup.load(ordering: .acquiring)))
                 } else {
                     new = try MemoryFile(name: name)
                 }
@@ -112,12 +107,12 @@ final class FileBacking: Sendable {
     /// file is size 0 with no blocks, nothing resident). A parked file is
     /// opened for the caller only (it stays parked; the descriptor goes
     /// with the caller's reference).
-    var existing: MemoryFile? {
-        file.withLock { slot in
-            if let made = slot.open { return made }
-            guard let instance, let parkedName = slot.instanceName else { return nil }
-            return try? MemoryFile(reopening: parkedName, name: name, on: instance)
-        }
+    var existing: MemoryFile? { file.withLock { $0.open ?? reopened($0) } }
+
+    /// A parked file opened for the caller alone (nil: not parked, or gone).
+    private func reopened(_ slot: Slot) -> MemoryFile? {
+        guard let instance, let parkedName = slot.instanceName else { return nil }
+        return try? MemoryFile(reopening: parkedName, name: name, on: instance)
     }
 
     /// Whether the file was ever given memory (open or parked).

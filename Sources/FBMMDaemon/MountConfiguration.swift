@@ -83,14 +83,8 @@ public struct MountConfiguration: Sendable {
     public init(mountpoint: String, policyName: String, options: PolicyOptions) throws(PolicyError) {
         var policyOptions = options
         self.init(mountpoint: mountpoint, policy: PolicySpec(name: policyName))
-        if let value = policyOptions.remove("allow_other") {
-            guard value == "true" else { throw .invalidValue(key: "allow_other", value: value, reason: "takes no value") }
-            allowOther = true
-        }
-        if let value = policyOptions.remove("noswap") {
-            guard value == "true" else { throw .invalidValue(key: "noswap", value: value, reason: "takes no value") }
-            noSwap = true
-        }
+        allowOther = try policyOptions.removeFlag("allow_other")
+        noSwap = try policyOptions.removeFlag("noswap")
         if let size = try policyOptions.removeSize("capacity") { capacity = size }
         if let size = try policyOptions.removeSize("user-capacity") { userCapacity = size }
         if let size = try policyOptions.removeSize("max-file-size") { maxFileSize = size }
@@ -161,5 +155,12 @@ private extension PolicyOptions {
         let size = try size(key)
         _ = remove(key)
         return size?.bytes
+    }
+
+    /// A mount-level flag (`-o allow_other`): present or not; a value is refused.
+    mutating func removeFlag(_ key: String) throws(PolicyError) -> Bool {
+        guard let value = remove(key) else { return false }
+        guard value == "true" else { throw .invalidValue(key: key, value: value, reason: "takes no value") }
+        return true
     }
 }

@@ -73,11 +73,7 @@ extension MemoryFileSystem: AttributeSetting, NodeCreation, NodeRemoval, Renamin
                 if size > 0 || backing.hasMemory { try backing.memory.resize(to: size) }
                 if count > 0 { state.withLock { $0.counters.placements += UInt64(count) } }
                 // truncate(2) by path, no handle open: the file stays idle.
-                state.withLock { ns in
-                    if let record = ns.inodes[inode], record.openHandles == 0, !record.processOwned, !record.provisionalArena {
-                        record.backing?.park()
-                    }
-                }
+                state.withLock { ns in ns.inodes[inode].map(parkIfIdle) }
             } catch {
                 logger.warning("truncate \(file.name) to \(size): \(error)")
                 reply.error(error.errno)

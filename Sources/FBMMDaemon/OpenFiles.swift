@@ -110,6 +110,12 @@ extension MemoryFileSystem: FileOpening, FileReading, FileWriting, SpaceAllocati
         reply.ok()
     }
 
+    /// An idle file (no handle open, not a program's arena) keeps no
+    /// descriptor in the daemon: it is parked (FileBacking.park).
+    func parkIfIdle(_ record: InodeRecord) {
+        if record.openHandles == 0 && !record.processOwned && !record.provisionalArena { record.backing?.park() }
+    }
+
     /// Closes a handle; a process-owned file (the shim's arena, claimed or
     /// still provisional) whose last handle closes is unlinked: its process
     /// has exited or let it go.
@@ -121,8 +127,7 @@ extension MemoryFileSystem: FileOpening, FileReading, FileWriting, SpaceAllocati
         if open.writable { record.writableHandles -= 1 }
         // The pool's lasting mappings of an arena must not outlive its owner.
         if record.openHandles == 0 && record.processOwned { pool?.remove(inode: record.number) }
-        // An idle file of the private tmpfs keeps no descriptor in the daemon.
-        if record.openHandles == 0 && !record.processOwned && !record.provisionalArena { record.backing?.park() }
+        parkIfIdle(record)
         if record.processOwned || record.provisionalArena, record.openHandles == 0, record.linkCount > 0,
            let dir = ns.inodes[record.parent], dir.children[record.name] == record.number {
             dir.children[record.name] = nil

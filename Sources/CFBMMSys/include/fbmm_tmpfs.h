@@ -28,9 +28,6 @@
  * (ENOSYS: no new mount API; EPERM: not root); *bad names the option the
  * kernel refused (or NULL). */
 int fbmm_tmpfs_mount(const char *options, const char **bad);
-/* A new file on the instance, unlinked at once (like a memfd: gone with its
- * last reference). Returns the fd or -1 with errno. */
-int fbmm_tmpfs_file(int mount_fd);
 /* A new file on the instance that keeps its name (written to name[64]), so
  * the daemon can close its descriptor while the file is idle and open it
  * again by name (the instance is mounted nowhere and its root is 0700, so
