@@ -52,6 +52,42 @@ struct ShimTests {
         }
     }
 
+    /// The whole shim built with UndefinedBehaviorSanitizer and with
+    /// AddressSanitizer (`make -C shim sanitized`), preloaded over the
+    /// semantics program on a real mount: every check passes and neither
+    /// sanitizer reports anything (both abort on their first report). ASan's
+    /// runtime must be first in the preload list and owns malloc then, so
+    /// that run checks the mmap, munmap, mremap, madvise, fork, thread and
+    /// descriptor paths (ASan's mmap interceptor hands every mapping on to
+    /// the shim) and the malloc-family paths run under UBSan.
+    @Test func semanticsUnderSanitizers() throws {
+        try ShimPrograms.build()
+        let libasan = try run(["cc", "-print-file-name=libasan.so"], timeout: 30).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        try #require(libasan.hasPrefix("/"), "no libasan.so for the compiler (apt install libasan8 / gcc)")
+        let mount = try TestMount()
+        defer { mount.close() }
+        let build = "\(Artefacts.packageRoot)/shim/build"
+        let runs: [(String, String, [String: String])] = [
+            ("UndefinedBehaviorSanitizer", "\(build)/ubsan/libfbmm-shim.so", [:]),
+            ("AddressSanitizer", "\(libasan) \(build)/asan/libfbmm-shim.so",
+             ["SEMANTICS_FOREIGN_MALLOC": "1", "ASAN_OPTIONS": "detect_leaks=0:allocator_may_return_null=1"]),
+        ]
+        for (sanitizer, preload, extra) in runs {
+            let env = ["LD_PRELOAD": preload, "FBMM_MOUNT": mount.path, "FBMM_VERBOSE": "1"].merging(extra) { $1 }
+            let result = try run(unblocked([ShimPrograms.semantics]), environment: env, timeout: 240)
+            let passes = result.stdout.split(separator: "\n").filter { $0.hasPrefix("PASS ") }.count
+            #expect(result.ok && !result.stdout.contains("FAIL") && passes > 40,
+                    "semantics under the \(sanitizer) shim exited \(result.status), \(passes) passed:\n\(failures(result))")
+            #expect(result.stdout.contains("# semantics: under the shim, checking the mount"))
+            #expect(result.stderr.contains("fbmm: using fbmm mount \(mount.path)"), "\(sanitizer): \(result.stderr)")
+            for report in ["runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer"] {
+                #expect(!result.stderr.contains(report) && !result.stdout.contains(report), "\(sanitizer) reported:\n\(result.stderr)")
+            }
+            #expect(try mountEmpties(mount), "no arena file left behind after the \(sanitizer) run")
+        }
+    }
+
     // MARK: real programs, compared with native runs
 
     static let pythonProgram = """
