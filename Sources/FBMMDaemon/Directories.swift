@@ -61,8 +61,12 @@ extension MemoryFileSystem {
     /// one), else the one its earlier requests read.
     private func listing(_ handle: UInt64, inode: InodeNumber, offset: Int) -> Result<[DirectoryEntry], Errno> {
         if offset != 0, let entries = listings.listing(handle), !entries.isEmpty { return .success(entries) }
-        let taken = transact { (ns) throws(Errno) -> [DirectoryEntry] in try Self.entries(of: inode, in: ns) }
-        if case .success(let entries) = taken { listings.store(handle, entries) }
+        var taken = transact { (ns) throws(Errno) -> [DirectoryEntry] in try Self.entries(of: inode, in: ns) }
+        if case .success(var entries) = taken {
+            Self.newestFirst(&entries)
+            taken = .success(entries)
+            listings.store(handle, entries)
+        }
         return taken
     }
 
@@ -78,8 +82,8 @@ extension MemoryFileSystem {
         reply.ok()
     }
 
-    /// ".", ".." and the children, in the directory's own order (as tmpfs,
-    /// unsorted: `ls` sorts). Called with the lock held.
+    /// ".", ".." and the children, in the children table's order (a hash
+    /// order; `newestFirst` orders them). Called with the lock held.
     static func entries(of inode: InodeNumber, in ns: borrowing Namespace) throws(Errno) -> [DirectoryEntry] {
         let dir = try ns.directory(inode)
         var entries = [DirectoryEntry(name: ".", inode: inode, mode: S_IFDIR),
@@ -89,6 +93,16 @@ extension MemoryFileSystem {
             entries.append(DirectoryEntry(name: name, inode: child, mode: ns.inodes[child]?.mode ?? 0))
         }
         return entries
+    }
+
+    /// The children newest first, as tmpfs lists them (inode numbers only
+    /// grow, and a rename keeps its inode), sorted outside the lock. Not for
+    /// looks: a listing in hash order made `ls` of 100,000 files spend 2.5x
+    /// longer in its own sort than on tmpfs's order (its merge sort runs on
+    /// the sorted runs that creation order leaves; a random order has none).
+    static func newestFirst(_ entries: inout [DirectoryEntry]) {
+        guard entries.count > 3 else { return }
+        entries[2...].sort { $0.inode > $1.inode }
     }
 }
 

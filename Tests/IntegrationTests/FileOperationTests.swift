@@ -73,6 +73,22 @@ struct FileOperationTests {
         #expect(inMount.ok, "listing while files come and go: \(inMount.stdout)\(inMount.stderr)")
     }
 
+    /// A directory lists its entries newest first, as tmpfs does, renamed
+    /// ones by when they were made (issue 15: a hash order made `ls` of
+    /// 100,000 files sort 2.5x longer than on tmpfs's order).
+    @Test func listingIsNewestFirstLikeTmpfs() throws {
+        let mount = try TestMount()
+        defer { mount.close() }
+        let dir = mount.file("order")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+        let names = (0..<300).map { "f\($0)" }
+        for name in names { FileManager.default.createFile(atPath: "\(dir)/\(name)", contents: nil) }
+        try FileManager.default.moveItem(atPath: "\(dir)/f0", toPath: "\(dir)/renamed")
+        let listed = try run(["ls", "-f", dir]).stdout.split(separator: "\n").map(String.init)
+        let expected = [".", ".."] + (names.dropFirst().reversed() + ["renamed"])
+        #expect(listed == expected, "ls -f begins \(listed.prefix(8)), expected \(expected.prefix(8))")
+    }
+
     /// Issue 15/17: an empty file holds no descriptor in the daemon (its
     /// memfd is made when it first gets memory), so a directory of many
     /// empty files is bounded by memory, not by the daemon's RLIMIT_NOFILE
