@@ -10,8 +10,9 @@
  *   bench mmap PAGES ITERS    mmap(PAGES pages, anonymous private) + write one
  *                             byte per page + munmap, ITERS times; prints
  *                             "ns_per_iter N".
- *   bench burst N SIZE        malloc N blocks of SIZE bytes (one byte written
- *                             per block), then free them in random order;
+ *   bench burst N SIZE [all]  malloc N blocks of SIZE bytes (one byte written
+ *                             per block, or per page with `all`), then free
+ *                             them in random order;
  *                             prints "ns_per_op N" (mallocs and frees
  *                             together, 2N ops) and "failed N" (NULL
  *                             mallocs). Issue 15's burst: per-op cost should
@@ -89,8 +90,9 @@ static int maps(size_t pages, long iters)
     return 0;
 }
 
-static int burst(size_t n, size_t size)
+static int burst(size_t n, size_t size, int every_page)
 {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), step = every_page ? page : size;
     char **blocks = calloc(n, sizeof *blocks);
     size_t *order = calloc(n, sizeof *order);
     if (!blocks || !order) { perror("calloc"); return 1; }
@@ -106,7 +108,8 @@ static int burst(size_t n, size_t size)
     double start = now();
     for (size_t i = 0; i < n; i++) {
         blocks[i] = malloc(size);
-        if (blocks[i]) blocks[i][0] = (char)i; else failed++;
+        if (!blocks[i]) { failed++; continue; }
+        for (size_t o = 0; o < size; o += step) blocks[i][o] = (char)i;
     }
     for (size_t i = 0; i < n; i++) free(blocks[order[i]]);
     double elapsed = now() - start;
@@ -154,7 +157,8 @@ int main(int argc, char **argv)
     if (argc == 4 && !strcmp(argv[1], "mmap")) return maps(strtoul(argv[2], NULL, 0), strtol(argv[3], NULL, 0));
     if (argc == 5 && !strcmp(argv[1], "threads"))
         return threads(atoi(argv[2]), strtol(argv[3], NULL, 0), strtoul(argv[4], NULL, 0));
-    if (argc == 4 && !strcmp(argv[1], "burst")) return burst(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
-    fprintf(stderr, "usage: bench table MiB UPDATES [4k] | bench mmap PAGES ITERS | bench burst N SIZE | bench threads T ITERS SIZE\n");
+    if ((argc == 4 || (argc == 5 && !strcmp(argv[4], "all"))) && !strcmp(argv[1], "burst"))
+        return burst(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0), argc == 5);
+    fprintf(stderr, "usage: bench table MiB UPDATES [4k] | bench mmap PAGES ITERS | bench burst N SIZE [all] | bench threads T ITERS SIZE\n");
     return 2;
 }

@@ -85,6 +85,34 @@ struct FaultTests {
         #expect(free >= 63 << 20, "df: the whole capacity is free again: \(free) bytes")
     }
 
+    /// Growing the arena file is a FUSE round trip, and a daemon may be slow
+    /// or stopped: the growing thread must not hold the lock the program's
+    /// other threads need (issue 15). The daemon is stopped (SIGSTOP) while
+    /// one thread's 512 MiB malloc needs the file to grow; another thread's
+    /// munmaps of its own regions in the mount still complete, and once the
+    /// daemon goes on the big block is there with its data. Before, growth
+    /// ran under the shim's one lock and the munmaps waited for the daemon.
+    @Test func growingThreadDoesNotStallTheOthers() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount()
+        defer { mount.close() }
+        let work = try TemporaryDirectory()
+        let app = try Background(fbmmRun(mount, ["--min-size", "1M"], [ShimPrograms.probe, "growstall",
+                                                                      work.file("ready"), work.file("go"), work.file("done")]))
+        defer { app.stop() }
+        try #require(waitForFile(work.file("ready"), seconds: 30) != nil, "\(app.output)")
+        let daemon = try #require((try mount.statistics()["daemon_pid"] as? NSNumber)?.int32Value)
+        #expect(kill(daemon, SIGSTOP) == 0)
+        FileManager.default.createFile(atPath: work.file("go"), contents: nil)
+        // Not a timing: with the lock held across the round trip the munmaps
+        // never finish while the daemon is stopped.
+        let unmapped = waitForFile(work.file("done"), seconds: 20) != nil
+        #expect(kill(daemon, SIGCONT) == 0)
+        #expect(unmapped, "another thread's munmap waited for a stopped daemon: \(app.output)")
+        #expect(app.wait(seconds: 60) == 0, "\(app.output)")
+        #expect(app.stdout.contains("grown ok"), "the big block after the daemon went on: \(app.output)")
+    }
+
     /// A daemon killed with SIGKILL leaves a dead mount; `fbmm mount` on the
     /// same path detaches it and a new daemon serves new programs, while a
     /// program started before keeps its memory.

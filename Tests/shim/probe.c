@@ -25,6 +25,14 @@
  *       (ruby 3.1's GC heap pages come as 32 KiB mmaps, under the shim's
  *       --min-size), then prints the Rss lines.
  *
+ *   probe growstall READY GO DONE
+ *       maps 16 regions of 1 MiB (the shim's), writes READY, waits for GO,
+ *       then starts a thread whose 512 MiB malloc needs the arena file to
+ *       grow (a FUSE round trip: the test has stopped the daemon), and
+ *       after 200 ms unmaps the 16 regions itself and writes DONE. Exit 0
+ *       once the thread's block holds its data too. With growth under the
+ *       shim's lock the unmaps waited for the stopped daemon.
+ *
  *   probe unblock CMD [ARGS...]
  *       unblocks all signals and restores default dispositions of the
  *       catchable ones, then execs CMD. Test runners (Swift concurrency
@@ -33,6 +41,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -130,6 +139,41 @@ static int hold(size_t mb, const char *ready, const char *go)
     return ok && ok2 ? 0 : 1;
 }
 
+static void touch_file(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (f) { fprintf(f, "%d\n", (int)getpid()); fclose(f); }
+}
+
+static void *grow_thread(void *arg)
+{
+    size_t bytes = 512ul << 20;
+    uint64_t *m = malloc(bytes);
+    if (m) { fill(m, bytes, 5); *(int *)arg = check(m, bytes, 5); free(m); }
+    return NULL;
+}
+
+static int growstall(const char *ready, const char *go, const char *done)
+{
+    void *regions[16];
+    for (int i = 0; i < 16; i++) {
+        regions[i] = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (regions[i] == MAP_FAILED) { perror("mmap"); return 1; }
+        memset(regions[i], i, 1 << 20);
+    }
+    touch_file(ready);
+    for (int i = 0; i < 6000 && access(go, F_OK) != 0; i++) usleep(10000);
+    int grown = 0;
+    pthread_t t;
+    if (pthread_create(&t, NULL, grow_thread, &grown)) return 1;
+    usleep(200000);
+    for (int i = 0; i < 16; i++) munmap(regions[i], 1 << 20);
+    touch_file(done);
+    pthread_join(t, NULL);
+    printf("grown %s\n", grown ? "ok" : "failed");
+    return grown ? 0 : 1;
+}
+
 static int unblock(char **argv)
 {
     sigset_t none;
@@ -210,6 +254,7 @@ int main(int argc, char **argv)
     if (argc == 4 && !strcmp(argv[1], "pieces")) return pieces(atol(argv[2]), strtoul(argv[3], NULL, 0));
     if (argc == 4 && !strcmp(argv[1], "burst")) return burst(atoi(argv[2]), argv[3]);
     if (argc == 3 && !strcmp(argv[1], "alloc")) return alloc(strtoul(argv[2], NULL, 0));
+    if (argc == 5 && !strcmp(argv[1], "growstall")) return growstall(argv[2], argv[3], argv[4]);
     if (argc == 5 && !strcmp(argv[1], "hold")) return hold(strtoul(argv[2], NULL, 0), argv[3], argv[4]);
     fprintf(stderr, "usage: probe alloc MB | probe hold MB READY GO | probe hugepmd MB [ask] | probe burst N MB | probe pieces N KB | probe unblock CMD [ARGS...]\n");
     return 2;

@@ -204,6 +204,56 @@ static void test_malloc(void)
         free(c);
     }
     CHECK("calloc zero after reuse", zero);
+
+    /* Many blocks of one length, written and freed, more than the shim's
+     * cache of resident blocks holds (64 MiB): the rest stay mapped with
+     * their memory punched (clean slots). calloc must read zero from them,
+     * in this process and in a fork child; malloc'ed ones hold what is
+     * written. */
+    enum { NB = 400 };
+    size_t bs = 256 * 1024;
+    char *many[NB];
+    int made = 1;
+    for (int i = 0; i < NB; i++) {
+        many[i] = malloc(bs);
+        if (!many[i]) { made = 0; break; }
+        memset(many[i], 0xCD, bs);
+    }
+    CHECK("malloc 400 blocks of 256K", made);
+    for (int i = 0; i < NB; i++) free(made ? many[i] : NULL);
+    int slots_zero = made;
+    for (int i = 0; i < NB && slots_zero; i++) {
+        many[i] = calloc(1, bs);
+        if (!many[i] || !all_zero(many[i], bs)) slots_zero = 0;
+        else fill(many[i], bs, (unsigned)i);
+    }
+    CHECK("calloc zero from freed 256K blocks", slots_zero);
+    int kept = slots_zero;
+    for (int i = 0; i < NB && kept; i++) kept = verify(many[i], bs, (unsigned)i);
+    CHECK("256K blocks hold their data", kept);
+    for (int i = 0; i < NB / 2; i++) free(slots_zero ? many[i] : NULL);
+    pid_t kid = fork();
+    if (kid == 0) {
+        int good = 1;
+        for (int i = NB / 2; i < NB && good; i++) good = verify(many[i], bs, (unsigned)i);
+        for (int i = 0; i < NB / 2 && good; i++) {
+            char *c = calloc(1, bs);
+            good = c && all_zero(c, bs);
+            if (c) memset(c, 0xEE, bs);
+        }
+        _exit(good ? 0 : 1);
+    }
+    int kst = -1;
+    waitpid(kid, &kst, 0);
+    CHECK("fork child: blocks kept, calloc zero from freed ones", WIFEXITED(kst) && WEXITSTATUS(kst) == 0);
+    int parent_zero = 1;
+    for (int i = 0; i < NB / 2 && parent_zero; i++) {
+        many[i] = calloc(1, bs);
+        parent_zero = many[i] && all_zero(many[i], bs);
+    }
+    for (int i = NB / 2; i < NB && parent_zero; i++) parent_zero = verify(many[i], bs, (unsigned)i);
+    CHECK("parent after the child: calloc zero, blocks kept", parent_zero);
+    for (int i = 0; i < NB; i++) free(parent_zero ? many[i] : NULL);
     volatile size_t huge = SIZE_MAX / 2;  /* volatile: keep the compiler out */
     void *ov = calloc(huge, 3);
     CHECK("calloc overflow is ENOMEM", ov == NULL && errno == ENOMEM);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -240,6 +241,32 @@ int fbmm_arena_name_ok(void)
     return 0;
 }
 
+/* Geometric growth: O(log) FUSE setattr round trips in all. */
+static uint64_t grow_target(uint64_t size, uint64_t need)
+{
+    uint64_t n = size * 2;
+    if (n < MIN_ARENA) n = MIN_ARENA;
+    if (n < need) n = need;
+    return ROUND_UP(n, ARENA_ALIGN);
+}
+
+/* ftruncate of the FUSE fd to *n; near a bound (-o capacity, user-capacity)
+ * doubling may not fit where what is needed still does (*n then says what
+ * was asked). */
+static int grow_file(int fd, uint64_t *n, uint64_t need)
+{
+    int r = ftruncate(fd, (off_t)*n);
+    if (r < 0 && (errno == ENOSPC || errno == EDQUOT) && *n > ROUND_UP(need, ARENA_ALIGN)) {
+        *n = ROUND_UP(need, ARENA_ALIGN);
+        r = ftruncate(fd, (off_t)*n);
+    }
+    return r;
+}
+
+/* Room kept ahead of the high-water mark by growing ahead: a batch of
+ * blocks (clean_slots.c) and 2 MiB alignment. */
+#define AHEAD_SLACK (4ul << 20)
+
 int fbmm_arena_grow(uint64_t need)
 {
     struct fbmm_arena *a = &fbmm_arena;
@@ -248,18 +275,8 @@ int fbmm_arena_grow(uint64_t need)
         errno = ENOMEM;
         return -1;
     }
-    /* Geometric growth: O(log) FUSE setattr round trips in all. */
-    uint64_t n = a->size * 2;
-    if (n < MIN_ARENA) n = MIN_ARENA;
-    if (n < need) n = need;
-    n = ROUND_UP(n, ARENA_ALIGN);
-    int r = ftruncate(a->name_fd, (off_t)n);
-    /* Near a bound (-o capacity, user-capacity) doubling may not fit where
-     * what is needed still does. */
-    if (r < 0 && (errno == ENOSPC || errno == EDQUOT) && n > ROUND_UP(need, ARENA_ALIGN)) {
-        n = ROUND_UP(need, ARENA_ALIGN);
-        r = ftruncate(a->name_fd, (off_t)n);
-    }
+    uint64_t n = grow_target(a->size, need);
+    int r = grow_file(a->name_fd, &n, need);
     if (r < 0) {
         int e = errno;
         static int once;
@@ -288,8 +305,50 @@ int fbmm_arena_grow(uint64_t need)
         errno = ENOMEM;
         return -1;
     }
-    a->size = n;
+    __atomic_store_n(&a->size, n, __ATOMIC_RELAXED);
     return 0;
+}
+
+void fbmm_arena_grow_ahead(size_t len)
+{
+    struct fbmm_arena *a = &fbmm_arena;
+    /* The lock-free first test: most calls end here. Nested calls (init,
+     * a handler) grow under the lock as before. */
+    if (fbmm_depth || __atomic_load_n(&a->state, __ATOMIC_ACQUIRE) != ARENA_READY ||
+        fbmm_off_top() + len + AHEAD_SLACK <= __atomic_load_n(&a->size, __ATOMIC_RELAXED))
+        return;
+    uint64_t all = ~(uint64_t)0, old;
+    sys_sigmask(SIG_BLOCK, &all, &old);  /* no handler may re-enter with grow_mu held */
+    fbmm_grow_lock();
+    fbmm_lock();
+    uint64_t need = fbmm_off_top() + len + AHEAD_SLACK, n = 0;
+    int name_fd = -1, mem_fd = -1;
+    ino_t ino = 0;
+    /* Not when free ranges below the top serve it (growing the file would
+     * count against a capacity for nothing), nor again at a size where it
+     * failed (the locked path then says why, once). */
+    if (a->state == ARENA_READY && need > a->size && !fbmm_off_fits(len, fbmm_page) &&
+        a->ahead_failed != a->size && !a->grow_dead && fbmm_arena_fd_ok() && fbmm_arena_name_ok()) {
+        n = grow_target(a->size, need);
+        name_fd = a->name_fd;
+        mem_fd = a->mem_fd;
+        ino = a->name_ino;
+    }
+    fbmm_unlock();
+    if (n) {
+        /* The FUSE setattr round trip, holding only grow_mu. */
+        struct stat st;
+        int ok = grow_file(name_fd, &n, need) == 0 && sys_fstat(mem_fd, &st) == 0 && (uint64_t)st.st_size >= n;
+        fbmm_lock();
+        /* The same arena still (nothing replaced or forgot it meanwhile). */
+        if (a->state == ARENA_READY && a->name_fd == name_fd && a->mem_fd == mem_fd && a->name_ino == ino) {
+            if (!ok) a->ahead_failed = a->size;
+            else if (n > a->size) __atomic_store_n(&a->size, n, __ATOMIC_RELAXED);
+        }
+        fbmm_unlock();
+    }
+    fbmm_grow_unlock();
+    sys_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 int fbmm_arena_punch(uint64_t off, uint64_t len)

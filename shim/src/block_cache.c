@@ -59,7 +59,13 @@ static void cache_evict(size_t i)
 {
     struct cached c = cache[i];
     cache_del(i);
-    fbmm_vm_unmap(c.addr, c.len);  /* drops the piece (and P_CACHED) */
+    struct fbmm_piece *pc = fbmm_rt_find(c.addr);
+    if (pc && pc->addr == c.addr && pc->flags == (P_HEAD | P_CACHED) && pc->blk == c.len) {
+        pc->flags &= ~P_CACHED;
+        fbmm_block_retire(c.addr, pc, c.len);  /* a clean slot, else unmapped */
+    } else {
+        fbmm_vm_unmap(c.addr, c.len);  /* drops the piece (and P_CACHED) */
+    }
 }
 
 /* Keeps our block at p (head piece *pc, length blk) for reuse instead of
@@ -131,4 +137,5 @@ void fbmm_cache_drop_child(int lazy)
         }
     }
     cache_bytes = 0;
+    fbmm_clean_drop_child(lazy);  /* the clean slots likewise */
 }

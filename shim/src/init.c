@@ -104,13 +104,21 @@ void fbmm_unlock(void)
     sys_sigmask(SIG_SETMASK, &m, NULL);
 }
 
-/* In a fork child the mutex may record the parent thread as owner; the child
- * is single-threaded, so re-create it unlocked and restore the signal mask. */
+/* Growth ahead of the lock (arena.c): one thread at a time, without the
+ * table lock. Callers block signals around it. */
+static pthread_mutex_t grow_mu = PTHREAD_MUTEX_INITIALIZER;
+void fbmm_grow_lock(void) { pthread_mutex_lock(&grow_mu); }
+void fbmm_grow_unlock(void) { pthread_mutex_unlock(&grow_mu); }
+
+/* In a fork child the mutexes may record a parent thread as owner; the
+ * child is single-threaded, so re-create them unlocked and restore the
+ * signal mask. */
 void fbmm_lock_reset_child(void)
 {
     uint64_t m = saved_mask;
-    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER, fresh_grow = PTHREAD_MUTEX_INITIALIZER;
     lock_mu = fresh;
+    grow_mu = fresh_grow;
     punch_n = 0;  /* none in practice; dropped (offsets lost), never punched in a file they may not name */
     fbmm_depth--;
     sys_sigmask(SIG_SETMASK, &m, NULL);

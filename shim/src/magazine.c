@@ -172,7 +172,7 @@ static void slot_evict(struct fbmm_mag_slot *s)
         return;
     }
     if (fbmm_mag_revoke(pc) == FBMM_MAG_FREED && fbmm_cache_put(s->addr, pc, s->len) < 0)
-        fbmm_vm_unmap(s->addr, s->len);
+        fbmm_block_retire(s->addr, pc, s->len);
 }
 
 static void on_thread_exit(void *m)

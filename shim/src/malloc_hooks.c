@@ -90,13 +90,28 @@ static void *big_alloc(size_t n, size_t align, int zero)
     size_t len = ROUND_UP(n, fbmm_page), aligned = align > fbmm_page ? align : fbmm_page;
     void *p;
     if (!zero && (p = fbmm_mag_take(len, aligned))) return p;
+    fbmm_arena_grow_ahead(len + aligned);
     fbmm_lock();
     if (!zero && (p = fbmm_cache_take(len, aligned))) {
         fbmm_unlock();
         return p;
     }
+    if ((p = fbmm_clean_take(len, aligned))) {
+        fbmm_unlock();
+        return p;
+    }
     if (align <= fbmm_page) {
-        p = fbmm_vm_map(NULL, len, PROT_READ | PROT_WRITE, 0, P_HEAD);
+        /* Several blocks of this length in one mapping (clean_slots.c),
+         * not the pre-zeroed pool: its pages come mapped populated and go
+         * back to be zeroed whole, which a block the program touches only
+         * here and there pays many times over (a burst of 1,000 live
+         * 256 KiB blocks, a byte written in each: 3.7x native from the pool
+         * with the daemon's zeroing not counted, 7.5x counted; 1.5x from
+         * batches; with every page written, 1.7x against 1.5x counted). */
+        p = fbmm_clean_batch(len);
+        if (p == MAP_FAILED) p = fbmm_vm_map(NULL, len, PROT_READ | PROT_WRITE, 0, P_HEAD);
+        if (p == MAP_FAILED && fbmm_clean_release())
+            p = fbmm_vm_map(NULL, len, PROT_READ | PROT_WRITE, 0, P_HEAD);
     } else {
         /* Reserve len+align of address space, map the aligned part over it,
          * give back the rest: no file offsets wasted on the alignment. */
@@ -145,7 +160,7 @@ static int big_free(void *p)
          * another thread's magazine knows leaves it, and goes to ours. */
         if (!(pc->flags & P_CACHED) && fbmm_mag_revoke(pc) != FBMM_MAG_FREED &&
             fbmm_mag_put((uintptr_t)p, pc, pc->blk) < 0 && fbmm_cache_put((uintptr_t)p, pc, pc->blk) < 0)
-            fbmm_vm_unmap((uintptr_t)p, pc->blk);
+            fbmm_block_retire((uintptr_t)p, pc, pc->blk);
     }
     fbmm_unlock();
     return ours;

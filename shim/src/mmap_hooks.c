@@ -32,9 +32,12 @@ FBMM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_
     int kind = redirectable_kind(flags);
     if (kind && len >= fbmm_cfg.min_size) {
         len = ROUND_UP(len, fbmm_page);
+        fbmm_arena_grow_ahead(len);
         fbmm_lock();
-        void *p = fbmm_vm_map(addr, len, prot, flags,
-                              (flags & MAP_TYPE) == MAP_SHARED ? P_SHARED : 0);
+        uint32_t pflags = (flags & MAP_TYPE) == MAP_SHARED ? P_SHARED : 0;
+        void *p = fbmm_vm_map(addr, len, prot, flags, pflags);
+        if (p == MAP_FAILED && errno == ENOMEM && fbmm_clean_release())
+            p = fbmm_vm_map(addr, len, prot, flags, pflags);  /* slots' offsets freed */
         int err = errno;
         fbmm_unlock();
         if (p != MAP_FAILED) return p;

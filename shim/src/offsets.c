@@ -31,7 +31,10 @@ static struct fbmm_slab nodes = { .node_size = sizeof(struct range) };
 static struct range *root;
 static uint64_t top;
 
-uint64_t fbmm_off_top(void) { return top; }
+/* Read without the lock too (fbmm_arena_grow_ahead's first test): stores
+ * are atomic. */
+uint64_t fbmm_off_top(void) { return __atomic_load_n(&top, __ATOMIC_RELAXED); }
+static void set_top(uint64_t v) { __atomic_store_n(&top, v, __ATOMIC_RELAXED); }
 
 static inline uint64_t longest(const struct range *t) { return t ? t->longest : 0; }
 
@@ -115,12 +118,12 @@ void fbmm_off_reset(void)
 {
     free_all(root);
     root = NULL;
-    top = 0;
+    set_top(0);
 }
 
 void fbmm_off_reserve(uint64_t end)
 {
-    if (top < end) top = end;
+    if (top < end) set_top(end);
 }
 
 /* The first range, in offset order, with room for `len` at `align`. */
@@ -143,6 +146,11 @@ static int carve(struct range *r, uint64_t off, uint64_t len)
     return 0;
 }
 
+int fbmm_off_fits(size_t len, size_t align)
+{
+    return first_fit(root, len, align) != NULL;
+}
+
 uint64_t fbmm_off_alloc(size_t len, size_t align)
 {
     struct range *r = first_fit(root, len, align);
@@ -153,7 +161,7 @@ uint64_t fbmm_off_alloc(size_t len, size_t align)
     uint64_t a = ROUND_UP(top, align);
     if (fbmm_arena_grow(a + len)) return FBMM_NO_OFF;
     uint64_t old = top;
-    top = a + len;
+    set_top(a + len);
     if (a > old) fbmm_off_free(old, a - old);  /* the alignment gap stays usable */
     return a;
 }
@@ -162,7 +170,7 @@ int fbmm_off_extend(uint64_t end, size_t len)
 {
     if (end == top) {
         if (fbmm_arena_grow(end + len)) return -1;
-        top = end + len;
+        set_top(end + len);
         return 0;
     }
     struct range *before, *after;
@@ -189,7 +197,7 @@ void fbmm_off_free(uint64_t off, size_t len)
     }
     /* A range now ending at `top` gives the high-water mark back. */
     if (end == top) {
-        top = start;
+        set_top(start);
         return;
     }
     insert(start, end - start);  /* on failure it leaks offsets, never memory */

@@ -47,6 +47,8 @@ static struct rt_node *node_new(const struct fbmm_piece *p)
     struct rt_node *t = fbmm_slab_take(&nodes);
     if (!t) return NULL;
     t->piece = *p;
+    t->piece.flags &= ~P_CLEAN;  /* a new node is in no slot list */
+    t->piece.clean_prev = t->piece.clean_next = NULL;
     t->left = t->right = NULL;
     t->size = 1;
     t->prio = (uint32_t)fbmm_treap_priority();
@@ -172,7 +174,7 @@ int fbmm_rt_split(uintptr_t a)
     right.addr = a;
     right.len -= cut;
     if (!(right.flags & P_ANON)) right.off += cut;
-    right.flags &= ~(P_HEAD | P_CACHED);
+    right.flags &= ~(P_HEAD | P_CACHED | P_CLEAN);
     right.blk = 0;
     right.mag = NULL;
     p->len = cut;

@@ -43,13 +43,13 @@ static void refile(uintptr_t a, size_t len, uintptr_t dst)
 {
     size_t i;
     while ((i = fbmm_rt_lower(a)) < fbmm_rt_n && fbmm_rt_at(i)->addr < a + len) {
-        struct fbmm_piece e = *fbmm_rt_at(i);
+        struct fbmm_piece *node = fbmm_rt_at(i);
+        /* mremap of freed memory: the block is no longer ours to reuse. */
+        if (node->flags & P_CLEAN) fbmm_clean_forget(node);
+        else if (node->flags & P_CACHED) fbmm_cache_forget(node->addr);
+        struct fbmm_piece e = *node;
+        e.flags &= ~P_CACHED;
         fbmm_rt_remove(i, 1);
-        if (e.flags & P_CACHED) {
-            /* mremap of freed memory: the block is no longer ours to reuse. */
-            fbmm_cache_forget(e.addr);
-            e.flags &= ~P_CACHED;
-        }
         if (e.flags & P_HEAD) fbmm_heads_del(e.addr);
         e.addr = dst + (e.addr - a);
         if (e.flags & P_HEAD) fbmm_heads_add(e.addr);

@@ -68,6 +68,9 @@ int  fbmm_punch_after_unlock(uint64_t off, uint64_t len);
 void fbmm_lock(void);          /* blocks signals, then takes the mutex */
 void fbmm_unlock(void);
 void fbmm_lock_reset_child(void);
+/* Serialises growing ahead of the lock (arena.c); reset in a fork child. */
+void fbmm_grow_lock(void);
+void fbmm_grow_unlock(void);
 
 /* ---- fds.c: the shim's descriptors against the program's close/dup2 --- */
 
@@ -96,6 +99,7 @@ void     fbmm_off_free(uint64_t off, size_t len);
 /* Claims [end, end+len) if free (for in-place growth); returns 0 on success. */
 int      fbmm_off_extend(uint64_t end, size_t len);
 uint64_t fbmm_off_top(void);   /* highest offset in use + 1 (file high water) */
+int      fbmm_off_fits(size_t len, size_t align);  /* a free range below the top serves it */
 void     fbmm_off_reset(void);
 /* Keeps [0, end) out of the allocator for the pool (first thing at open). */
 void     fbmm_off_reserve(uint64_t end);
@@ -111,7 +115,8 @@ struct fbmm_arena {
     int      huge;             /* HUGE_ADVISE, HUGE_ALWAYS, HUGE_NEVER (user.fbmm.huge) */
     uint64_t pool_window;      /* pool window bytes (user.fbmm.prezero), 0: no pool */
     char     sock[108];        /* the broker socket path */
-    uint64_t size;             /* current file size */
+    uint64_t size;             /* current file size (atomic stores: read unlocked) */
+    uint64_t ahead_failed;     /* size at which growing ahead last failed */
     dev_t    mem_dev;          /* identity of mem_fd, checked before use */
     ino_t    mem_ino;
     dev_t    name_dev;         /* identity of name_fd */
@@ -136,6 +141,11 @@ int  fbmm_arena_fd_ok(void);
 int  fbmm_arena_name_ok(void);
 /* Grows the file (via the FUSE fd) so that it is at least `need` bytes. */
 int  fbmm_arena_grow(uint64_t need);
+/* Unlocked, before a caller takes the lock to map `len` bytes: when that
+ * would grow the file, grows it here, so the FUSE round trip holds no lock
+ * that other threads' frees and munmaps need. Failures are left to the
+ * locked path, which reports them. */
+void fbmm_arena_grow_ahead(size_t len);
 /* Frees the memory of [off, off+len): hole punch on the backing. */
 int  fbmm_arena_punch(uint64_t off, uint64_t len);
 /* One broker exchange about our fd `fd` (inode `ino`), which goes along
@@ -168,6 +178,8 @@ struct fbmm_piece {
     /* The slot of a thread's magazine that knows this block (magazine.c),
      * or NULL. Only heads of malloc blocks have one. */
     struct fbmm_mag_slot *mag;
+    /* The list of clean slots of its length (clean_slots.c), when P_CLEAN. */
+    struct fbmm_piece *clean_prev, *clean_next;
 };
 enum {
     P_HEAD      = 1u << 0,     /* start of a malloc block */
@@ -185,6 +197,11 @@ enum {
      * P_SHARED pieces; implies P_KEEP): its offsets mean nothing to our
      * allocator and it has no descriptor of ours. */
     P_FOREIGN   = 1u << 7,
+    /* A freed malloc block kept mapped with its file range punched (with
+     * P_CACHED): a clean slot, clean_slots.c. */
+    P_CLEAN     = 1u << 8,
+    /* fbmm_vm_map only, never stored: not from the pre-zeroed pool. */
+    P_NOPOOL    = 1u << 9,
 };
 
 /* ---- slab.c: fixed-size tree nodes that never move (locked) ---------- */
@@ -325,6 +342,23 @@ static inline int fbmm_block_fits(uintptr_t addr, size_t blk, size_t len, size_t
 }
 void *fbmm_cache_take(size_t len, size_t align);
 void fbmm_cache_drop_child(int lazy);
+
+/* ---- clean_slots.c: mapped, punched malloc blocks (locked) ------------
+ * put: keep our freed block at p (head piece pc, length blk) mapped with
+ * its memory punched, 0 when kept; take: one of exactly `len` bytes aligned
+ * to `align`, reading zero, or NULL; batch: map blocks of `len` several at
+ * once, keep all but the first as slots, return the first (MAP_FAILED when
+ * it does not batch that length); retire: a freed block leaves for good
+ * (into a slot, else unmapped); forget: a slot's piece is changing. */
+int   fbmm_clean_put(uintptr_t p, struct fbmm_piece *pc, size_t blk);
+void *fbmm_clean_take(size_t len, size_t align);
+void *fbmm_clean_batch(size_t len);
+void  fbmm_block_retire(uintptr_t p, struct fbmm_piece *pc, size_t blk);
+void  fbmm_clean_forget(struct fbmm_piece *pc);
+void  fbmm_clean_drop_child(int lazy);
+/* Unmaps every slot so the allocator has their offsets for any length:
+ * after a mapping failed (the arena could not grow). 1 if there were any. */
+int   fbmm_clean_release(void);
 
 /* ---- magazine.c: per-thread magazines of freed blocks ------------------
  * Lock-free, owner thread only: a fitting block the thread freed, or NULL;

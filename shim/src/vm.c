@@ -44,8 +44,9 @@ static void release(const struct fbmm_piece *p)
 static void drop(size_t i, size_t n)
 {
     for (size_t k = i; k < i + n; k++) {
-        const struct fbmm_piece *p = fbmm_rt_at(k);
-        if (p->flags & P_CACHED) fbmm_cache_forget(p->addr);
+        struct fbmm_piece *p = fbmm_rt_at(k);
+        if (p->flags & P_CLEAN) fbmm_clean_forget(p);
+        else if (p->flags & P_CACHED) fbmm_cache_forget(p->addr);
         if (p->flags & P_HEAD) fbmm_heads_del(p->addr);
     }
     fbmm_rt_remove(i, n);
@@ -84,7 +85,9 @@ void *fbmm_vm_map(void *addr, size_t len, int prot, int flags, uint32_t pflags)
     /* Pre-zeroed pages when the pool has them: mapped populated, so the
      * program's first touches do not fault. PROT_NONE is a reservation. */
     uint64_t off;
-    int pooled = prot != PROT_NONE && !(pflags & P_SHARED) && fbmm_pool_take(len, &off) == 0;
+    int pool_ok = !(pflags & P_NOPOOL);
+    pflags &= ~(uint32_t)P_NOPOOL;
+    int pooled = pool_ok && prot != PROT_NONE && !(pflags & P_SHARED) && fbmm_pool_take(len, &off) == 0;
     if (!pooled) off = fbmm_off_alloc(len, len >= HUGE_ALIGN ? HUGE_ALIGN : fbmm_page);
     if (off == FBMM_NO_OFF) {
         errno = ENOMEM;
