@@ -5,6 +5,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+// Over 400 lines: one suite per side of the trust model, as TrustTests.
 /// Issue 13, the boundaries of the trust model: what a user may see (stat,
 /// migrate), how much of the daemon's memory a user may take (xattrs), the
 /// sockets (runtime directory, a broker of another user), and what the

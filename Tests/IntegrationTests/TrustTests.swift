@@ -6,6 +6,8 @@ import Testing
 import Glibc
 #endif
 
+// Over 400 lines: the hostile cases share one set of test users and mounts
+// per suite (TrustSupport.swift), and splitting them would make more.
 /// Issue 13, "Nobody gets in": the daemon survives anything a program sends
 /// it, and hands memory only to its owner. Each test plays a hostile local
 /// user: unprivileged users made by the test (`TestUser`, removed after),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Placement of every built-in policy, checked page by page, inside the
-# multi-NUMA guest:
+# multi-NUMA guest (over 400 lines: every check runs in one guest boot,
+# which costs minutes under TCG):
 #
 #   scripts/guest/run.sh --topology "1G,cpus=0-1 256M 1G" -- bash Tests/guest/placement.sh
 #
