@@ -19,8 +19,6 @@
  *
  * (One program over 400 lines: its checks share the fork helpers and are
  * run natively and under the shim as one list.)
- *
- * (Over 400 lines: each check forks and compares parent and child in one process, and they share its helpers.)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
