@@ -62,8 +62,6 @@
  *
  * (One program over 400 lines: every attack in one binary, so that the
  * tests run the same build of each as an unprivileged user.)
- *
- * (Over 400 lines: one attacker program, built once, whose subcommands share the raw-fd and pool-protocol helpers.)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
