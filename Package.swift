@@ -43,7 +43,7 @@ let package = Package(
             swiftSettings: swiftSettings),
         .target(
             name: "FBMMTracking",
-            dependencies: ["FBMMCore", "CNuma"],
+            dependencies: ["FBMMCore", "CNuma", "CFBMMSys"],
             swiftSettings: swiftSettings),
         .target(
             name: "FBMMProtocol",

@@ -3,7 +3,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/socket.h>
@@ -96,6 +99,33 @@ int fbmm_fd_identity(int fd, uint64_t *dev, uint64_t *ino, uint32_t *mode, int *
 
 int fbmm_is_process(pid_t tid) {
     return tgkill(tid, tid, 0) == 0 || errno == EPERM;
+}
+
+ssize_t fbmm_pageout(int pidfd, const uint64_t *addrs, const uint64_t *lens, size_t n) {
+    struct iovec iov[512];
+    ssize_t total = 0;
+    for (size_t i = 0; i < n;) {
+        size_t k = 0;
+        for (; k < 512 && i + k < n; k++) {
+            iov[k].iov_base = (void *)(uintptr_t)addrs[i + k];
+            iov[k].iov_len = (size_t)lens[i + k];
+        }
+        ssize_t r = syscall(SYS_process_madvise, pidfd, iov, k, 21 /* MADV_PAGEOUT */, 0);
+        if (r < 0) return total ? total : -1;
+        total += r;
+        i += k;
+    }
+    return total;
+}
+
+int fbmm_swap_active(void) {
+    FILE *f = fopen("/proc/swaps", "re");
+    if (!f) return 0;
+    char line[512];
+    int lines = 0;
+    while (fgets(line, sizeof line, f)) lines++;
+    fclose(f);
+    return lines > 1;  /* the first is the header */
 }
 
 int fbmm_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {

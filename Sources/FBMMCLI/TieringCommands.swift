@@ -57,12 +57,12 @@ struct SetCommand: ParsableCommand {
 struct TrackCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "track",
-        abstract: "Track a process's memfd pages with soft-dirty or DAMON; print hot page ranges per scan (JSON lines).")
+        abstract: "Track a process's backing pages with soft-dirty, DAMON or refault sampling; print hot page ranges per scan (JSON lines).")
 
     @Option(help: "The process.")
     var pid: Int32
 
-    @Option(help: "auto, softdirty or damon.")
+    @Option(help: "auto, softdirty, damon or refault.")
     var tracker: String = "auto"
 
     @Option(help: "Number of scans.")
@@ -75,9 +75,12 @@ struct TrackCommand: ParsableCommand {
     var threshold: Int = 1
 
     func run() throws {
-        guard let kind = TrackerKind(rawValue: tracker) else { throw CLIError("unknown tracker '\(tracker)' (auto, softdirty, damon)") }
+        guard let kind = TrackerKind(rawValue: tracker) else { throw CLIError("unknown tracker '\(tracker)' (auto, softdirty, damon, refault)") }
         let resolved = kind == .auto ? TrackerKind.resolveAuto() : kind
         if resolved == .damon && !DamonTracker.isAvailable { throw CLIError("DAMON is not available here (or is in use)") }
+        if resolved == .refault && !RefaultTracker.isAvailable {
+            throw CLIError("refault sampling is not available here (needs process_madvise, Linux 5.10+, and no active swap)")
+        }
         let instance = resolved.makeTracker()
         defer { instance.stop() }
         var streaks: [UInt64: [UInt8]] = [:]

@@ -66,10 +66,13 @@ public struct TieredKnobs: Sendable, Hashable {
             rateLimit = size.bytes
         case "tracker":
             guard let kind = TrackerKind(rawValue: value) else {
-                throw .invalidValue(key: key, value: value, reason: "expected auto, softdirty or damon")
+                throw .invalidValue(key: key, value: value, reason: "expected auto, softdirty, damon or refault")
             }
             if kind == .damon && tracker != .damon && !DamonTracker.isAvailable {
                 throw .invalidValue(key: key, value: value, reason: "DAMON is not available on this kernel (no /sys/kernel/mm/damon/admin, not root, or in use)")
+            }
+            if kind == .refault && tracker != .refault && !RefaultTracker.isAvailable {
+                throw .invalidValue(key: key, value: value, reason: "refault sampling is not available here (needs process_madvise, Linux 5.10+, and no active swap)")
             }
             if kind == .softdirty && !SoftDirtyTracker.isAvailable {
                 throw .invalidValue(key: key, value: value, reason: "soft-dirty is not available on this kernel (built without CONFIG_MEM_SOFT_DIRTY)")

@@ -38,7 +38,7 @@ public final class TieredPolicy: MaintainingPolicy {
         PolicyKey("promote-threshold", default: "2", "scans in a row a slow page must be hot to be promoted"),
         PolicyKey("demote-watermark", default: "2%", "fast memory kept free for new pages (size, or % of fast-capacity)"),
         PolicyKey("rate-limit", default: "128M", "most bytes migrated per second"),
-        PolicyKey("tracker", default: "auto", "access tracker: auto, softdirty (writes only) or damon (6.x with DAMON)"),
+        PolicyKey("tracker", default: "auto", "access tracker: auto, damon (6.x with DAMON), refault (reads and writes, no swap) or softdirty (writes only)"),
     ]
     /// Keys `fbmm set` may change while mounted.
     public static let knobKeys: Set<String> = ["fast-capacity", "scan-interval", "promote-threshold",

@@ -1,3 +1,4 @@
+import CFBMMSys
 import CNuma
 import FBMMCore
 import Synchronization
@@ -76,13 +77,16 @@ public struct VMA: Sendable, Hashable {
 
 /// Which tracker to use (`tracker=` key).
 public enum TrackerKind: String, Sendable, CaseIterable {
-    case auto, softdirty, damon
+    case auto, softdirty, damon, refault
 
     /// What `auto` picks on the running kernel: DAMON when its sysfs admin
     /// interface exists and nobody else is using it (it sees reads as well as
-    /// writes), else soft-dirty (Debian 12's 6.1 has it; it sees writes only).
+    /// writes); else refault sampling (Debian 12's 6.1: no DAMON; it sees
+    /// reads and writes, and needs no active swap); else soft-dirty (writes
+    /// only).
     public static func resolveAuto() -> TrackerKind {
-        DamonTracker.isAvailable ? .damon : SoftDirtyTracker.isAvailable ? .softdirty : .auto
+        DamonTracker.isAvailable ? .damon : RefaultTracker.isAvailable ? .refault
+            : SoftDirtyTracker.isAvailable ? .softdirty : .auto
     }
 
     /// What this choice amounts to on the running kernel and what it cannot
@@ -90,7 +94,12 @@ public enum TrackerKind: String, Sendable, CaseIterable {
     public var consequence: String {
         switch self == .auto ? Self.resolveAuto() : self {
         case .damon: return "damon: sees reads and writes, by region (DAMON's adaptive regions, not single pages)"
+        case .refault:
+            return "refault: sees reads and writes (reads by 64 KiB) by taking sampled pages out of the page table and watching them come back; pauses while swap is active"
         case .softdirty:
+            if !DamonTracker.isAvailable && fbmm_swap_active() != 0 {
+                return "softdirty: sees writes only, so a hot set that is only read is never promoted (this kernel has no DAMON, and refault sampling needs swap off)"
+            }
             return "softdirty: sees writes only, so a hot set that is only read is never promoted (this kernel has no DAMON)"
         case .auto:
             return "none: this kernel has neither DAMON nor soft-dirty, so nothing is promoted or demoted; pages stay where first placed"
@@ -102,6 +111,7 @@ public enum TrackerKind: String, Sendable, CaseIterable {
         var kinds: [TrackerKind] = []
         if SoftDirtyTracker.isAvailable { kinds.append(.softdirty) }
         if DamonTracker.isAvailable { kinds.append(.damon) }
+        if RefaultTracker.isAvailable { kinds.append(.refault) }
         return kinds
     }
 
@@ -109,6 +119,7 @@ public enum TrackerKind: String, Sendable, CaseIterable {
         switch self == .auto ? Self.resolveAuto() : self {
         case .damon: return DamonTracker()
         case .softdirty: return SoftDirtyTracker()
+        case .refault: return RefaultTracker()
         case .auto: return NoTracker()
         }
     }

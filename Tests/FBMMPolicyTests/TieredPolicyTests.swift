@@ -1,3 +1,4 @@
+import Foundation
 import FBMMCore
 import FBMMTracking
 import Testing
@@ -196,6 +197,57 @@ import Testing
         let tmpfsFile = TrackedFile(key: 9, pid: 1, inode: 582, device: makeDevice(major: 0, minor: 0x2d), pageCount: 1024)
         #expect(vmas.filter { $0.maps(tmpfsFile) }.map(\.path) == ["/fbmm-backing.3.4242 (deleted)"])
         #expect(vmas.filter { $0.maps(TrackedFile(key: 9, pid: 1, inode: 582, pageCount: 1)) }.count == 2)
+    }
+
+    /// The refault tracker on a real process (issue 16): a python program
+    /// maps a 32 MiB memfd shared, writes all of it once, then only reads
+    /// its first 4 MiB; the tracker must score that region hot and the rest
+    /// cold, and the data must be intact afterwards (taking pages out of the
+    /// page table keeps them).
+    @Test func refaultTrackerSeesAReadOnlyHotRegion() throws {
+        try #require(RefaultTracker.isAvailable,
+                     "refault sampling is not available on this machine (needs process_madvise and no active swap)")
+        let script = """
+            import mmap, os, sys, time
+            n, hot = 32 << 20, 4 << 20
+            fd = os.memfd_create("refault-test")
+            os.ftruncate(fd, n)
+            m = mmap.mmap(fd, n, mmap.MAP_SHARED)
+            for i in range(0, n, 4096): m[i] = i // 4096 % 251
+            print("ready", flush=True)
+            end = time.time() + 20
+            while time.time() < end and not os.path.exists(sys.argv[1]):
+                s = 0
+                for i in range(0, hot, 4096): s += m[i]
+            ok = all(m[i] == i // 4096 % 251 for i in range(0, n, 4096))
+            print("intact" if ok else "corrupt", flush=True)
+            """
+        let stop = FileManager.default.temporaryDirectory.path + "/refault-stop-\(getpid())"
+        defer { unlink(stop) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = ["-c", script, stop]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        let firstLine = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+        try #require(firstLine.contains("ready"), "the python program did not start: \(firstLine)")
+        let pid = process.processIdentifier
+        let vma = try #require(VMA.backingMappings(pid: pid).first { $0.path.hasPrefix("/memfd:refault-test") })
+        let file = TrackedFile(key: 1, pid: pid, inode: vma.inode, device: vma.device, pageCount: 8192)
+        let tracker = RefaultTracker()
+        var scores: [UInt8] = []
+        for _ in 0..<3 { scores = tracker.scan([file])[1] ?? [] }
+        FileManager.default.createFile(atPath: stop, contents: nil)
+        process.waitUntilExit()
+        let rest = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        try #require(scores.count == 8192, "no scores for the file")
+        let hot = scores[0..<1024].reduce(0) { $0 + Int($1) } / 1024
+        let cold = scores[1024...].reduce(0) { $0 + Int($1) } / 7168
+        #expect(hot >= 128 && cold <= 16, "mean score: read region \(hot), the rest \(cold)")
+        #expect(rest.contains("intact"), "the program's data after sampling: \(rest)")
+        #expect(tracker.cpuSeconds > 0)
     }
 
     @Test func registryKnowsTiered() throws {

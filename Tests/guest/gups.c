@@ -1,11 +1,12 @@
 /* gups: GUPS-style random updates with a hot set, reporting where the hot set is.
  *
- *   gups SIZE_MIB HOT_MIB HOT_OFFSET_MIB SECONDS FAST_NODE [MOVE_AT_S MOVE_OFFSET_MIB]
+ *   gups SIZE_MIB HOT_MIB HOT_OFFSET_MIB SECONDS FAST_NODE [MOVE_AT_S MOVE_OFFSET_MIB [read]]
  *
  * Allocates a SIZE_MIB table with malloc (under `fbmm run` the shim puts it in
  * the mount), writes it once, then does random 8-byte read-modify-write
  * updates: 90% inside the hot set [HOT_OFFSET, HOT_OFFSET+HOT) of the table,
- * 10% anywhere. At MOVE_AT_S seconds the hot set moves to MOVE_OFFSET_MIB.
+ * 10% anywhere; with `read`, random 8-byte reads instead (a read-only hot
+ * set, which a tracker that sees writes only never finds). At MOVE_AT_S seconds the hot set moves to MOVE_OFFSET_MIB.
  * Every second it prints one line:
  *   t=SECONDS phase=P hot_fast=PCT table_fast=PCT mups=M
  * where hot_fast is the share of the current hot set's pages on FAST_NODE
@@ -45,7 +46,7 @@ static double on_node(char *p, size_t len, int fast) {
 
 int main(int argc, char **argv) {
     if (argc < 6) {
-        fprintf(stderr, "usage: gups SIZE_MIB HOT_MIB HOT_OFFSET_MIB SECONDS FAST_NODE [MOVE_AT_S MOVE_OFFSET_MIB]\n");
+        fprintf(stderr, "usage: gups SIZE_MIB HOT_MIB HOT_OFFSET_MIB SECONDS FAST_NODE [MOVE_AT_S MOVE_OFFSET_MIB [read]]\n");
         return 2;
     }
     size_t size = (size_t)atol(argv[1]) << 20, hot = (size_t)atol(argv[2]) << 20;
@@ -54,6 +55,8 @@ int main(int argc, char **argv) {
     int fast = atoi(argv[5]);
     double move_at = argc > 7 ? atof(argv[6]) : -1;
     size_t move_off = argc > 7 ? (size_t)atol(argv[7]) << 20 : 0;
+    int reads = argc > 8 && !strcmp(argv[8], "read");
+    volatile uint64_t sink = 0;
     if (hot_off + hot > size || move_off + hot > size) { fprintf(stderr, "hot set outside the table\n"); return 2; }
     uint64_t *table = malloc(size);
     if (!table) { perror("malloc"); return 1; }
@@ -70,7 +73,8 @@ int main(int argc, char **argv) {
             x ^= x << 13; x ^= x >> 7; x ^= x << 17;
             uint64_t r = x * 0x2545F4914F6CDD1Dull;
             size_t index = (x < threshold) ? hot_first + (size_t)(r % hot_words) : (size_t)(r % words);
-            table[index] ^= r;
+            if (reads) sink += table[index];
+            else table[index] ^= r;
         }
         updates += 8192;
         double t = now();

@@ -3,17 +3,21 @@
 #
 #   scripts/guest/run.sh -- bash Tests/guest/tiering.sh
 #
-# One GUPS run (Tests/guest/gups.c under `fbmm run`): a 128 MiB table, a
-# 16 MiB hot set taking 90% of the updates, fast-capacity=48M. The hot set
+# Two GUPS runs (Tests/guest/gups.c under `fbmm run`): a 128 MiB table, a
+# 16 MiB hot set taking 90% of the accesses, fast-capacity=48M. The hot set
 # starts at 96 MiB, past what initial placement puts on the fast node (the
 # first 47 MiB), so it must be promoted; at MOVE_AT seconds it moves to
-# 64 MiB and the policy must follow. Phase 1 uses the tracker `auto` picks
-# (DAMON on 6.12); for phase 2 the script switches the mounted policy to
-# soft-dirty with `fbmm set` (knobs while mounted, and the other tracker).
+# 64 MiB and the policy must follow. The first run only reads (a read-only
+# hot set: the tracker `auto` picks must see reads: DAMON on 6.12, refault
+# sampling on 6.1); the second does read-modify-write updates, and for its
+# phase 2 the script switches the mounted policy to soft-dirty with
+# `fbmm set` (knobs while mounted, and the other tracker).
 # `fbmm stat --json` is sampled every 3 s: the mount's bytes on the fast node
 # must never exceed fast-capacity plus the watermark.
 #
 # Checks (PASS/FAIL lines, then "N passed, M failed"; exit 1 on any failure):
+#   read-promote, read-follow   the read-only run: >= 90% of the hot set on
+#               the fast node within READ_LIMIT s (30), of the start / of the move
 #   promote     >= 90% of the hot set on the fast node within 60 s
 #   follow      >= 90% of the moved hot set on the fast node within 60 s of the move
 #   capacity    fast-node bytes <= capacity + watermark in every sample
@@ -38,6 +42,7 @@ command -v jq >/dev/null || die "jq is needed"
 
 SIZE=${TIERING_SIZE_MIB:-128} HOT=${TIERING_HOT_MIB:-16} CAP_MIB=${TIERING_CAPACITY_MIB:-48}
 START_OFF=96 MOVE_OFF=64 MOVE_AT=${TIERING_MOVE_AT:-60} TOTAL=${TIERING_SECONDS:-120}
+READ_MOVE_AT=${TIERING_READ_MOVE_AT:-30} READ_TOTAL=${TIERING_READ_SECONDS:-60} READ_LIMIT=${TIERING_READ_LIMIT:-30}
 work=$(mktemp -d /tmp/fbmm-tiering.XXXXXX)
 mnt=$work/mnt
 mkdir -p "$mnt"
@@ -75,43 +80,49 @@ fi
 ( while :; do "$fbmm" stat "$mnt" --json 2>/dev/null | jq -c '{fast: .nodes["0"].resident_bytes, slow: .nodes["2"].resident_bytes, pc: .policy_counters}' ; sleep 3; done ) > "$work/samples" &
 sampler=$!
 
-"$fbmm" run --mount "$mnt" --strict -- "$gups" "$SIZE" "$HOT" "$START_OFF" "$TOTAL" 0 "$MOVE_AT" "$MOVE_OFF" > "$work/gups.out" 2>&1 &
-app=$!
-switched=0
-while kill -0 $app 2>/dev/null; do
-    sleep 1
-    if [ $switched = 0 ] && grep -q "phase=2" "$work/gups.out"; then
-        "$fbmm" set "$mnt" tracker=softdirty || echo "note: could not switch to soft-dirty"
-        switched=1
+# first90 OUT PHASE: the first second at which >= 90% of the hot set was fast.
+first90() { awk -v p="$2" '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
+    v["phase"] == p && v["hot_fast"] >= 90 { print v["t"]; exit }' "$1"; }
+phase_end() { awk -v p="phase=$2" '$0 ~ p { line = $0 } END { print line }' "$1"; }
+
+# gups_run NAME TOTAL MOVE_AT LIMIT MODE SWITCH: one run and its promote/follow checks.
+gups_run() {
+    local name=$1 total=$2 move_at=$3 limit=$4 mode=$5 switch=$6 out="$work/gups-$1.out" app status switched=0
+    "$fbmm" run --mount "$mnt" --strict -- "$gups" "$SIZE" "$HOT" "$START_OFF" "$total" 0 "$move_at" "$MOVE_OFF" "$mode" > "$out" 2>&1 &
+    app=$!
+    while kill -0 $app 2>/dev/null; do
+        sleep 1
+        if [ "$switch" = 1 ] && [ $switched = 0 ] && grep -q "phase=2" "$out"; then
+            "$fbmm" set "$mnt" tracker=softdirty || echo "note: could not switch to soft-dirty"
+            switched=1
+        fi
+    done
+    wait $app; status=$?
+    [ $status = 0 ] && grep -q '^done' "$out" || { cat "$out"; tail -20 "$work/daemon.log"; die "gups ($name) failed ($status)"; }
+    echo "--- gups $name (every 5th line)"; awk 'NR % 5 == 0' "$out"
+    local t1 t2 since
+    t1=$(first90 "$out" 1); t2=$(first90 "$out" 2)
+    if [ -n "$t1" ] && awk -v t="$t1" -v l="$limit" 'BEGIN { exit !(t <= l) }'; then
+        pass "${name}promote: 90% of the hot set on the fast node at t=${t1}s (end of phase 1: $(phase_end "$out" 1))"
+    else
+        fail "${name}promote: hot set never reached 90% fast within $limit s (end of phase 1: $(phase_end "$out" 1))"
     fi
-done
-wait $app; status=$?
+    if [ -n "$t2" ]; then
+        since=$(awk -v t="$t2" -v m="$move_at" 'BEGIN { printf "%.1f", t - m }')
+        if awk -v s="$since" -v l="$limit" 'BEGIN { exit !(s <= l) }'; then
+            pass "${name}follow: moved hot set 90% fast ${since}s after the move (end: $(phase_end "$out" 2))"
+        else
+            fail "${name}follow: took ${since}s after the move"
+        fi
+    else
+        fail "${name}follow: moved hot set never reached 90% fast (end: $(phase_end "$out" 2))"
+    fi
+}
+
+gups_run read- "$READ_TOTAL" "$READ_MOVE_AT" "$READ_LIMIT" read 0
+gups_run "" "$TOTAL" "$MOVE_AT" 60 rmw 1
 kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null; sampler=
 final=$("$fbmm" stat "$mnt" --json)
-[ $status = 0 ] && grep -q '^done' "$work/gups.out" || { cat "$work/gups.out"; tail -20 "$work/daemon.log"; die "gups failed ($status)"; }
-echo "--- gups (every 5th line)"; awk 'NR % 5 == 0' "$work/gups.out"
-
-# promote / follow: the first second at which >= 90% of the hot set was fast.
-first90() { awk -v p="$1" '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
-    v["phase"] == p && v["hot_fast"] >= 90 { print v["t"]; exit }' "$work/gups.out"; }
-t1=$(first90 1); t2=$(first90 2)
-p1end=$(awk '/phase=1/ { line = $0 } END { print line }' "$work/gups.out")
-p2end=$(awk '/phase=2/ { line = $0 } END { print line }' "$work/gups.out")
-if [ -n "$t1" ] && awk -v t="$t1" 'BEGIN { exit !(t <= 60) }'; then
-    pass "promote: 90% of the hot set on the fast node at t=${t1}s (end of phase 1: $p1end)"
-else
-    fail "promote: hot set never reached 90% fast within 60 s (end of phase 1: $p1end)"
-fi
-if [ -n "$t2" ]; then
-    since=$(awk -v t="$t2" -v m="$MOVE_AT" 'BEGIN { printf "%.1f", t - m }')
-    if awk -v s="$since" 'BEGIN { exit !(s <= 60) }'; then
-        pass "follow: moved hot set 90% fast ${since}s after the move (end: $p2end)"
-    else
-        fail "follow: took ${since}s after the move"
-    fi
-else
-    fail "follow: moved hot set never reached 90% fast (end: $p2end)"
-fi
 
 cap=$((CAP_MIB * 1048576))
 wm=$(echo "$final" | jq '.policy_counters.watermark_bytes')

@@ -44,6 +44,11 @@ int fbmm_fd_identity(int fd, uint64_t *dev, uint64_t *ino, uint32_t *mode, int *
 /* Whether `tid` leads its thread group (is a process, tgid == tid):
  * tgkill(tid, tid, 0) in one system call; EPERM still means it does. */
 int fbmm_is_process(pid_t tid);
+/* process_madvise(pidfd, ranges, MADV_PAGEOUT) (5.10+) over `n` ranges of
+ * `len` bytes each at `addrs`; returns the bytes advised or -1/errno. */
+ssize_t fbmm_pageout(int pidfd, const uint64_t *addrs, const uint64_t *lens, size_t n);
+/* Whether any swap area is active (/proc/swaps lists one). */
+int fbmm_swap_active(void);
 /* SO_PEERCRED of a connected unix socket. */
 int fbmm_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
 
