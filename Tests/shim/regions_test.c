@@ -49,6 +49,15 @@ static void compare_all(const char *when)
     CHECK(fbmm_rt_at(fbmm_rt_n) == NULL, "%s: a piece past the end", when);
 }
 
+/* Whether a model piece has a page in a 2 MiB granule that [a, a+len)
+ * touches: else the lock-free occupancy test must say "not ours". */
+static int model_occupied(uintptr_t a, size_t len)
+{
+    uintptr_t lo = a >> 21 << 21, hi = ((a + len - 1) >> 21 << 21) + (1ul << 21);
+    size_t i = model_lower(lo);
+    return i < model_n && model[i].addr < hi;
+}
+
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
 
@@ -118,6 +127,13 @@ int main(int argc, char **argv)
             const struct fbmm_piece *f = fbmm_rt_find(a);
             int inside = i < model_n && model[i].addr <= a;
             CHECK(inside ? f && same(f, &model[i]) : f == NULL, "find(%lx)", (unsigned long)a);
+            /* The lock-free test never misses a range with our pages in it,
+             * and never sends one to the lock whose granules hold none. */
+            size_t len = (size_t)(1 + (r >> 40) % 1024) * 4096, k = model_lower(a);
+            int overlaps = k < model_n && model[k].addr < a + len, maybe = fbmm_rt_maybe(a, len);
+            CHECK(!overlaps || maybe, "maybe(%lx, %zu) = 0 over a piece", (unsigned long)a, len);
+            CHECK(maybe <= model_occupied(a, len), "maybe(%lx, %zu) = 1, no piece in its granules",
+                  (unsigned long)a, len);
         }
         if (op % 4096 == 0) compare_all("periodic");
     }
@@ -126,6 +142,7 @@ int main(int argc, char **argv)
     /* Depth: 100,000 pieces inserted in random order (a burst of live
      * blocks), then 2,000 removed at random, checked throughout. */
     fbmm_rt_reset();
+    CHECK(!fbmm_rt_maybe(base, slots * 4096), "occupancy left after reset");
     model_n = 0;
     enum { MANY = 100000 };
     for (size_t k = 0; k < MANY; k++) {

@@ -150,7 +150,7 @@ void *fbmm_clean_batch(size_t len)
         if (fbmm_rt_split(a) < 0 || !(pc = fbmm_rt_find(a)) || pc->addr != a) {
             /* No memory for table nodes: give the rest back. */
             struct fbmm_piece *last = fbmm_rt_find(a - len);
-            last->len = len;
+            fbmm_rt_cut(last, len);
             sys_munmap((void *)a, (k - i) * len);
             fbmm_off_free(last->off + len, (k - i) * len);  /* never touched: holes */
             break;

@@ -29,14 +29,76 @@ static struct rt_node *root;
 
 size_t fbmm_rt_n;
 
-/* Lowest and highest address we ever mapped: a lock-free first test that
- * keeps munmap/mprotect/MAP_FIXED of foreign memory off the lock. */
+/* ---- occupancy: may a range hold a piece of ours? (lock-free) ---------
+ *
+ * munmap, mprotect, madvise and MAP_FIXED of foreign memory must not take
+ * the lock (and block signals twice). A first test is the span from the
+ * lowest to the highest address we ever mapped, which only widens; inside
+ * it, a count of our pages per 2 MiB granule of address space answers: the
+ * call takes the lock only when a granule it touches holds one of our
+ * pages. Counts live in 8 KiB leaves (4096 granules, 8 GiB of address space
+ * each) mapped when first needed, under a static top level; they change
+ * under the lock when pieces are inserted, removed, split, merged or cut,
+ * and are read with atomic loads. A range past the 47-bit address space,
+ * longer than 1 GiB, or any failure to map a leaf falls back to the span. */
 static uintptr_t span_lo = UINTPTR_MAX, span_hi;
+
+#define OCC_GRANULE_SHIFT 21
+#define OCC_LEAF_SHIFT    12
+#define OCC_TOP           (1ul << (47 - OCC_GRANULE_SHIFT - OCC_LEAF_SHIFT))
+#define OCC_LIMIT         (1ul << 47)
+#define OCC_SCAN_MAX      (1ul << 30)
+static uint16_t *occ_top[OCC_TOP];
+static int occ_broken;
+
+static uint16_t *occ_leaf(uintptr_t g, int make)
+{
+    uint16_t **slot = &occ_top[g >> OCC_LEAF_SHIFT];
+    uint16_t *leaf = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (!leaf && make) {
+        leaf = sys_mmap(NULL, (1ul << OCC_LEAF_SHIFT) * sizeof *leaf, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (leaf == MAP_FAILED) return NULL;
+        __atomic_store_n(slot, leaf, __ATOMIC_RELEASE);
+    }
+    return leaf;
+}
+
+/* Adds (sign 1) or removes (-1) the pages of [a, a+len) to the counts. */
+static void occ_change(uintptr_t a, size_t len, int sign)
+{
+    if (!len) return;
+    uintptr_t end = a + len;
+    if (end > OCC_LIMIT || end < a) {
+        __atomic_store_n(&occ_broken, 1, __ATOMIC_RELEASE);
+        return;
+    }
+    for (uintptr_t g = a >> OCC_GRANULE_SHIFT; g <= (end - 1) >> OCC_GRANULE_SHIFT; g++) {
+        uintptr_t lo = g << OCC_GRANULE_SHIFT, hi = lo + (1ul << OCC_GRANULE_SHIFT);
+        uint16_t pages = (uint16_t)(((end < hi ? end : hi) - (a > lo ? a : lo)) / fbmm_page);
+        uint16_t *leaf = occ_leaf(g, sign > 0);
+        if (!leaf) {
+            if (sign > 0) __atomic_store_n(&occ_broken, 1, __ATOMIC_RELEASE);
+            continue;
+        }
+        uint16_t *c = &leaf[g & ((1ul << OCC_LEAF_SHIFT) - 1)];
+        if (sign > 0) __atomic_add_fetch(c, pages, __ATOMIC_RELEASE);
+        else __atomic_sub_fetch(c, pages, __ATOMIC_RELEASE);
+    }
+}
 
 int fbmm_rt_maybe(uintptr_t a, size_t len)
 {
-    return a < __atomic_load_n(&span_hi, __ATOMIC_ACQUIRE) &&
-           a + len > __atomic_load_n(&span_lo, __ATOMIC_ACQUIRE);
+    if (!(a < __atomic_load_n(&span_hi, __ATOMIC_ACQUIRE) && a + len > __atomic_load_n(&span_lo, __ATOMIC_ACQUIRE)))
+        return 0;
+    uintptr_t end = a + (len ? len : 1);
+    if (__atomic_load_n(&occ_broken, __ATOMIC_ACQUIRE) || len > OCC_SCAN_MAX || end > OCC_LIMIT || end < a)
+        return 1;
+    for (uintptr_t g = a >> OCC_GRANULE_SHIFT; g <= (end - 1) >> OCC_GRANULE_SHIFT; g++) {
+        uint16_t *leaf = occ_leaf(g, 0);
+        if (leaf && __atomic_load_n(&leaf[g & ((1ul << OCC_LEAF_SHIFT) - 1)], __ATOMIC_ACQUIRE)) return 1;
+    }
+    return 0;
 }
 
 static inline uint32_t size_of(const struct rt_node *t) { return t ? t->size : 0; }
@@ -59,6 +121,7 @@ static void node_free_all(struct rt_node *t)
 {
     while (t) {
         node_free_all(t->left);
+        occ_change(t->piece.addr, t->piece.len, -1);
         struct rt_node *r = t->right;
         fbmm_slab_give(&nodes, t);
         t = r;
@@ -146,6 +209,7 @@ int fbmm_rt_insert(const struct fbmm_piece *p)
     root = merge(merge(a, t), b);
     fbmm_rt_n++;
     fbmm_rt_span(p->addr, p->len);
+    occ_change(p->addr, p->len, 1);
     return (int)i;
 }
 
@@ -178,8 +242,10 @@ int fbmm_rt_split(uintptr_t a)
     right.blk = 0;
     right.mag = NULL;
     p->len = cut;
+    occ_change(a, right.len, -1);  /* the right part's node adds them back */
     if (fbmm_rt_insert(&right) < 0) {
         p->len += right.len;  /* as it was */
+        occ_change(a, right.len, 1);
         return -1;
     }
     return 0;
@@ -204,13 +270,22 @@ void fbmm_rt_merge_around(uintptr_t a)
     struct fbmm_piece *next = i + 1 < fbmm_rt_n ? fbmm_rt_at(i + 1) : NULL;
     if (next && mergeable(here, next)) {
         here->len += next->len;
+        occ_change(next->addr, next->len, 1);  /* its removal takes them off */
         fbmm_rt_remove(i + 1, 1);
     }
     struct fbmm_piece *prev = i > 0 ? fbmm_rt_at(i - 1) : NULL;
     if (prev && mergeable(prev, here)) {
         prev->len += here->len;
+        occ_change(here->addr, here->len, 1);
         fbmm_rt_remove(i, 1);
     }
+}
+
+void fbmm_rt_cut(struct fbmm_piece *p, size_t len)
+{
+    if (len >= p->len) return;
+    occ_change(p->addr + len, p->len - len, -1);
+    p->len = len;
 }
 
 /* ---- the shim's share of vm.max_map_count ------------------------------

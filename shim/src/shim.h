@@ -226,6 +226,7 @@ int    fbmm_rt_split(uintptr_t a);            /* make a a piece boundary */
 int    fbmm_rt_insert(const struct fbmm_piece *p); /* returns its index */
 void   fbmm_rt_remove(size_t i, size_t n);
 void   fbmm_rt_merge_around(uintptr_t a);     /* coalesce like the kernel */
+void   fbmm_rt_cut(struct fbmm_piece *p, size_t len); /* shorten p to len (its tail unmapped) */
 void   fbmm_rt_reset(void);
 void   fbmm_rt_span(uintptr_t a, size_t len); /* widen the lock-free span */
 /* Whether a new mapping may be ours: the table holds under half of the
