@@ -45,10 +45,15 @@ static void cache_del(size_t i)
     cache_n--;
 }
 
-void fbmm_cache_forget(uintptr_t a)
+void fbmm_cache_forget(struct fbmm_piece *p)
 {
+    if (p->flags & P_CLEAN) {  /* a clean slot: its own list */
+        fbmm_clean_forget(p);
+        return;
+    }
+    if (!(p->flags & P_CACHED)) return;
     for (size_t i = 0; i < cache_n; i++)
-        if (cache[i].addr == a) {
+        if (cache[i].addr == p->addr) {
             cache_del(i);
             return;
         }
@@ -137,5 +142,5 @@ void fbmm_cache_drop_child(int lazy)
         }
     }
     cache_bytes = 0;
-    fbmm_clean_drop_child(lazy);  /* the clean slots likewise */
+    fbmm_clean_drop(lazy);  /* the clean slots likewise */
 }

@@ -7,10 +7,10 @@
  * They come from two places:
  *  - free(), when a block goes neither into a magazine nor into the
  *    (resident) cache, punches it in place instead of unmapping it;
- *  - big_alloc, when neither the pre-zeroed pool nor a slot has a block,
- *    maps several blocks of that length with one mmap (under 2 MiB in all,
- *    so that no huge page spans two blocks), hands out the first and keeps
- *    the rest here.
+ *  - big_alloc, when no cached block or slot fits, maps several blocks of
+ *    that length with one mmap (under 2 MiB in all, so that no huge page
+ *    spans two blocks; never from the pre-zeroed pool), hands out the
+ *    first and keeps the rest here.
  * Before (issue 15), every block of a burst cost an mmap, and at free a
  * munmap and a hole punch: 1,000 live 256 KiB blocks allocated and freed
  * ran 3x native, where glibc serves them from its heap or one mmap each.
@@ -169,8 +169,10 @@ void fbmm_block_retire(uintptr_t p, struct fbmm_piece *pc, size_t blk)
 }
 
 /* Unmaps every slot; their offsets go back to the allocator (released from
- * a lazy fork copy first when `lazy`). */
-static void drop_all(int lazy)
+ * a lazy fork copy first when `lazy`). In a fork child, as the cache's
+ * blocks: the kernel copied these mappings of the parent's file, and their
+ * offsets are holes in the child's new file. */
+void fbmm_clean_drop(int lazy)
 {
     for (size_t k = 0; k < CLASSES; k++) {
         while (classes[k].head) {
@@ -187,19 +189,12 @@ static void drop_all(int lazy)
     }
 }
 
-void fbmm_clean_drop_child(int lazy)
-{
-    /* As the cache's blocks: the kernel copied these mappings of the
-     * parent's file; their offsets are holes in our new file. */
-    drop_all(lazy);
-}
-
 int fbmm_clean_release(void)
 {
     /* A slot holds no memory, but its offsets keep the arena file as
      * large: when the file cannot grow (the mount's capacity, this user's
      * share), they go back to the allocator for any length. */
     if (!slots_n) return 0;
-    drop_all(0);
+    fbmm_clean_drop(0);
     return 1;
 }

@@ -45,8 +45,7 @@ static void refile(uintptr_t a, size_t len, uintptr_t dst)
     while ((i = fbmm_rt_lower(a)) < fbmm_rt_n && fbmm_rt_at(i)->addr < a + len) {
         struct fbmm_piece *node = fbmm_rt_at(i);
         /* mremap of freed memory: the block is no longer ours to reuse. */
-        if (node->flags & P_CLEAN) fbmm_clean_forget(node);
-        else if (node->flags & P_CACHED) fbmm_cache_forget(node->addr);
+        fbmm_cache_forget(node);
         struct fbmm_piece e = *node;
         e.flags &= ~P_CACHED;
         fbmm_rt_remove(i, 1);

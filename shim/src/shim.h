@@ -327,9 +327,11 @@ int  fbmm_cow_evict(int fd);
 void fbmm_malloc_resolve(void);
 /* The cache of freed malloc blocks (locked). A piece flagged P_CACHED that
  * leaves the table or moves (munmap, MAP_FIXED, mremap of freed memory) must
- * leave the cache: fbmm_cache_forget. The fork child drops the cached
- * blocks (unmaps them, frees their offsets) before it copies anything. */
-void fbmm_cache_forget(uintptr_t a);
+ * leave the cache: fbmm_cache_forget (a clean slot leaves its list, see
+ * clean_slots.c; any other piece is left alone). The fork child drops the
+ * cached blocks (unmaps them, frees their offsets) before it copies
+ * anything. */
+void fbmm_cache_forget(struct fbmm_piece *p);
 /* free(): keeps our block at p (head piece *pc, length blk) for reuse;
  * 0 when taken. malloc: a cached block of `len` bytes (page-rounded)
  * aligned to `align`, or NULL. */
@@ -356,7 +358,9 @@ void *fbmm_clean_take(size_t len, size_t align);
 void *fbmm_clean_batch(size_t len);
 void  fbmm_block_retire(uintptr_t p, struct fbmm_piece *pc, size_t blk);
 void  fbmm_clean_forget(struct fbmm_piece *pc);
-void  fbmm_clean_drop_child(int lazy);
+/* Unmaps every slot and frees its offsets (punched first, for a lazy fork
+ * copy, when `lazy`): a fork child's, with the cache's blocks. */
+void  fbmm_clean_drop(int lazy);
 /* Unmaps every slot so the allocator has their offsets for any length:
  * after a mapping failed (the arena could not grow). 1 if there were any. */
 int   fbmm_clean_release(void);

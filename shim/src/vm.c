@@ -45,8 +45,7 @@ static void drop(size_t i, size_t n)
 {
     for (size_t k = i; k < i + n; k++) {
         struct fbmm_piece *p = fbmm_rt_at(k);
-        if (p->flags & P_CLEAN) fbmm_clean_forget(p);
-        else if (p->flags & P_CACHED) fbmm_cache_forget(p->addr);
+        fbmm_cache_forget(p);
         if (p->flags & P_HEAD) fbmm_heads_del(p->addr);
     }
     fbmm_rt_remove(i, n);
