@@ -149,6 +149,33 @@ public protocol AccessTracker: AnyObject, Sendable {
     func stop()
 }
 
+/// Each file with its process's mappings of it, read once per scan (one
+/// /proc/PID/maps per process); files their process does not map are left
+/// out. For the trackers that sample pages by virtual address.
+func mappedFiles(_ files: [TrackedFile]) -> [(file: TrackedFile, vmas: [VMA])] {
+    var targets: [(file: TrackedFile, vmas: [VMA])] = []
+    for (pid, group) in Dictionary(grouping: files, by: \.pid) {
+        let vmas = VMA.backingMappings(pid: pid)
+        for file in group {
+            let mine = vmas.filter { $0.maps(file) }
+            if !mine.isEmpty { targets.append((file, mine)) }
+        }
+    }
+    return targets
+}
+
+/// A sampling window adapted to what the last scan's samples saw: halved
+/// (down to `shortest`) when over 40% of the sampled pages were used,
+/// doubled (up to 200 ms) under 2%, so samples neither saturate nor come
+/// back empty.
+func adaptedWindow(_ window: Double, used: Int, of sampled: Int, shortest: Double) -> Double {
+    guard sampled > 0 else { return window }
+    let share = Double(used) / Double(sampled)
+    if share > 0.4 { return max(shortest, window / 2) }
+    if share < 0.02 { return min(0.2, window * 2) }
+    return window
+}
+
 /// Writes `text` to a sysfs or procfs file (DAMON's knobs, clear_refs).
 func writeText(_ path: String, _ text: String) -> Bool {
     let fd = open(path, O_WRONLY | O_CLOEXEC)

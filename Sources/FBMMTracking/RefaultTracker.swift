@@ -42,7 +42,6 @@ public final class RefaultTracker: AccessTracker {
         var window: Double = 0.050
         var cpu: Double = 0
         var random: UInt64 = 0x9E3779B97F4A7C15
-        var swapSeen = false
     }
     private let state = Locked(State())
     public let samples: Int
@@ -54,9 +53,6 @@ public final class RefaultTracker: AccessTracker {
     }
 
     public var cpuSeconds: Double { state.withLock { $0.cpu } }
-    public var window: Double { state.withLock { $0.window } }
-    /// Whether the last scan found swap active (and so did not sample).
-    public var stoppedBySwap: Bool { state.withLock { $0.swapSeen } }
     public func stop() {}
 
     /// One region: pages [first, first+count) of a mapping starting at
@@ -69,21 +65,11 @@ public final class RefaultTracker: AccessTracker {
     }
 
     public func scan(_ files: [TrackedFile]) -> [UInt64: [UInt8]] {
-        guard fbmm_swap_active() == 0 else {
-            state.withLock { $0.swapSeen = true }
-            return [:]
-        }
+        guard fbmm_swap_active() == 0 else { return [:] }
         let started = threadCPUSeconds()
         var (window, random) = state.withLock { ($0.window, $0.random) }
         let page = UInt64(pageSize)
-        var targets: [(file: TrackedFile, vmas: [VMA])] = []
-        for (pid, group) in Dictionary(grouping: files, by: \.pid) {
-            let vmas = VMA.backingMappings(pid: pid)
-            for file in group {
-                let mine = vmas.filter { $0.maps(file) }
-                if !mine.isEmpty { targets.append((file, mine)) }
-            }
-        }
+        let targets = mappedFiles(files)
         let mapped = targets.reduce(0) { $0 + $1.vmas.reduce(0) { $0 + Int(($1.end - $1.start) / page) } }
         // Regions of 16 pages or more (a read refaults 64 KiB around it).
         let regionPages = max(16, ((mapped + maxRegions - 1) / maxRegions + 15) / 16 * 16)
@@ -152,17 +138,11 @@ public final class RefaultTracker: AccessTracker {
                 for i in region.filePage..<(region.filePage + region.count) { out[i] = score }
             }
         }
-        // Adapt the window: aim for a used share between 2% and 40% of the
-        // samples, as soft-dirty does.
-        if sampled > 0 {
-            let share = Double(used) / Double(sampled)
-            if share > 0.4 { window = max(0.002, window / 2) } else if share < 0.02 { window = min(0.2, window * 2) }
-        }
+        window = adaptedWindow(window, used: used, of: sampled, shortest: 0.002)
         let spent = threadCPUSeconds() - started - sleptCPU
         state.withLock {
             $0.window = window
             $0.random = random
-            $0.swapSeen = false
             $0.cpu += max(0, spent)
         }
         return result

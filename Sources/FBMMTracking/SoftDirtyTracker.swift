@@ -40,16 +40,7 @@ public final class SoftDirtyTracker: AccessTracker {
     public func scan(_ files: [TrackedFile]) -> [UInt64: [UInt8]] {
         let started = threadCPUSeconds()
         var window = state.withLock { $0.window }
-        let byPID = Dictionary(grouping: files, by: \.pid)
-        // The VMAs of each file, found once per scan.
-        var targets: [(file: TrackedFile, vmas: [VMA])] = []
-        for (pid, group) in byPID {
-            let vmas = VMA.backingMappings(pid: pid)
-            for file in group {
-                let mine = vmas.filter { $0.maps(file) }
-                if !mine.isEmpty { targets.append((file, mine)) }
-            }
-        }
+        let targets = mappedFiles(files)
         var counts: [UInt64: [UInt8]] = [:]
         for target in targets { counts[target.file.key] = [UInt8](repeating: 0, count: target.file.pageCount) }
         let pids = Set(targets.map(\.file.pid))
@@ -91,11 +82,8 @@ public final class SoftDirtyTracker: AccessTracker {
         for (key, array) in counts {
             result[key] = array.map { UInt8(min(255, Int($0) * 255 / max(1, samples))) }
         }
-        // Adapt the window: aim for a dirty share between 2% and 40% of present pages.
-        if tracked > 0 {
-            let share = Double(dirty) / Double(tracked)
-            if share > 0.4 { window = max(0.001, window / 2) } else if share < 0.02 { window = min(0.2, window * 2) }
-        }
+        // Adapt the window to the dirty share of present pages.
+        window = adaptedWindow(window, used: dirty, of: tracked, shortest: 0.001)
         let spent = threadCPUSeconds() - started - sleptCPU
         state.withLock {
             $0.window = window
