@@ -16,12 +16,11 @@ SIZE=${SIZE:-262144}
 TOUCH=${TOUCH:-one}
 case $TOUCH in one) touch=() ;; all) touch=(all) ;; *) echo "TOUCH is one or all" >&2; exit 2 ;; esac
 REPS=${REPS:-5}
-FBMM=${FBMM:-$( [ -x .build/release/fbmm ] && [ -f .build/release/libfbmm-shim.so ] && echo .build/release/fbmm || echo .build/debug/fbmm )}
-[ -x "$FBMM" ] || { echo "no fbmm at $FBMM: run scripts/build.sh" >&2; exit 1; }
+bench_fbmm
 make -s -C Benchmarks/alloc
 BENCH=$PWD/Benchmarks/alloc/.build/bench
 mnt=$(mktemp -d /tmp/fbmm-bench-burst.XXXXXX)
-cleanup() { "$FBMM" umount "$mnt" 2>/dev/null || "$FBMM" umount --force "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true; }
+cleanup() { bench_umount "$mnt"; rmdir "$mnt" 2>/dev/null || true; }
 trap cleanup EXIT
 "$FBMM" mount "$mnt"
 

@@ -16,8 +16,7 @@ cd "$(dirname "$0")/.."
 REPS=${REPS:-5}
 SIZES=${SIZES:-"256 1024"}
 REDIS=${REDIS:-1}
-FBMM=${FBMM:-$( [ -x .build/release/fbmm ] && [ -f .build/release/libfbmm-shim.so ] && echo .build/release/fbmm || echo .build/debug/fbmm )}
-[ -x "$FBMM" ] || { echo "no fbmm at $FBMM: run scripts/build.sh" >&2; exit 1; }
+bench_fbmm
 make -s -C shim all test-programs
 COW=$PWD/shim/build/cowfork
 
@@ -25,7 +24,7 @@ mnt=$(mktemp -d /tmp/fbmm-bench-fork.XXXXXX)
 redis_pid=
 cleanup() {
     [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null || true
-    "$FBMM" umount "$mnt" 2>/dev/null || "$FBMM" umount --force "$mnt" 2>/dev/null || true
+    bench_umount "$mnt"
     rmdir "$mnt" 2>/dev/null || true
     rm -rf "${rdir:-}"
 }

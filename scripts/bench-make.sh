@@ -12,12 +12,11 @@ cd "$(dirname "$0")/.."
 REPS=${REPS:-5}
 JOBS=${JOBS:-2}
 POLICY=${POLICY:-local}
-FBMM=${FBMM:-$( [ -x .build/release/fbmm ] && [ -f .build/release/libfbmm-shim.so ] && echo .build/release/fbmm || echo .build/debug/fbmm )}
-[ -x "$FBMM" ] || { echo "no fbmm at $FBMM: run scripts/build.sh" >&2; exit 1; }
+bench_fbmm
 
 work=$(mktemp -d /tmp/fbmm-bench-make.XXXXXX)
 mnt=$work/mnt
-cleanup() { "$FBMM" umount "$mnt" 2>/dev/null || "$FBMM" umount --force "$mnt" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { bench_umount "$mnt"; rm -rf "$work"; }
 trap cleanup EXIT
 mkdir -p "$work/src/Sources/CFBMMSys" "$mnt"
 cp -r shim "$work/src/shim" && rm -rf "$work/src/shim/build"

@@ -27,13 +27,12 @@ ITERS_128=${ITERS_128:-20000}
 POLICY=${POLICY:-local}
 ALLOCATOR=${ALLOCATOR:-system}
 MIN_SIZE=${MIN_SIZE:-4K}
-FBMM=${FBMM:-$( [ -x .build/release/fbmm ] && [ -f .build/release/libfbmm-shim.so ] && echo .build/release/fbmm || echo .build/debug/fbmm )}
-[ -x "$FBMM" ] || { echo "no fbmm at $FBMM: run scripts/build.sh" >&2; exit 1; }
+bench_fbmm
 make -s -C Benchmarks/alloc
 BENCH=$PWD/Benchmarks/alloc/.build/bench
 
 mnt=$(mktemp -d /tmp/fbmm-bench-shim.XXXXXX)
-cleanup() { "$FBMM" umount "$mnt" 2>/dev/null || "$FBMM" umount --force "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true; }
+cleanup() { bench_umount "$mnt"; rmdir "$mnt" 2>/dev/null || true; }
 trap cleanup EXIT
 "$FBMM" mount "$mnt" --policy "$POLICY"
 hmnt=$mnt-huge

@@ -12,11 +12,10 @@ cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 T=${SECONDS_PER_RUN:-10}
 REPS=${REPS:-3}
-FBMM=${FBMM:-$( [ -x .build/release/fbmm ] && [ -f .build/release/libfbmm-shim.so ] && echo .build/release/fbmm || echo .build/debug/fbmm )}
-[ -x "$FBMM" ] || { echo "no fbmm at $FBMM: run scripts/build.sh" >&2; exit 1; }
+bench_fbmm
 command -v stress-ng >/dev/null || { echo "stress-ng is needed (apt install stress-ng)" >&2; exit 1; }
 mnt=$(mktemp -d /tmp/fbmm-bench-stress.XXXXXX)
-cleanup() { "$FBMM" umount "$mnt" 2>/dev/null || "$FBMM" umount --force "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true; }
+cleanup() { bench_umount "$mnt"; rmdir "$mnt" 2>/dev/null || true; }
 trap cleanup EXIT
 "$FBMM" mount "$mnt"
 # bogo ops/s (real time) from --metrics-brief's malloc line.
