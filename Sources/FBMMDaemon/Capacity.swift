@@ -19,7 +19,7 @@ extension MemoryFileSystem: FilesystemUsage {
         let pool = poolUsage(withUsed: false)
         let block = UInt64(pageSize)
         let files = state.withLock { $0.inodes.count }
-        let maxFiles = UInt64(configuration.maxFiles ?? 1 << 20)
+        let maxFiles = UInt64(configuration.maxFiles)
         reply.statistics(FilesystemStatistics(
             blockSize: block, totalBlocks: pool.total / block, freeBlocks: pool.free / block,
             availableBlocks: pool.free / block, totalFiles: maxFiles,

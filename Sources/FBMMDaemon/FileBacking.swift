@@ -35,6 +35,10 @@ final class FileBacking: Sendable {
         var parked: (size: UInt64, allocated: UInt64)?
     }
     private let file = Locked(Slot())
+    /// How many times a parked file was opened again: while a file stays
+    /// parked nothing reaches its memory, so a maintaining policy that saw
+    /// it parked at one count may trust what it saw until the count moves.
+    private let unparked = Atomic<UInt64>(0)
     private let name: String
     private let instance: TmpfsInstance?
     private struct PlacementState {
@@ -89,6 +93,7 @@ final class FileBacking: Sendable {
                 let new: MemoryFile
                 if let instance, let parkedName = slot.instanceName {
                     new = try MemoryFile(reopening: parkedName, name: name, on: instance)
+                    unparked.add(1, ordering: .releasing)
                 } else if let instance {
                     new = try MemoryFile(name: name, on: instance,
                                          owner: (owner.load(ordering: .acquiring), ownerGroup.load(ordering: .acquiring)))
@@ -117,6 +122,12 @@ final class FileBacking: Sendable {
 
     /// Whether the file was ever given memory (open or parked).
     var hasMemory: Bool { file.withLock { $0.open != nil || $0.instanceName != nil } }
+
+    /// Whether the file is parked now, and how often it was opened again
+    /// after being parked (see `unparked`), read together.
+    var parking: (parked: Bool, generation: UInt64) {
+        file.withLock { slot in (slot.parked != nil, unparked.load(ordering: .acquiring)) }
+    }
 
     /// Size and allocated bytes (one fstat; remembered while parked).
     func extent() -> (size: UInt64, allocated: UInt64) {

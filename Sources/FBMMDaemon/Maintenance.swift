@@ -50,9 +50,13 @@ extension MemoryFileSystem {
         }
         let identity = ObjectIdentifier(policy as AnyObject)
         return candidates.compactMap { inode, name, backing, pid in
-            // A file that never had memory has nothing to maintain.
-            guard ObjectIdentifier(backing.policy as AnyObject) == identity, let memory = backing.existing else { return nil }
-            return MaintainedFile(inode: inode, name: name, memory: memory, ownerPID: pid)
+            // A file that never had memory has nothing to maintain. None is
+            // opened here: a parked file is opened by the pass when it
+            // works on it (MaintainedFile says why).
+            guard ObjectIdentifier(backing.policy as AnyObject) == identity, backing.hasMemory else { return nil }
+            let parking = backing.parking
+            return MaintainedFile(inode: inode, name: name, size: backing.extent().size, ownerPID: pid,
+                                  idle: parking.parked, generation: parking.generation, open: { backing.existing })
         }
     }
 

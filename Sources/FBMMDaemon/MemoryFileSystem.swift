@@ -113,7 +113,8 @@ public final class MemoryFileSystem: FileSystemOperations {
         try validateName(name)
         let dir = try ns.directory(parent)
         guard dir.children[name] == nil else { throw .fileExists }
-        if let limit = configuration.maxFiles, ns.inodes.count >= limit { throw .noSpace }
+        if ns.inodes.count >= configuration.maxFiles { throw .noSpace }
+        if let limit = configuration.userFiles, ns.filesByUser[ctx.uid, default: 0] >= limit { throw .diskQuotaExceeded }
         let number = ns.allocateInode()
         let content: InodeRecord.Content
         let type = mode & S_IFMT
@@ -140,6 +141,7 @@ public final class MemoryFileSystem: FileSystemOperations {
                                  parent: parent, name: name, creatorPID: owner)
         record.policySpec = inheritedSpec
         ns.inodes[number] = record
+        ns.filesByUser[record.uid, default: 0] += 1
         dir.children[name] = number
         if type == S_IFDIR { dir.linkCount += 1 }
         dir.touchModified()

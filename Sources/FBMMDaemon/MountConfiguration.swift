@@ -26,8 +26,13 @@ public struct MountConfiguration: Sendable {
     /// `-o max-file-size=SIZE`: no file grows past this (EFBIG); bounds the
     /// daemon's work to place a sparse file truncated to a huge size.
     public var maxFileSize: UInt64 = 4 << 40
-    /// `-o max-files=N`
-    public var maxFiles: Int?
+    /// `-o max-files=N`: files and directories together (each costs the
+    /// daemon memory, and an idle one no descriptor), enforced by default.
+    public var maxFiles: Int = 1 << 20
+    /// `-o user-files=N`: the most files and directories one user may own
+    /// (creating more answers EDQUOT), so one user cannot take `max-files`
+    /// from the others.
+    public var userFiles: Int?
     /// `-o xattr-size=SIZE`: the most bytes (names and values) of `user.*`
     /// extended attributes all files together may hold. They live in the
     /// daemon's own memory, so they are bounded and counted in `capacity`.
@@ -63,6 +68,7 @@ public struct MountConfiguration: Sendable {
         PolicyKey("capacity", default: "unlimited", "most memory the mount's files may hold, e.g. 4G"),
         PolicyKey("user-capacity", default: "unlimited", "most memory one user's files may hold together (the daemon refuses growth past it with EDQUOT; on the private tmpfs with tmpfs quotas, Linux 6.6+, the kernel enforces it too)"),
         PolicyKey("max-files", default: "1048576", "most files and directories"),
+        PolicyKey("user-files", default: "unlimited", "most files and directories one user may own (EDQUOT past it)"),
         PolicyKey("max-file-size", default: "4T", "largest size a file may grow to"),
         PolicyKey("xattr-size", default: "16M", "most bytes of user.* extended attributes in all files together (256K per file)"),
         PolicyKey("mode", default: "1777", "permissions of the mount's root directory (octal)"),
@@ -89,9 +95,10 @@ public struct MountConfiguration: Sendable {
         if let size = try policyOptions.removeSize("user-capacity") { userCapacity = size }
         if let size = try policyOptions.removeSize("max-file-size") { maxFileSize = size }
         if let size = try policyOptions.removeSize("xattr-size") { xattrSize = size }
-        if let value = policyOptions.remove("max-files") {
-            guard let n = Int(value), n > 0 else { throw .invalidValue(key: "max-files", value: value, reason: "expected a positive number") }
-            maxFiles = n
+        for key in ["max-files", "user-files"] {
+            guard let value = policyOptions.remove(key) else { continue }
+            guard let n = Int(value), n > 0 else { throw .invalidValue(key: key, value: value, reason: "expected a positive number") }
+            if key == "max-files" { maxFiles = n } else { userFiles = n }
         }
         if let value = policyOptions.remove("mode") {
             guard let n = UInt32(value, radix: 8), n <= 0o7777 else { throw .invalidValue(key: "mode", value: value, reason: "expected octal permissions such as 1777") }

@@ -18,6 +18,8 @@ struct Namespace: ~Copyable {
     var counters = Counters()
     /// Bytes of `user.*` xattr names and values held by all inodes.
     var xattrBytes: UInt64 = 0
+    /// Inodes per owner (the root directory not counted), for `-o user-files`.
+    var filesByUser: [UInt32: Int] = [:]
 
     struct OpenHandle {
         var inode: InodeNumber
@@ -71,8 +73,24 @@ struct Namespace: ~Copyable {
         let unlinked = record.isDirectory ? record.linkCount <= 1 : record.linkCount == 0
         if unlinked && record.lookups == 0 && record.openHandles == 0 {
             xattrBytes -= min(xattrBytes, record.xattrBytes)
+            changeOwner(of: record, to: nil)
             inodes[inode] = nil
         }
+    }
+
+    /// Moves an inode's count in `filesByUser` from its owner to `uid` (nil:
+    /// the inode goes away) and sets its owner.
+    mutating func changeOwner(of record: InodeRecord, to uid: UInt32?) {
+        guard record.number != 1 else {
+            if let uid { record.uid = uid }
+            return
+        }
+        if let count = filesByUser[record.uid] {
+            filesByUser[record.uid] = count > 1 ? count - 1 : nil
+        }
+        guard let uid else { return }
+        record.uid = uid
+        filesByUser[uid, default: 0] += 1
     }
 
     /// The full path of an inode inside the mount, for stats ("/dir/file").

@@ -83,7 +83,7 @@ extension MemoryFileSystem: AttributeSetting, NodeCreation, NodeRemoval, Renamin
         let updated = transact { (ns) throws(Errno) -> stat in
             let record = try ns.record(inode)
             if let mode = changes.mode { record.mode = (record.mode & S_IFMT) | (mode & 0o7777) }
-            if let uid = changes.uid { record.uid = uid }
+            if let uid = changes.uid, uid != record.uid { ns.changeOwner(of: record, to: uid) }
             if let gid = changes.gid { record.gid = gid }
             if changes.uid != nil || changes.gid != nil { record.backing?.changeOwner(uid: record.uid, gid: record.gid) }
             let now = currentTime()

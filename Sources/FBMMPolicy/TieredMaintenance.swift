@@ -46,15 +46,18 @@ extension TieredPolicy {
         }
         guard let tracker = m.tracker else { return }
 
-        // 1. What the owning processes used during this scan.
+        // 1. What the owning processes used during this scan. Files are
+        // opened one at a time and let go (MaintainedFile says why); a
+        // process-owned one is never idle, so this opens nothing new.
         var sizes: [UInt64: UInt64] = [:]
         var tracked: [TrackedFile] = []
         for file in files {
-            let size = (try? file.memory.size()) ?? 0
+            sizes[file.inode] = file.size
+            guard let pid = file.ownerPID, let memory = file.open() else { continue }
+            let size = (try? memory.size()) ?? file.size
             sizes[file.inode] = size
-            guard let pid = file.ownerPID, size > 0 else { continue }
             var st = stat()
-            guard fstat(file.memory.descriptor.rawValue, &st) == 0 else { continue }
+            guard size > 0, fstat(memory.descriptor.rawValue, &st) == 0 else { continue }
             tracked.append(TrackedFile(key: file.inode, pid: pid, inode: UInt64(st.st_ino), device: UInt64(st.st_dev),
                                        pageCount: Int((size + page - 1) / page)))
         }
@@ -65,37 +68,32 @@ extension TieredPolicy {
         m.lastScan = now
 
         // 2. Where each resident page is (move_pages on the daemon's window).
-        var windows: [UInt64: FileMapping] = [:]
+        // An idle file's pages stay where they were seen until it is used
+        // again (or this policy moves them): what was seen is kept, and the
+        // file is not opened again meanwhile.
         var views: [TieredPlanner.FileView] = []
         var failure: String?
         var trackedBytes: UInt64 = 0, hotPages: UInt64 = 0
         for file in files {
             let size = sizes[file.inode] ?? 0
             let pages = Int((size + page - 1) / page)
-            guard pages > 0 else { m.history.removeValue(forKey: file.inode); continue }
-            var nodes = [Int32](repeating: -1, count: pages)
-            do throws(SystemError) {
-                let ranges = try file.memory.dataRanges()
-                guard !ranges.isEmpty else { continue }
-                let window = try file.memory.map(0..<(UInt64(pages) * page))
-                let end = UInt64(pages) * page
-                for data in ranges {
-                    // The file may have grown since its size was read.
-                    let lower = data.lowerBound / page * page
-                    guard lower < end else { continue }
-                    let aligned = lower..<min(end, (data.upperBound + page - 1) / page * page)
-                    // Present pages only: looking must not refill what a program punched.
-                    for run in try window.presentRuns(aligned) {
-                        try window.populateRead(run)
-                        let status = try window.nodesOfPages(run)
-                        let first = Int(run.lowerBound / page)
-                        for (i, node) in status.enumerated() where first + i < pages { nodes[first + i] = node }
-                    }
-                }
-                windows[file.inode] = window
-            } catch {
-                failure = error.description
+            guard pages > 0 else {
+                m.history.removeValue(forKey: file.inode)
+                m.idleNodes.removeValue(forKey: file.inode)
                 continue
+            }
+            let nodes: [Int32]
+            if file.idle, let seen = m.idleNodes[file.inode], seen.generation == file.generation, seen.nodes.count == pages {
+                nodes = seen.nodes
+            } else {
+                do throws(SystemError) {
+                    guard let memory = file.open() else { continue }
+                    nodes = try Self.nodes(of: memory, pages: pages)
+                } catch {
+                    failure = error.description
+                    continue
+                }
+                if file.idle { m.idleNodes[file.inode] = (file.generation, nodes) } else { m.idleNodes.removeValue(forKey: file.inode) }
             }
             // 3. Page history: heat (moving average), hot and cold streaks.
             var h = m.history[file.inode] ?? PageHistory()
@@ -116,6 +114,7 @@ extension TieredPolicy {
             views.append(.init(key: file.inode, nodes: nodes, hotStreak: h.hotStreak, coldStreak: h.coldStreak, heat: h.heat))
         }
         for key in m.history.keys where sizes[key] == nil { m.history.removeValue(forKey: key) }
+        for key in m.idleNodes.keys where sizes[key] == nil { m.idleNodes.removeValue(forKey: key) }
 
         // 4. Decide and move.
         let planner = TieredPlanner(
@@ -124,14 +123,28 @@ extension TieredPolicy {
             promoteThreshold: k.promoteThreshold,
             budgetPages: max(1, Int(Double(k.rateLimit) * max(elapsed, k.scanInterval) / Double(page))))
         let plan = planner.plan(views)
+        let byInode = Dictionary(files.map { ($0.inode, $0) }, uniquingKeysWith: { first, _ in first })
         var promoted: UInt64 = 0, demoted: UInt64 = 0
         for (moves, target) in [(plan.demote, Int32(slow)), (plan.promote, Int32(fast))] {
             for (key, pageIndices) in moves where !pageIndices.isEmpty {
-                guard let window = windows[key] else { continue }
+                guard let file = byInode[key], let size = sizes[key], size > 0, let memory = file.open() else { continue }
                 do throws(SystemError) {
+                    let window = try memory.map(0..<((size + page - 1) / page * page))
+                    // move_pages moves what this window maps: map the pages
+                    // first, present ones only (not refilling a punch).
+                    if let lowest = pageIndices.min(), let highest = pageIndices.max() {
+                        let span = (UInt64(lowest) * page)..<min(window.range.upperBound, UInt64(highest + 1) * page)
+                        for run in try window.presentRuns(span) { try window.populateRead(run) }
+                    }
                     let status = try window.migrate(pageOffsets: pageIndices.map { UInt64($0) * page }, to: target)
                     let moved = UInt64(status.lazy.filter { $0 == target }.count)
                     if target == Int32(fast) { promoted += moved } else { demoted += moved }
+                    if var seen = m.idleNodes[key] {
+                        for (index, node) in zip(pageIndices, status) where node >= 0 && index < seen.nodes.count {
+                            seen.nodes[index] = node
+                        }
+                        m.idleNodes[key] = seen
+                    }
                 } catch {
                     failure = error.description
                 }
@@ -159,5 +172,31 @@ extension TieredPolicy {
             c.passSeconds = monotonicSeconds() - started
             if let failure { c.failures += 1; c.lastError = failure }
         }
+    }
+
+    /// The node of each of a file's first `pages` pages (-1: not present),
+    /// looked up with move_pages on a window of the daemon's, unmapped
+    /// before returning. Only present pages are looked at: looking must
+    /// not refill what a program punched.
+    static func nodes(of memory: MemoryFile, pages: Int) throws(SystemError) -> [Int32] {
+        let page = UInt64(pageSize)
+        var nodes = [Int32](repeating: -1, count: pages)
+        let ranges = try memory.dataRanges()
+        guard !ranges.isEmpty else { return nodes }
+        let end = UInt64(pages) * page
+        let window = try memory.map(0..<end)
+        for data in ranges {
+            // The file may have grown since its size was read.
+            let lower = data.lowerBound / page * page
+            guard lower < end else { continue }
+            let aligned = lower..<min(end, (data.upperBound + page - 1) / page * page)
+            for run in try window.presentRuns(aligned) {
+                try window.populateRead(run)
+                let status = try window.nodesOfPages(run)
+                let first = Int(run.lowerBound / page)
+                for (i, node) in status.enumerated() where first + i < pages { nodes[first + i] = node }
+            }
+        }
+        return nodes
     }
 }

@@ -69,6 +69,9 @@ public final class TieredPolicy: MaintainingPolicy {
         var tracker: (any AccessTracker)?
         var trackerKind: TrackerKind?
         var history: [UInt64: PageHistory] = [:]
+        /// Where an idle file's pages were seen, and its generation then
+        /// (MaintainedFile.idle): kept until it is used again.
+        var idleNodes: [UInt64: (generation: UInt64, nodes: [Int32])] = [:]
         var lastScan: Double?
         /// A maintenance pass holds the state (TieredMaintenance.swift).
         var inPass = false

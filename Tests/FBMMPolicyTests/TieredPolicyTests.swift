@@ -1,6 +1,7 @@
 import Foundation
 import FBMMCore
 import FBMMTracking
+import Synchronization
 import Testing
 @testable import FBMMPolicy
 
@@ -91,6 +92,52 @@ import Testing
         #expect(policy.placedFastBytes == 0)
         #expect(policy.place(0..<Self.mib, of: file(4)).map(\.policy.nodes) == [[0]])
         policy.shutdown()
+    }
+
+    /// A pass over many idle files (parked on the private tmpfs: the daemon
+    /// holds no descriptor for them) opens them one at a time, so it never
+    /// holds a descriptor per file (with tens of thousands of files that
+    /// took every descriptor the daemon may have from the users it serves),
+    /// and an idle file is not opened again until it is used
+    /// (its generation moves).
+    @Test func idleFilesAreOpenedOneAtATimeAndOnceWhileIdle() throws {
+        let instance = try TmpfsInstance(size: 64 << 20, huge: .never)
+        let policy = try tiered("fast=0,slow=2,fast-capacity=48M")
+        defer { policy.shutdown() }
+        let count = 300
+        var names: [String] = []
+        for i in 0..<count {
+            let made = try MemoryFile(name: "f\(i)", on: instance)
+            try [UInt8](repeating: 7, count: Int(Self.page)).withUnsafeBytes { try made.write($0, at: 0) }
+            names.append(try #require(made.instanceName))
+        }
+        @Sendable func descriptors() -> Int { ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count }
+        let baseline = descriptors()
+        let opens = Mutex(0), peak = Mutex(0)
+        func files(generation first: UInt64 = 0) -> [MaintainedFile] {
+            names.enumerated().map { i, name in
+                MaintainedFile(inode: UInt64(i + 2), name: "f\(i)", size: Self.page, ownerPID: nil, idle: true,
+                               generation: i == 0 ? first : 0) {
+                    opens.withLock { $0 += 1 }
+                    let file = try? MemoryFile(reopening: name, name: "f\(i)", on: instance)
+                    let now = descriptors()
+                    peak.withLock { $0 = max($0, now) }
+                    return file
+                }
+            }
+        }
+        policy.maintain(files: files())
+        #expect(opens.withLock { $0 } == count, "each idle file looked at once")
+        #expect(peak.withLock { $0 } - baseline < 50, "one at a time: \(peak.withLock { $0 }) descriptors at most, \(baseline) before")
+        // The host has one node: every page is on node 0, the "fast" one.
+        let everyPage = PolicyCounter.count(UInt64(count) * Self.page)
+        #expect(policy.counters["fast_bytes"] == everyPage)
+        policy.maintain(files: files())
+        #expect(opens.withLock { $0 } == count, "still idle, same generation: not opened again")
+        #expect(policy.counters["fast_bytes"] == everyPage, "what was seen still counts")
+        policy.maintain(files: files(generation: 1))
+        #expect(opens.withLock { $0 } == count + 1, "the one used since is looked at again")
+        #expect(descriptors() - baseline < 50, "nothing kept open after the passes")
     }
 
     // MARK: page history

@@ -366,6 +366,42 @@ struct TrustTests {
         #expect(a.wait(seconds: 60) == 0 && a.stdout.contains("held 160 MiB"), "A's program kept all its data: \(a.output)")
     }
 
+    /// `-o user-files=200`: user A's creates stop at 200 files and
+    /// directories with EDQUOT (max-files, a million by default, would
+    /// otherwise be A's to take whole), while user B still creates files and
+    /// B's program gets the mount; A's count goes down as A removes files
+    /// and moves with chown.
+    @Test func oneUserCannotTakeEveryFile() throws {
+        let scene = try UserScene("tA", "tB", options: ["user-files=200"])
+        defer { scene.close() }
+        let fill = """
+            import os, sys
+            d, n = sys.argv[1], int(sys.argv[2])
+            os.makedirs(d, exist_ok=True)
+            made = 0
+            try:
+                for i in range(n):
+                    open(f'{d}/f{i}', 'w').close(); made += 1
+            except OSError as e:
+                print('error', e.strerror)
+            print('made', made)
+            """
+        let a = try scene.a.run([Self.python, "-c", fill, scene.mount.path + "/a", "300"])
+        #expect(a.stdout.contains("made 199") && a.stdout.contains("error Disk quota exceeded"),
+                "A's directory and 199 files, then EDQUOT: \(a.stdout) \(a.stderr)")
+        let b = try scene.b.run([Self.python, "-c", fill, scene.mount.path + "/b", "50"])
+        #expect(b.ok && b.stdout.contains("made 50") && !b.stdout.contains("error"), "B is unaffected: \(b.stdout) \(b.stderr)")
+        let program = try scene.b.run(fbmmRun(scene.mount, ["--verbose"], [Self.python, "-c", "b = bytearray(8 << 20); print('ok')"]))
+        #expect(program.ok && program.stderr.contains("using fbmm mount") && !program.stderr.contains("falling back"),
+                "B's program gets the mount: \(program.stderr)")
+        try FileManager.default.removeItem(atPath: scene.mount.path + "/a/f0")
+        try FileManager.default.removeItem(atPath: scene.mount.path + "/a/f1")
+        #expect(chown(scene.mount.path + "/a/f2", scene.b.uid, scene.b.gid) == 0, "root gives one of A's files to B")
+        let again = try scene.a.run([Self.python, "-c", fill, scene.mount.path + "/a2", "10"])
+        #expect(again.stdout.contains("made 2") && again.stdout.contains("Disk quota exceeded"),
+                "room for A's new directory and 2 files, no more: \(again.stdout) \(again.stderr)")
+    }
+
     /// Issue 17, "no descriptor per idle file": user A fills a directory
     /// with 50,000 files holding data, more than the daemon may have descriptors
     /// (its RLIMIT_NOFILE, raised to the hard limit); each held a descriptor

@@ -24,6 +24,10 @@
 #   counters    fbmm stat shows promotions, demotions, scans and the tracker names
 #   knob        a bad knob value is refused with the daemon's reason, a good one is applied
 #   tracker     the mount says which tracker runs and what it cannot see
+#   idle-files  IDLE_FILES (3000) small files with data, closed (parked:
+#               the daemon holds no descriptor for them): while the policy's
+#               passes run, the daemon's descriptor count stays flat (a pass
+#               opens one idle file at a time, once while it stays idle)
 # Environment: FBMM_BIN, TIERING_GUPS (a prebuilt gups), TIERING_KEEP=1 (keep the work directory).
 set -u -o pipefail
 
@@ -141,6 +145,23 @@ if echo "$pc" | jq -e '.promoted_pages > 0 and .demoted_pages > 0 and .scans > 1
 else
     fail "counters: $pc"
 fi
+# Idle files: a pass must not hold a descriptor per file.
+IDLE_FILES=${TIERING_IDLE_FILES:-3000}
+dpid=$(echo "$final" | jq -r '.daemon_pid')
+fds() { ls "/proc/$dpid/fd" | wc -l; }
+mkdir "$mnt/idle"
+page=$(printf '%4096s' "idle page")
+for i in $(seq "$IDLE_FILES"); do printf '%s' "$page" > "$mnt/idle/$i"; done  # no process per file
+before=$(fds) most=0 scans0=$("$fbmm" stat "$mnt" --json | jq '.policy_counters.scans')
+end=$(( $(date +%s) + 5 ))
+while [ "$(date +%s)" -lt "$end" ]; do n=$(fds); [ "$n" -gt "$most" ] && most=$n; sleep 0.05; done
+scans=$(( $("$fbmm" stat "$mnt" --json | jq '.policy_counters.scans') - scans0 ))
+if [ "$scans" -ge 2 ] && [ $((most - before)) -lt 100 ] && [ "$(cat "$mnt/idle/$IDLE_FILES")" = "$page" ]; then
+    pass "idle-files: $IDLE_FILES files with data, $scans passes: daemon descriptors $before before, at most $most during"
+else
+    fail "idle-files: $IDLE_FILES files, $scans passes: daemon descriptors $before before, $most during"
+fi
+
 echo "--- last stat samples"; tail -3 "$work/samples"
 grep -iE "error|refused" "$work/daemon.log" | tail -5
 echo "$passed passed, $failed failed"
