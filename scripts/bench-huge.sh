@@ -3,6 +3,7 @@
 # in the same run, on this host's THP settings (Benchmarks/huge/hugebench.c):
 #   ask:     a 1 GiB malloc'ed block with madvise(MADV_HUGEPAGE) (JVMs,
 #            jemalloc thp:always, PyTorch): huge pages? first touch, random updates
+#   down:    the first row touched from its last page to its first
 #   plain:   the same without madvise (the host's default for anonymous memory)
 #   512M:    first touch of a 512 MiB block, no madvise
 #   always:  with ALLOW_SYSFS=1, the host's anonymous THP set to `always` for
@@ -43,12 +44,12 @@ echo "host THP: $old_thp; $("$FBMM" stat "$mnt" | grep '^backing')"
 field() { sed -E "s/.*$1 ([0-9.]+).*/\1/"; }
 # case NAME MB ASK UPDATES
 run_case() {
-    local name=$1 mb=$2 ask=$3 updates=$4 n=() f=() d=() before
+    local name=$1 mb=$2 ask=$3 updates=$4 order=${5:-up} n=() f=() d=() before
     [ "$updates" -gt 0 ] || updates=1
     for _ in $(seq "$REPS"); do
-        n+=("$("$work/hugebench" "$mb" "$ask" "$updates" "$WARM")")
+        n+=("$("$work/hugebench" "$mb" "$ask" "$updates" "$WARM" "$order")")
         before=$(daemon_ms "$FBMM" "$mnt")
-        f+=("$("$FBMM" run --mount "$mnt" -- "$work/hugebench" "$mb" "$ask" "$updates" "$WARM")")
+        f+=("$("$FBMM" run --mount "$mnt" -- "$work/hugebench" "$mb" "$ask" "$updates" "$WARM" "$order")")
         d+=("$(awk "BEGIN {print $(daemon_ms "$FBMM" "$mnt") - $before}")")
     done
     local nt ft nc fc nu fu nk fk dm
@@ -57,13 +58,16 @@ run_case() {
     nu=$(printf '%s\n' "${n[@]}" | field mups | median);     fu=$(printf '%s\n' "${f[@]}" | field mups | median)
     nk=$(printf '%s\n' "${n[@]}" | field pmd_kb | median);   fk=$(printf '%s\n' "${f[@]}" | field pmd_kb | median)
     dm=$(printf '%s\n' "${d[@]}" | median)
-    printf '| %s | %s MiB / %s MiB | %.0f ms / %.0f ms (**%.2fx**) | %.0f ms / %.0f ms (%.2fx) | %.1f / %.1f M/s (**%.2f**) | %.0f ms |\n' \
+    local updated="-"
+    [ "$updates" -le 1 ] || updated=$(printf '%.1f / %.1f M/s (**%.2f**)' "$nu" "$fu" "$(awk "BEGIN {print $fu / $nu}")")
+    printf '| %s | %s MiB / %s MiB | %.0f ms / %.0f ms (**%.2fx**) | %.0f ms / %.0f ms (%.2fx) | %s | %.0f ms |\n' \
         "$name" $((${nk%.*} / 1024)) $((${fk%.*} / 1024)) "$nt" "$ft" "$(awk "BEGIN {print $ft / $nt}")" \
-        "$nc" "$fc" "$(awk "BEGIN {print $fc / $nc}")" "$nu" "$fu" "$(awk "BEGIN {print $fu / $nu}")" "$dm"
+        "$nc" "$fc" "$(awk "BEGIN {print $fc / $nc}")" "$updated" "$dm"
 }
 echo "| case | huge pages native / fbmm | first touch native / fbmm (time) | cold first touch (time) | random updates native / fbmm (throughput) | daemon CPU per fbmm run |"
 echo "|---|---|---|---|---|---|"
 run_case "1 GiB, MADV_HUGEPAGE" "$MIB" 1 "$UPDATES"
+run_case "1 GiB, MADV_HUGEPAGE, touched from the end" "$MIB" 1 1 down
 run_case "1 GiB, no madvise" "$MIB" 0 "$UPDATES"
 run_case "512 MiB, no madvise" 512 0 1
 if [ "${ALLOW_SYSFS:-0}" = 1 ]; then

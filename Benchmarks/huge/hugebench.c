@@ -1,7 +1,7 @@
 /*
  * Huge pages and first touch, natively and under the shim (scripts/bench-huge.sh).
  *
- *   hugebench MB ASK UPDATES [WARM]
+ *   hugebench MB ASK UPDATES [WARM [down]]
  *     mallocs MB MiB, optionally madvise(MADV_HUGEPAGE) on it (ASK=1, as
  *     JVMs, jemalloc thp:always and PyTorch do), touches every page (timed),
  *     then does UPDATES random 8-byte updates (timed), and prints
@@ -16,6 +16,10 @@
  *     runs here spread from 130 ms to 3.3 s for the same 1 GiB. A block that
  *     follows a freed one gets memory the host still backs, so X measures
  *     the kernel's fault path (natively or under the shim), not the host's.
+ *     "down" touches the pages from the last to the first: a huge shmem
+ *     fault zeroes the 2 MiB page from its first byte to its last, an
+ *     anonymous one the faulting 4 KiB last, so which of the two leaves the
+ *     bytes the program writes next in the cache depends on the direction.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -34,10 +38,11 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4 && argc != 5) { fprintf(stderr, "usage: hugebench MB ASK UPDATES [WARM]\n"); return 2; }
+    if (argc < 4 || argc > 6) { fprintf(stderr, "usage: hugebench MB ASK UPDATES [WARM [down]]\n"); return 2; }
     size_t len = (size_t)atol(argv[1]) << 20;
     long updates = atol(argv[3]);
-    int warm = argc == 5 ? atoi(argv[4]) : 0;
+    int warm = argc >= 5 ? atoi(argv[4]) : 0;
+    int down = argc == 6 && strcmp(argv[5], "down") == 0;
     uint64_t *p = NULL;
     double touch = 0, cold = 0;
     for (int round = 0; round <= warm; round++) {
@@ -49,7 +54,10 @@ int main(int argc, char **argv)
             madvise((void *)a, len - (a - (uintptr_t)p), MADV_HUGEPAGE);
         }
         double t0 = now();
-        for (size_t i = 0; i < len / 8; i += 512) p[i] = i;
+        if (down)
+            for (size_t i = len / 8; i >= 512; i -= 512) p[i - 512] = i;
+        else
+            for (size_t i = 0; i < len / 8; i += 512) p[i] = i;
         touch = now() - t0;
         if (round == 0) cold = touch;
     }
