@@ -23,9 +23,17 @@ extension MemoryFileSystem {
         guard let policy = mountPolicy as? any MaintainingPolicy else { return }
         logger.info("maintenance every \(policy.maintenanceInterval)s for \(policy.description)")
         startThread { [self] in
+            var said: [String: String] = [:]
             while !policy.isShutDown {
                 let started = monotonicSeconds()
                 policy.maintain(files: maintainedFiles(of: policy))
+                // What a pass says in words (its tracker, whether that can
+                // see now, its last error) goes to the log when it changes.
+                for (key, counter) in policy.counters {
+                    guard case .text(let text) = counter, said[key] != text else { continue }
+                    if said[key] != nil || !text.isEmpty { logger.notice("\(type(of: policy).name): \(key): \(text)") }
+                    said[key] = text
+                }
                 // Sleep out the interval in short steps, so shutdown and a
                 // shortened interval take effect soon.
                 while !policy.isShutDown, monotonicSeconds() - started < policy.maintenanceInterval {

@@ -38,13 +38,36 @@ extension TieredPolicy {
             }
             leftover?.stop()
         }
-        let wanted = k.tracker == .auto ? (m.trackerKind ?? TrackerKind.resolveAuto()) : k.tracker
+        var wanted = k.tracker == .auto ? (m.trackerKind ?? TrackerKind.resolveAuto()) : k.tracker
+        if k.tracker != .auto {
+            m.autoFellBack = false
+        } else if m.tracker?.pausedReason != nil {
+            // The tracker auto picked cannot see now (refault with swap on):
+            // take what auto picks now instead...
+            wanted = TrackerKind.resolveAuto()
+            m.autoFellBack = true
+        } else if m.autoFellBack {
+            // ...and go back to the first choice once it can see again.
+            wanted = TrackerKind.resolveAuto()
+            if wanted != m.trackerKind { m.autoFellBack = false }
+        }
         if m.tracker == nil || m.trackerKind != wanted {
             m.tracker?.stop()
             m.tracker = wanted.makeTracker()
             m.trackerKind = wanted
         }
         guard let tracker = m.tracker else { return }
+        // A tracker that sees nothing now reports no samples, which would
+        // cool every page and demote the hot set: the pass stops here, page
+        // history and placement as they were, and says why.
+        if let reason = tracker.pausedReason {
+            let name = tracker.name
+            stats.withLock { c in
+                c.tracker = name
+                c.trackerState = "paused: \(reason)"
+            }
+            return
+        }
 
         // 1. What the owning processes used during this scan. Files are
         // opened one at a time and let go (MaintainedFile says why); a
@@ -160,6 +183,7 @@ extension TieredPolicy {
         let name = tracker.name
         stats.withLock { c in
             c.scans += 1
+            c.trackerState = "running"
             c.promotedPages += promoted
             c.demotedPages += demoted
             c.tracker = name

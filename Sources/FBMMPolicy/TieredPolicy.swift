@@ -75,6 +75,9 @@ public final class TieredPolicy: MaintainingPolicy {
         var lastScan: Double?
         /// A maintenance pass holds the state (TieredMaintenance.swift).
         var inPass = false
+        /// `auto` fell back from a tracker that paused (refault with swap
+        /// on): it goes back to what `auto` picks once that one can see again.
+        var autoFellBack = false
     }
     let maintenance = Locked(Maintenance())
 
@@ -85,6 +88,8 @@ public final class TieredPolicy: MaintainingPolicy {
         var failures: UInt64 = 0
         var lastError = ""
         var tracker = "none"
+        /// "running", or why the tracker sees nothing now ("paused: ...").
+        var trackerState = "running"
         var trackerCPU = 0.0
         var trackedGiBSeconds = 0.0
         var trackedBytes: UInt64 = 0
@@ -165,6 +170,7 @@ public final class TieredPolicy: MaintainingPolicy {
         let page = UInt64(pageSize)
         return [
             "tracker": .text(c.tracker),
+            "tracker_state": .text(c.trackerState),
             "scans": .count(c.scans),
             "promoted_pages": .count(c.promotedPages),
             "promoted_bytes": .count(c.promotedPages * page),

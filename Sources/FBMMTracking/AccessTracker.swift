@@ -147,6 +147,13 @@ public protocol AccessTracker: AnyObject, Sendable {
     var cpuSeconds: Double { get }
     /// Releases kernel resources (DAMON contexts).
     func stop()
+    /// Why the tracker cannot see anything now (nil: it can). A scan while
+    /// paused reports nothing, which must not be read as "all cold".
+    var pausedReason: String? { get }
+}
+
+extension AccessTracker {
+    public var pausedReason: String? { nil }
 }
 
 /// Each file with its process's mappings of it, read once per scan (one

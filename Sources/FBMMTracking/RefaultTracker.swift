@@ -54,6 +54,9 @@ public final class RefaultTracker: AccessTracker {
 
     public var cpuSeconds: Double { state.withLock { $0.cpu } }
     public func stop() {}
+    /// With swap active, reclaim would write sampled pages out instead of
+    /// keeping them: no sampling then.
+    public var pausedReason: String? { fbmm_swap_active() == 0 ? nil : "swap is active" }
 
     /// One region: pages [first, first+count) of a mapping starting at
     /// `address`, file page `filePage`, of target `target`.

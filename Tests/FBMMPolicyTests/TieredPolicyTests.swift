@@ -140,6 +140,87 @@ import Testing
         #expect(descriptors() - baseline < 50, "nothing kept open after the passes")
     }
 
+    /// A tracker that cannot see for a while (refault sampling with swap
+    /// on) reports no samples; the pass must not read that as "all cold":
+    /// it stops, says why in `tracker_state` (and the daemon logs the
+    /// change), and the page history stays as it was. With `tracker=auto`
+    /// the pass takes what auto picks instead of a paused tracker.
+    @Test func aPausedTrackerCoolsNothing() throws {
+        final class Fake: AccessTracker {
+            let name = "fake"
+            let paused = Mutex<String?>(nil)
+            var cpuSeconds: Double { 0 }
+            func scan(_ files: [TrackedFile]) -> [UInt64: [UInt8]] {
+                Dictionary(uniqueKeysWithValues: files.map { ($0.key, [UInt8](repeating: 255, count: $0.pageCount)) })
+            }
+            func stop() {}
+            var pausedReason: String? { paused.withLock { $0 } }
+        }
+        let instance = try TmpfsInstance(size: 16 << 20, huge: .never)
+        let memory = try MemoryFile(name: "hot", on: instance)
+        try [UInt8](repeating: 1, count: 16 * Int(Self.page)).withUnsafeBytes { try memory.write($0, at: 0) }
+        // Owned by this process, which maps it: the fake tracker calls every page hot.
+        let file = MaintainedFile(inode: 2, name: "hot", memory: memory, ownerPID: getpid())
+        let policy = try tiered("fast=0,slow=2,fast-capacity=48M,tracker=refault")
+        defer { policy.shutdown() }
+        let fake = Fake()
+        policy.maintenance.withLock { m in
+            m.tracker = fake
+            m.trackerKind = .refault
+        }
+        policy.maintain(files: [file])
+        policy.maintain(files: [file])
+        #expect(policy.counters["hot_bytes"] == .count(16 * Self.page), "every page hot")
+        #expect(policy.counters["tracker_state"] == .text("running"))
+        fake.paused.withLock { $0 = "swap is active" }
+        policy.maintain(files: [file])
+        #expect(policy.counters["tracker_state"] == .text("paused: swap is active"))
+        #expect(policy.counters["scans"] == .count(2), "a paused pass is no scan")
+        let heat = policy.maintenance.withLock { $0.history[2]?.heat ?? [] }
+        #expect(heat.count == 16 && heat.allSatisfy { $0 > 100 }, "the history did not cool: \(heat)")
+        fake.paused.withLock { $0 = nil }
+        policy.maintain(files: [file])
+        #expect(policy.counters["tracker_state"] == .text("running") && policy.counters["scans"] == .count(3))
+    }
+
+    /// With swap really on (a 16 MiB swap file, switched off again after),
+    /// refault sampling says it is paused, `auto` no longer picks it, and a
+    /// tiered pass under `tracker=auto` moves off it to what auto picks
+    /// then, and back to it once swap is off again.
+    @Test func autoLeavesRefaultWhileSwapIsOn() throws {
+        try #require(RefaultTracker.isAvailable, "refault sampling must be available here first (no swap active)")
+        let path = "/var/tmp/fbmm-test-swap-\(getpid())"
+        func sh(_ command: String) -> Int32 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["-c", command]
+            p.standardOutput = FileHandle.nullDevice
+            try? p.run()
+            p.waitUntilExit()
+            return p.terminationStatus
+        }
+        // What auto picks with no swap: refault sampling, or DAMON where the kernel offers it.
+        let first = TrackerKind.resolveAuto()
+        let firstName = first == .auto ? "none" : first.rawValue
+        let policy = try tiered("fast=0,slow=2,fast-capacity=48M,tracker=auto")
+        defer { policy.shutdown() }
+        policy.maintain(files: [])
+        #expect(policy.counters["tracker"] == .text(firstName))
+        try #require(sh("dd if=/dev/zero of=\(path) bs=1M count=16 status=none && chmod 600 \(path) && mkswap \(path) >/dev/null && swapon \(path)") == 0,
+                     "cannot switch a swap file on here (root, a filesystem that takes swap files)")
+        defer { _ = sh("swapoff \(path); rm -f \(path)") }
+        #expect(RefaultTracker().pausedReason == "swap is active")
+        #expect(TrackerKind.resolveAuto() != .refault)
+        policy.maintain(files: [])
+        policy.maintain(files: [])
+        // DAMON sees with swap on: auto stays on it. Refault cannot: auto leaves it.
+        #expect((first == .refault) == (policy.counters["tracker"] != .text(firstName)), "\(policy.counters)")
+        #expect(policy.counters["tracker_state"] == .text("running"))
+        #expect(sh("swapoff \(path)") == 0)
+        policy.maintain(files: [])
+        #expect(policy.counters["tracker"] == .text(firstName), "back once swap is off: \(policy.counters)")
+    }
+
     // MARK: page history
 
     @Test func hotCutFollowsTheHottestPage() {
