@@ -79,6 +79,13 @@ public final class TmpfsInstance: Sendable {
         return FileDescriptor(rawValue: fd)
     }
 
+    /// Size and allocated bytes of a named file, without opening it (nil: gone).
+    public func extent(of name: String) -> (size: UInt64, allocated: UInt64)? {
+        var st = stat()
+        guard fstatat(mountDescriptor, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return nil }
+        return (UInt64(st.st_size), UInt64(st.st_blocks) * 512)
+    }
+
     /// Frees a named file (its memory goes with its last open descriptor or mapping).
     public func remove(_ name: String) {
         unlinkat(mountDescriptor, name, 0)

@@ -55,6 +55,7 @@ extension MemoryFileSystem {
                 }
             }
             ns.counters.brokerHandouts += 1
+            backing.handOut()
             return FileRef(record, backing)
         }
     }

@@ -31,7 +31,8 @@ final class FileBacking: Sendable {
         var open: MemoryFile?
         /// Its name on the private tmpfs (nil: a memfd, or nothing made yet).
         var instanceName: String?
-        /// While parked: its extent (nothing can change it meanwhile).
+        /// While parked: its extent (nothing but a holder of the backing file
+        /// itself can change it meanwhile: see `handedOut`).
         var parked: (size: UInt64, allocated: UInt64)?
     }
     private let file = Locked(Slot())
@@ -39,6 +40,10 @@ final class FileBacking: Sendable {
     /// parked nothing reaches its memory, so a maintaining policy that saw
     /// it parked at one count may trust what it saw until the count moves.
     private let unparked = Atomic<UInt64>(0)
+    /// The broker handed the backing file itself to a program, which may
+    /// keep it (and map it) after closing its handles: parked or not, the
+    /// file may change, so it is never idle and its extent is read afresh.
+    private let handedOut = Atomic<Bool>(false)
     private let name: String
     private let instance: TmpfsInstance?
     private struct PlacementState {
@@ -123,16 +128,26 @@ final class FileBacking: Sendable {
     /// Whether the file was ever given memory (open or parked).
     var hasMemory: Bool { file.withLock { $0.open != nil || $0.instanceName != nil } }
 
-    /// Whether the file is parked now, and how often it was opened again
-    /// after being parked (see `unparked`), read together.
-    var parking: (parked: Bool, generation: UInt64) {
-        file.withLock { slot in (slot.parked != nil, unparked.load(ordering: .acquiring)) }
+    /// Whether the file is idle now (parked, and nobody holds its backing
+    /// file), and how often it was opened again after being parked (see
+    /// `unparked`), read together.
+    var idleness: (idle: Bool, generation: UInt64) {
+        file.withLock { slot in
+            (slot.parked != nil && !handedOut.load(ordering: .acquiring), unparked.load(ordering: .acquiring))
+        }
     }
+
+    /// The broker gives a program the backing file itself.
+    func handOut() { handedOut.store(true, ordering: .releasing) }
 
     /// Size and allocated bytes (one fstat; remembered while parked).
     func extent() -> (size: UInt64, allocated: UInt64) {
         file.withLock { slot in
             if let made = slot.open { return (try? made.extent()) ?? (0, 0) }
+            if handedOut.load(ordering: .acquiring), let instance, let name = slot.instanceName,
+               let now = instance.extent(of: name) {
+                return now
+            }
             return slot.parked ?? (0, 0)
         }
     }

@@ -62,9 +62,9 @@ extension MemoryFileSystem {
             // opened here: a parked file is opened by the pass when it
             // works on it (MaintainedFile says why).
             guard ObjectIdentifier(backing.policy as AnyObject) == identity, backing.hasMemory else { return nil }
-            let parking = backing.parking
+            let idleness = backing.idleness
             return MaintainedFile(inode: inode, name: name, size: backing.extent().size, ownerPID: pid,
-                                  idle: parking.parked, generation: parking.generation, open: { backing.existing })
+                                  idle: idleness.idle, generation: idleness.generation, open: { backing.existing })
         }
     }
 

@@ -65,6 +65,31 @@ struct BackingTests {
         #expect(number(pool["used_bytes"]) <= 64 << 20, "\(pool)")
     }
 
+    /// A program takes a file's backing from the broker, closes its handle
+    /// in the mount (the daemon parks the file: its descriptor closed, its
+    /// extent remembered) and goes on writing 8 MiB through its own mapping
+    /// of the backing: `fbmm stat` must show what the file holds now, not
+    /// what it held when parked (and a maintaining policy must not take it
+    /// for idle: see MaintainedFile).
+    @Test func aBackingKeptAfterCloseIsNeverTakenForIdle() throws {
+        try ShimPrograms.build()
+        let mount = try TestMount(options: ["backing=tmpfs"])
+        defer { mount.close() }
+        let path = mount.path + "/kept"
+        try #require(FileManager.default.createFile(atPath: path, contents: Data("x".utf8)))
+        let scratch = try TemporaryDirectory()
+        let holder = try Background([Self.hostile, "ask", "get_backing", "--mount", mount.path, "--open", path, "--then-close",
+                                     "--fill", "8", "--ready", scratch.file("ready"), "--hold", scratch.file("go")])
+        defer { holder.stop() }
+        try #require(waitForFile(scratch.file("ready"), seconds: 30) != nil, "the holder never got ready: \(holder.output)")
+        #expect(holder.stdout.contains("status=0") && holder.stdout.contains("fill: ok"), "\(holder.output)")
+        let files = try mount.statistics()["files"] as? [[String: Any]] ?? []
+        let kept = files.first { $0["name"] as? String == "kept" } ?? [:]
+        #expect(number(kept["size"]) == 8 << 20 && number(kept["allocated_bytes"]) >= 8 << 20, "what the file holds now: \(kept)")
+        FileManager.default.createFile(atPath: scratch.file("go"), contents: nil)
+        #expect(holder.wait(seconds: 30) == 0, "\(holder.output)")
+    }
+
     /// A program truncates its own arena under the daemon's pre-zeroed pool
     /// mappings (a memfd was sealed against that; a tmpfs file cannot be):
     /// the daemon's next touch is caught, the arena leaves the pool, and the

@@ -58,7 +58,13 @@
  *       the request as protocol version 1 did (the --open fd by number in
  *       the message, nothing attached: the attack surface of the old broker,
  *       which must now be refused; a version-1 reply is then well-formed
- *       too). Exit 0 when a well-formed reply came, 2 otherwise.
+ *       too). --then-close closes the --open fd as soon as the reply came;
+ *       --fill MB then truncates the fd it got to MB MiB and writes every
+ *       page through a shared mapping of it; --ready R --hold G create R and
+ *       wait (up to 60 s) for G to exist before exiting, the fd it got
+ *       still open and mapped (a program keeping a backing file after
+ *       closing its handle in the mount). Exit 0 when a well-formed reply
+ *       came, 2 otherwise.
  *
  * (One program over 400 lines: every attack in one binary, so that the
  * tests run the same build of each as an unprivileged user.)
@@ -735,7 +741,9 @@ static int ask(int argc, char **argv)
                 : !strcmp(opname, "migrate") ? FBMM_OP_MIGRATE : !strcmp(opname, "pool") ? FBMM_OP_POOL
                 : (uint32_t)strtoul(opname, NULL, 0);
     const char *mount = NULL, *sock = NULL, *openpath = NULL, *access_mode = "rw", *attach = NULL, *text = NULL;
-    int attach_own = 1, dump = 0, have_ino = 0, v1 = 0;
+    int attach_own = 1, dump = 0, have_ino = 0, v1 = 0, then_close = 0;
+    long fill_mb = 0;
+    const char *ready = NULL, *hold = NULL;
     uint64_t ino = 0, offset = 0, length = 0;
     uint32_t flags = 0;
     int32_t node = 0;
@@ -744,6 +752,7 @@ static int ask(int argc, char **argv)
         if (!strcmp(a, "--no-attach")) { attach_own = 0; continue; }
         if (!strcmp(a, "--dump")) { dump = 1; continue; }
         if (!strcmp(a, "--v1")) { v1 = accept_v1_reply = 1; continue; }
+        if (!strcmp(a, "--then-close")) { then_close = 1; continue; }
         if (!v) { fprintf(stderr, "ask: %s needs a value\n", a); return 2; }
         i++;
         if (!strcmp(a, "--mount")) mount = v;
@@ -757,6 +766,9 @@ static int ask(int argc, char **argv)
         else if (!strcmp(a, "--offset")) offset = strtoull(v, NULL, 0);
         else if (!strcmp(a, "--length")) length = strtoull(v, NULL, 0);
         else if (!strcmp(a, "--write")) text = v;
+        else if (!strcmp(a, "--fill")) fill_mb = atol(v);
+        else if (!strcmp(a, "--ready")) ready = v;
+        else if (!strcmp(a, "--hold")) hold = v;
         else { fprintf(stderr, "ask: unknown option %s\n", a); return 2; }
     }
     char path[PATH_MAX];
@@ -808,6 +820,15 @@ static int ask(int argc, char **argv)
     if (r.nfds) fd_target(r.fds[0], target, sizeof target);
     printf("reply status=%d (%s) size=%llu fds=%d fd=%s%s\n", r.status, errname(r.status), (unsigned long long)r.size,
            r.nfds, target, r.well_formed ? "" : " MALFORMED");
+    if (then_close && fd >= 0) { close(fd); fd = -1; }
+    if (r.nfds && fill_mb > 0) {
+        size_t len = (size_t)fill_mb << 20;
+        int t = ftruncate(r.fds[0], (off_t)len);
+        char *m = t == 0 ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, r.fds[0], 0) : MAP_FAILED;
+        if (m != MAP_FAILED)
+            for (size_t i = 0; i < len; i += 4096) m[i] = 1;
+        printf("fill: %s\n", t != 0 ? errname(errno) : m == MAP_FAILED ? "mmap failed" : "ok");
+    }
     if (r.nfds && text) {
         ssize_t n = pwrite(r.fds[0], text, strlen(text), 0);
         printf("wrote %zd\n", n);
@@ -822,6 +843,10 @@ static int ask(int argc, char **argv)
         free(buf);
     }
     fflush(stdout);
+    if (ready && hold) {
+        close(open(ready, O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+        for (int i = 0; i < 1200 && access(hold, F_OK) != 0; i++) usleep(50000);
+    }
     for (int i = 0; i < r.nfds; i++) close(r.fds[i]);
     if (fd >= 0) close(fd);
     return r.well_formed ? 0 : 2;
