@@ -22,7 +22,7 @@ struct StatCommand: ParsableCommand {
     }
 
     func run() throws {
-        let (bytes, stats) = try fetchStatistics(mount: absolutePath(directory))
+        let (bytes, stats) = try waitingOnDaemon(of: directory) { try fetchStatistics(mount: absolutePath(directory)) }
         if json {
             FileHandle.standardOutput.write(bytes)
             print("")

@@ -23,6 +23,10 @@ struct SetCommand: ParsableCommand {
     var settings: [String]
 
     func run() throws {
+        try waitingOnDaemon(of: directory) { try apply() }
+    }
+
+    private func apply() throws {
         let path = absolutePath(directory)
         guard brokerPath(ofMount: path) != nil else { throw CLIError("\(path) is not an fbmm mount") }
         guard !settings.isEmpty else { throw CLIError("nothing to set: give KEY=VALUE") }

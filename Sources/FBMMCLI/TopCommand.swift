@@ -37,13 +37,13 @@ struct TopCommand: ParsableCommand {
     }
 
     func run() throws {
-        let path = absolutePath(directory)
+        let path = waitingOnDaemon(of: directory) { absolutePath(directory) }
         let clear = isatty(STDOUT_FILENO) != 0
         var previous: (MountStatistics, Double)?
         var frame = 0
         while iterations == 0 || frame < iterations {
             if frame > 0 { usleep(useconds_t(interval * 1_000_000)) }
-            let (_, stats) = try fetchStatistics(mount: path)
+            let (_, stats) = try waitingOnDaemon(of: path) { try fetchStatistics(mount: path) }
             let now = monotonicSeconds()
             var text = clear ? "\u{1B}[H\u{1B}[2J" : (frame > 0 ? "\n" : "")
             text += topFrame(stats, since: previous.map { ($0.0, now - $0.1) }, rows: rows)

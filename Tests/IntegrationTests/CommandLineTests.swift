@@ -60,6 +60,29 @@ struct CommandLineTests {
         #expect(!isMounted(dir), "nothing left mounted")
     }
 
+    /// A daemon that is stopped (SIGSTOP, a debugger) answers neither FUSE
+    /// nor its socket: `stat`, `set` and `top` end with one line after
+    /// FBMM_DAEMON_TIMEOUT seconds (default 60) instead of hanging, and
+    /// the mount serves again once the daemon runs.
+    @Test func aStoppedDaemonGetsOneLineNotAHang() throws {
+        let mount = try TestMount()
+        defer { mount.close() }
+        let pid = pid_t(number(try mount.statistics()["daemon_pid"]))
+        try #require(pid > 0)
+        try #require(kill(pid, SIGSTOP) == 0)
+        defer { kill(pid, SIGCONT) }
+        for command in [["stat", mount.path], ["set", mount.path, "scan-interval=2s"], ["top", mount.path, "--iterations", "1"]] {
+            let started = Date()
+            let result = try run([Artefacts.fbmm] + command, environment: ["FBMM_DAEMON_TIMEOUT": "2"], timeout: 30)
+            let took = Date().timeIntervalSince(started)
+            #expect(!result.ok && took < 15, "\(command[0]): \(took) s")
+            #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.contains("gave no answer in 2 s"),
+                    "\(command[0]): \(result.stderr)")
+        }
+        kill(pid, SIGCONT)
+        #expect((try? mount.statistics()) != nil, "it answers again")
+    }
+
     @Test func missingAndNonEmptyMountPoints() throws {
         try requireFUSE()
         let missing = try run([Artefacts.fbmm, "mount", "/tmp/fbmm-does-not-exist-\(getpid())"])
