@@ -94,6 +94,10 @@ extension TieredPolicy {
         // An idle file's pages stay where they were seen until it is used
         // again (or this policy moves them): what was seen is kept, and the
         // file is not opened again meanwhile.
+        // A file in use keeps its window (populated) for the moves below; an
+        // idle one's goes at once, so that a pass over many idle files holds
+        // no mapping per file either.
+        var windows: [UInt64: FileMapping] = [:]
         var views: [TieredPlanner.FileView] = []
         var failure: String?
         var trackedBytes: UInt64 = 0, hotPages: UInt64 = 0
@@ -111,7 +115,9 @@ extension TieredPolicy {
             } else {
                 do throws(SystemError) {
                     guard let memory = file.open() else { continue }
-                    nodes = try Self.nodes(of: memory, pages: pages)
+                    let found = try Self.nodes(of: memory, pages: pages)
+                    nodes = found.nodes
+                    if !file.idle { windows[file.inode] = found.window }
                 } catch {
                     failure = error.description
                     continue
@@ -150,15 +156,10 @@ extension TieredPolicy {
         var promoted: UInt64 = 0, demoted: UInt64 = 0
         for (moves, target) in [(plan.demote, Int32(slow)), (plan.promote, Int32(fast))] {
             for (key, pageIndices) in moves where !pageIndices.isEmpty {
-                guard let file = byInode[key], let size = sizes[key], size > 0, let memory = file.open() else { continue }
                 do throws(SystemError) {
-                    let window = try memory.map(0..<((size + page - 1) / page * page))
-                    // move_pages moves what this window maps: map the pages
-                    // first, present ones only (not refilling a punch).
-                    if let lowest = pageIndices.min(), let highest = pageIndices.max() {
-                        let span = (UInt64(lowest) * page)..<min(window.range.upperBound, UInt64(highest + 1) * page)
-                        for run in try window.presentRuns(span) { try window.populateRead(run) }
-                    }
+                    var window = windows[key]
+                    if window == nil { window = try Self.window(for: byInode[key], size: sizes[key] ?? 0, pages: pageIndices) }
+                    guard let window else { continue }
                     let status = try window.migrate(pageOffsets: pageIndices.map { UInt64($0) * page }, to: target)
                     let moved = UInt64(status.lazy.filter { $0 == target }.count)
                     if target == Int32(fast) { promoted += moved } else { demoted += moved }
@@ -199,14 +200,15 @@ extension TieredPolicy {
     }
 
     /// The node of each of a file's first `pages` pages (-1: not present),
-    /// looked up with move_pages on a window of the daemon's, unmapped
-    /// before returning. Only present pages are looked at: looking must
-    /// not refill what a program punched.
-    static func nodes(of memory: MemoryFile, pages: Int) throws(SystemError) -> [Int32] {
+    /// looked up with move_pages on a window of the daemon's, which is
+    /// returned with its present pages mapped (nil: the file has no data).
+    /// Only present pages are looked at: looking must not refill what a
+    /// program punched.
+    static func nodes(of memory: MemoryFile, pages: Int) throws(SystemError) -> (nodes: [Int32], window: FileMapping?) {
         let page = UInt64(pageSize)
         var nodes = [Int32](repeating: -1, count: pages)
         let ranges = try memory.dataRanges()
-        guard !ranges.isEmpty else { return nodes }
+        guard !ranges.isEmpty else { return (nodes, nil) }
         let end = UInt64(pages) * page
         let window = try memory.map(0..<end)
         for data in ranges {
@@ -221,6 +223,19 @@ extension TieredPolicy {
                 for (i, node) in status.enumerated() where first + i < pages { nodes[first + i] = node }
             }
         }
-        return nodes
+        return (nodes, window)
+    }
+
+    /// A window for moving `pages` (page indices) of an idle file, whose
+    /// window went after looking: opened and mapped again, the present pages
+    /// among them mapped (move_pages moves only what the window maps; a
+    /// punched page is not filled again).
+    static func window(for file: MaintainedFile?, size: UInt64, pages: [Int]) throws(SystemError) -> FileMapping? {
+        let page = UInt64(pageSize)
+        guard let file, size > 0, let lowest = pages.min(), let highest = pages.max(), let memory = file.open() else { return nil }
+        let window = try memory.map(0..<((size + page - 1) / page * page))
+        let span = (UInt64(lowest) * page)..<min(window.range.upperBound, UInt64(highest + 1) * page)
+        for run in try window.presentRuns(span) { try window.populateRead(run) }
+        return window
     }
 }
