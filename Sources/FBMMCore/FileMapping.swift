@@ -59,10 +59,19 @@ public final class FileMapping {
         }
     }
 
+    /// Points this window's page tables at the file's pages in `sub` that
+    /// exist right now, and returns their runs. Only present pages: looking
+    /// (move_pages works on what the window maps) must neither allocate nor
+    /// fill again what a program punched since its data range was found.
+    public func mapPresent(_ sub: Range<UInt64>) throws(SystemError) -> [Range<UInt64>] {
+        let runs = try presentRuns(sub)
+        for run in runs { try populateRead(run) }
+        return runs
+    }
+
     /// The runs of `sub` whose pages exist in the file right now (mincore: no
-    /// fault, no allocation), so that populating them allocates nothing even
-    /// if a program punched part of a data range since it was found.
-    public func presentRuns(_ sub: Range<UInt64>) throws(SystemError) -> [Range<UInt64>] {
+    /// fault, no allocation).
+    private func presentRuns(_ sub: Range<UInt64>) throws(SystemError) -> [Range<UInt64>] {
         guard !sub.isEmpty else { return [] }
         let page = UInt64(pageSize)
         var vector = [UInt8](repeating: 0, count: Int((UInt64(sub.count) + page - 1) / page))
@@ -78,8 +87,8 @@ public final class FileMapping {
     }
 
     /// Makes this window's page tables point at the file's existing pages in
-    /// `sub`, without allocating (callers pass present runs only).
-    public func populateRead(_ sub: Range<UInt64>) throws(SystemError) {
+    /// `sub`, without allocating (`mapPresent` passes present runs only).
+    private func populateRead(_ sub: Range<UInt64>) throws(SystemError) {
         guard !sub.isEmpty else { return }
         _ = try retryingSyscall("madvise(MADV_POPULATE_READ)", context) {
             madvise(pointer(sub.lowerBound), Int(sub.count), fbmm_madv_populate_read())

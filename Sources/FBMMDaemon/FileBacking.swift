@@ -240,10 +240,7 @@ final class FileBacking: Sendable {
         for data in try memory.dataRanges(in: range) {
             let aligned = (data.lowerBound / page * page)..<((data.upperBound + page - 1) / page * page)
             let window = try memory.map(aligned)
-            // Only pages that exist: a range a program punched since SEEK_DATA
-            // saw it must not be filled again by looking at it.
-            for run in try window.presentRuns(aligned) {
-                try window.populateRead(run)
+            for run in try window.mapPresent(aligned) {
                 try body(window, run)
             }
         }

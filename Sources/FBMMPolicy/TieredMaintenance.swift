@@ -216,8 +216,7 @@ extension TieredPolicy {
             let lower = data.lowerBound / page * page
             guard lower < end else { continue }
             let aligned = lower..<min(end, (data.upperBound + page - 1) / page * page)
-            for run in try window.presentRuns(aligned) {
-                try window.populateRead(run)
+            for run in try window.mapPresent(aligned) {
                 let status = try window.nodesOfPages(run)
                 let first = Int(run.lowerBound / page)
                 for (i, node) in status.enumerated() where first + i < pages { nodes[first + i] = node }
@@ -235,7 +234,7 @@ extension TieredPolicy {
         guard let file, size > 0, let lowest = pages.min(), let highest = pages.max(), let memory = file.open() else { return nil }
         let window = try memory.map(0..<((size + page - 1) / page * page))
         let span = (UInt64(lowest) * page)..<min(window.range.upperBound, UInt64(highest + 1) * page)
-        for run in try window.presentRuns(span) { try window.populateRead(run) }
+        _ = try window.mapPresent(span)
         return window
     }
 }
