@@ -95,11 +95,8 @@ public struct MountConfiguration: Sendable {
         if let size = try policyOptions.removeSize("user-capacity") { userCapacity = size }
         if let size = try policyOptions.removeSize("max-file-size") { maxFileSize = size }
         if let size = try policyOptions.removeSize("xattr-size") { xattrSize = size }
-        for key in ["max-files", "user-files"] {
-            guard let value = policyOptions.remove(key) else { continue }
-            guard let n = Int(value), n > 0 else { throw .invalidValue(key: key, value: value, reason: "expected a positive number") }
-            if key == "max-files" { maxFiles = n } else { userFiles = n }
-        }
+        if let n = try policyOptions.removeCount("max-files") { maxFiles = n }
+        userFiles = try policyOptions.removeCount("user-files")
         if let value = policyOptions.remove("mode") {
             guard let n = UInt32(value, radix: 8), n <= 0o7777 else { throw .invalidValue(key: "mode", value: value, reason: "expected octal permissions such as 1777") }
             rootMode = n
@@ -162,6 +159,13 @@ private extension PolicyOptions {
         let size = try size(key)
         _ = remove(key)
         return size?.bytes
+    }
+
+    /// A mount-level count (`-o max-files=N`): a positive whole number.
+    mutating func removeCount(_ key: String) throws(PolicyError) -> Int? {
+        guard let value = remove(key) else { return nil }
+        guard let n = Int(value), n > 0 else { throw .invalidValue(key: key, value: value, reason: "expected a positive number") }
+        return n
     }
 
     /// A mount-level flag (`-o allow_other`): present or not; a value is refused.
